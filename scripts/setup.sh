@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what rayhead's tests and dev runner need on a fresh Debian machine
+# (root, Rust and Python 3.11 present): redis-server from Debian, Ray 2.60.0 in
+# a project-local virtualenv (.venv), and the release and test builds.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RAY_VERSION=2.60.0
+VENV=.venv
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's package may start a redis-server on 6379 where an init system runs;
+# the tests start their own on free ports and never touch 6379.
+
+if ! "$VENV/bin/python" -c "import ray, sys; sys.exit(ray.__version__ != '$RAY_VERSION')" 2>/dev/null; then
+  log "creating $VENV with ray[default]==$RAY_VERSION"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ray[default]==$RAY_VERSION"
+fi
+
+log "building"
+cargo build --release --quiet
+log "ready: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), ray $("$VENV/bin/ray" --version 2>/dev/null | awk '{print $NF}')"

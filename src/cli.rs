@@ -1,0 +1,184 @@
+//! The command line: `rayhead run`, `rayhead config check`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, FlagValue, Inputs, ProcessEnv};
+use crate::exit::{self, Exit};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rayhead",
+    version,
+    about = "PID 1 for a Ray head on Kubernetes: a correct init that supervises `ray start`, recovers the GCS in place and serves probes.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or directives (also RAYHEAD_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run COMMAND as PID 1 (or as a subreaper): reap, forward signals, stop the tree, pass the exit code on.
+    Run(RunArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values with their sources; exit 64 on any problem.
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The TOML config file (also RAYHEAD_CONFIG).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set any key, e.g. --set init.stop-grace=10s. Beats env and file.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The command to supervise.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+impl Cli {
+    fn inputs(&self, args: &ConfigArgs) -> Result<Inputs, ConfigError> {
+        let mut flags = Vec::new();
+        let mut problems = Vec::new();
+        if let Some(l) = &self.log_level {
+            flags.push(FlagValue {
+                key: "log.level".into(),
+                value: l.clone(),
+                flag: "--log-level".into(),
+            });
+        }
+        if let Some(f) = &self.log_format {
+            flags.push(FlagValue {
+                key: "log.format".into(),
+                value: f.clone(),
+                flag: "--log-format".into(),
+            });
+        }
+        for s in &args.set {
+            match FlagValue::parse_set(s) {
+                Ok(f) => flags.push(f),
+                Err(message) => problems.push(crate::config::Problem {
+                    key: "--set".into(),
+                    source: None,
+                    message,
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Inputs {
+                file: args.config.clone(),
+                flags,
+            })
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    fn load(&self, args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let inputs = self.inputs(args)?;
+        Config::load(&inputs, &ProcessEnv)
+    }
+}
+
+/// Parses the command line, runs the subcommand, and returns the exit code.
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::CONFIG,
+                _ => exit::CONFIG,
+            };
+        }
+    };
+    match &cli.command {
+        Command::Config(ConfigCommand::Check(args)) => match cli.load(args) {
+            Ok(cfg) => {
+                print!("{}", cfg.render());
+                0
+            }
+            Err(e) => {
+                eprint!("rayhead: {e}");
+                exit::CONFIG
+            }
+        },
+        Command::Run(args) => run(&cli, args),
+    }
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> u8 {
+    let cfg = match cli.load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            let exit = Exit::new(exit::CONFIG, e.to_string().trim_end().to_string());
+            eprintln!("rayhead: {}", exit.reason);
+            return exit.code;
+        }
+    };
+    crate::logging::init(&cfg.log.level, cfg.log.format);
+    crate::init::spawn::close_inherited_fds();
+    let exit = if args.command.is_empty() {
+        Exit::new(
+            exit::CONFIG,
+            "no command to run: give one after `--`, as in `rayhead run -- ray start --head --block`",
+        )
+    } else {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(crate::init::run(&cfg.init, &args.command)),
+            Err(e) => Exit::new(
+                exit::INTERNAL,
+                format!("cannot start the async runtime: {e}"),
+            ),
+        }
+    };
+    finish(&cfg, &exit);
+    exit.code
+}
+
+/// Reports the exit: a log line on stderr, and the termination message.
+fn finish(cfg: &Config, exit: &Exit) {
+    if exit.code == 0 {
+        tracing::info!(code = exit.code, reason = %exit.reason, "rayhead exiting");
+    } else {
+        tracing::warn!(code = exit.code, reason = %exit.reason, "rayhead exiting");
+    }
+    if let Some(path) = &cfg.init.termination_log {
+        if let Err(e) = exit::write_termination_message(path, &exit.reason) {
+            let is_default = path.as_os_str() == exit::DEFAULT_TERMINATION_LOG;
+            if is_default && e.kind() == std::io::ErrorKind::NotFound {
+                tracing::debug!("no /dev/termination-log: not on Kubernetes");
+            } else {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The registry of every configuration key.
+//!
+//! One table drives everything a key needs: its kind, its default, the
+//! environment variables that set it, and its documentation. From it come
+//! the unknown-key check for files and `--set`, the layering of sources, the
+//! effective-config listing of `rayhead config check`, and the test that keeps
+//! `config/rayhead.toml` in step with the code.
+
+/// What a key holds, and so how its text is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A humantime duration: `"25s"`, `"1m30s"`.
+    Duration,
+    /// A non-negative whole number no larger than `max`.
+    Count { min: u64, max: u64 },
+    /// Free text.
+    Text,
+    /// Free text that is a secret: never printed.
+    Secret,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// A list of signal names (`SIGTERM`, `TERM`), comma-separated in text.
+    Signals,
+    /// A command as an argv list; in text, split like a shell would (quotes,
+    /// backslashes), without any expansion.
+    Argv,
+    /// A socket address, `host:port`.
+    Listen,
+}
+
+/// How an environment variable spells a key's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvUnit {
+    /// The same text a file or flag would use.
+    Plain,
+    /// A whole number of seconds (Ray's `*_timeout_s` variables).
+    Seconds,
+}
+
+/// An environment variable that sets a key, beside the derived `RAYHEAD_*` name.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvAlias {
+    pub name: &'static str,
+    pub unit: EnvUnit,
+    /// An empty value counts as unset. KubeRay sets some variables empty
+    /// (`REDIS_USERNAME` without a username), and that means "none".
+    pub empty_is_unset: bool,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// `section.key`, as written in the file and in `--set`.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The default, in the text form an env var would use; `None`: unset.
+    pub default: Option<&'static str>,
+    /// Other variables that set it, after `RAYHEAD_<SECTION>_<KEY>`, in order.
+    pub aliases: &'static [EnvAlias],
+    pub doc: &'static str,
+}
+
+impl Key {
+    /// The section, the part before the dot.
+    pub fn section(&self) -> &'static str {
+        self.name.split_once('.').map_or("", |(s, _)| s)
+    }
+
+    /// The key within its section, the part after the dot.
+    pub fn leaf(&self) -> &'static str {
+        self.name.split_once('.').map_or(self.name, |(_, k)| k)
+    }
+
+    /// `RAYHEAD_<SECTION>_<KEY>`: every key has one, derived from its name.
+    pub fn env_name(&self) -> String {
+        let mut s = String::from("RAYHEAD_");
+        for c in self.name.chars() {
+            s.push(match c {
+                '.' | '-' => '_',
+                c => c.to_ascii_uppercase(),
+            });
+        }
+        s
+    }
+
+    pub fn is_secret(&self) -> bool {
+        self.kind == Kind::Secret
+    }
+}
+
+const fn alias(name: &'static str) -> EnvAlias {
+    EnvAlias {
+        name,
+        unit: EnvUnit::Plain,
+        empty_is_unset: true,
+    }
+}
+
+/// The signals a container runtime or a user sends to PID 1 and that the
+/// child should see too (the set tini and dumb-init forward).
+pub const DEFAULT_FORWARD_SIGNALS: &str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2,SIGWINCH";
+
+/// Every key, in the order `config check` prints them.
+pub static KEYS: &[Key] = &[
+    // --- init -----------------------------------------------------------
+    Key {
+        name: "init.forward-signals",
+        kind: Kind::Signals,
+        default: Some(DEFAULT_FORWARD_SIGNALS),
+        aliases: &[],
+        doc: "Signals forwarded to the child's process group. SIGTERM and SIGINT also start a graceful stop.",
+    },
+    Key {
+        name: "init.stop-grace",
+        kind: Kind::Duration,
+        default: Some("25s"),
+        aliases: &[],
+        doc: "How long a graceful stop waits before it SIGKILLs what remains. Keep it under the pod's terminationGracePeriodSeconds (30 s by default).",
+    },
+    Key {
+        name: "init.stop-command",
+        kind: Kind::Argv,
+        default: None,
+        aliases: &[],
+        doc: "A command run first in a graceful stop, before any signal (the Ray supervisor uses `ray stop`).",
+    },
+    Key {
+        name: "init.stop-command-timeout",
+        kind: Kind::Duration,
+        default: Some("10s"),
+        aliases: &[],
+        doc: "How long the stop command may run before it is killed and the stop goes on.",
+    },
+    Key {
+        name: "init.termination-log",
+        kind: Kind::Text,
+        default: Some("/dev/termination-log"),
+        aliases: &[],
+        doc: "File that receives the exit reason (Kubernetes shows it in `kubectl describe pod`). Skipped when not writable; \"\" turns it off.",
+    },
+    // --- log ------------------------------------------------------------
+    Key {
+        name: "log.level",
+        kind: Kind::Text,
+        default: Some("info"),
+        aliases: &[alias("RAYHEAD_LOG")],
+        doc: "A tracing filter: a level (error, warn, info, debug, trace) or directives such as `rayhead=debug`.",
+    },
+    Key {
+        name: "log.format",
+        kind: Kind::Choice(&["text", "json"]),
+        default: Some("text"),
+        aliases: &[],
+        doc: "Human text, or one JSON object a line for log pipelines.",
+    },
+    // --- ray ------------------------------------------------------------
+    Key {
+        name: "ray.start-command",
+        kind: Kind::Text,
+        default: None,
+        aliases: &[alias("KUBERAY_GEN_RAY_START_CMD")],
+        doc: "The `ray start ...` command line. `$VAR` and `${VAR}` are expanded from the environment, as KubeRay's bash would.",
+    },
+    Key {
+        name: "ray.mode",
+        kind: Kind::Choice(&["direct", "block"]),
+        default: Some("direct"),
+        aliases: &[],
+        doc: "direct: run `ray start` without --block and supervise the daemons (recovers the GCS in place). block: run it as given.",
+    },
+    Key {
+        name: "ray.gcs-port",
+        kind: Kind::Count { min: 1, max: 65535 },
+        default: Some("6379"),
+        aliases: &[alias("RAY_PORT")],
+        doc: "The GCS port, when the start command has no --port.",
+    },
+    Key {
+        name: "ray.reconnect-timeout",
+        kind: Kind::Duration,
+        default: Some("60s"),
+        aliases: &[EnvAlias {
+            name: "RAY_gcs_rpc_server_reconnect_timeout_s",
+            unit: EnvUnit::Seconds,
+            empty_is_unset: true,
+        }],
+        doc: "The head's GCS reconnect timeout: the raylet exits after this long without a GCS.",
+    },
+    Key {
+        name: "ray.on-daemon-exit",
+        kind: Kind::Choice(&["exit", "ignore"]),
+        default: Some("exit"),
+        aliases: &[],
+        doc: "What the exit of the dashboard, log monitor, autoscaler monitor or client server does.",
+    },
+    Key {
+        name: "ray.open-files",
+        kind: Kind::Count {
+            min: 1,
+            max: 1 << 30,
+        },
+        default: Some("65536"),
+        aliases: &[alias("RAY_START_ULIMIT_OPEN_FILES")],
+        doc: "The open-files limit (RLIMIT_NOFILE) set for `ray start`, as KubeRay's `ulimit -n`.",
+    },
+    // --- gcs ------------------------------------------------------------
+    Key {
+        name: "gcs.health-interval",
+        kind: Kind::Duration,
+        default: Some("1s"),
+        aliases: &[],
+        doc: "How often grpc.health.v1.Health/Check is polled, beside the Watch stream.",
+    },
+    Key {
+        name: "gcs.health-timeout",
+        kind: Kind::Duration,
+        default: Some("1s"),
+        aliases: &[],
+        doc: "The timeout of one health check.",
+    },
+    Key {
+        name: "gcs.unhealthy-after",
+        kind: Kind::Duration,
+        default: Some("10s"),
+        aliases: &[],
+        doc: "A live gcs_server that is not SERVING for this long is declared lost.",
+    },
+    Key {
+        name: "gcs.deadline-margin",
+        kind: Kind::Duration,
+        default: Some("5s"),
+        aliases: &[],
+        doc: "Recovery must finish this long before the head's reconnect timeout.",
+    },
+    Key {
+        name: "gcs.max-restarts",
+        kind: Kind::Count { min: 0, max: 1000 },
+        default: Some("5"),
+        aliases: &[],
+        doc: "In-place GCS restarts allowed within gcs.restart-window before rayhead gives up.",
+    },
+    Key {
+        name: "gcs.restart-window",
+        kind: Kind::Duration,
+        default: Some("10m"),
+        aliases: &[],
+        doc: "The window of the crash-loop guard.",
+    },
+    // --- redis ----------------------------------------------------------
+    Key {
+        name: "redis.address",
+        kind: Kind::Text,
+        default: None,
+        aliases: &[alias("RAY_REDIS_ADDRESS")],
+        doc: "The external Redis of GCS fault tolerance: host:port, redis://, rediss://. Unset: no fault tolerance.",
+    },
+    Key {
+        name: "redis.username",
+        kind: Kind::Text,
+        default: None,
+        aliases: &[alias("REDIS_USERNAME")],
+        doc: "The Redis ACL user.",
+    },
+    Key {
+        name: "redis.password",
+        kind: Kind::Secret,
+        default: None,
+        aliases: &[alias("REDIS_PASSWORD")],
+        doc: "The Redis password. Never logged or shown.",
+    },
+    Key {
+        name: "redis.namespace",
+        kind: Kind::Text,
+        default: None,
+        aliases: &[alias("RAY_external_storage_namespace")],
+        doc: "Ray's external storage namespace: the keys are RAY<namespace>@<TABLE>.",
+    },
+    Key {
+        name: "redis.probe-interval",
+        kind: Kind::Duration,
+        default: Some("2s"),
+        aliases: &[],
+        doc: "How often Redis is probed while supervising.",
+    },
+    Key {
+        name: "redis.startup-timeout",
+        kind: Kind::Duration,
+        default: Some("5m"),
+        aliases: &[],
+        doc: "How long the start gate waits for Redis before rayhead gives up.",
+    },
+    Key {
+        name: "redis.connect-timeout",
+        kind: Kind::Duration,
+        default: Some("2s"),
+        aliases: &[],
+        doc: "The timeout of one connection attempt to Redis.",
+    },
+    Key {
+        name: "redis.command-timeout",
+        kind: Kind::Duration,
+        default: Some("1s"),
+        aliases: &[],
+        doc: "The timeout of one Redis command.",
+    },
+    // --- probe ----------------------------------------------------------
+    Key {
+        name: "probe.listen",
+        kind: Kind::Listen,
+        default: Some("0.0.0.0:8099"),
+        aliases: &[],
+        doc: "Where the HTTP probe server listens (/readyz, /livez, /status, /metrics).",
+    },
+    Key {
+        name: "probe.stall-after",
+        kind: Kind::Duration,
+        default: Some("30s"),
+        aliases: &[],
+        doc: "/livez fails when the supervisor's heartbeat is older than this.",
+    },
+];
+
+/// The key of that name.
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The sections, in order.
+pub fn sections() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for k in KEYS {
+        if !out.contains(&k.section()) {
+            out.push(k.section());
+        }
+    }
+    out
+}

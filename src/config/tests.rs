@@ -1,0 +1,304 @@
+use std::io::Write;
+
+use super::*;
+
+fn load(file: Option<&str>, env: &dyn Env, flags: &[&str]) -> Result<Config, ConfigError> {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    let path = file.map(|text| {
+        let mut f = std::fs::File::create(tmp.path()).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        tmp.path().to_path_buf()
+    });
+    let inputs = Inputs {
+        file: path,
+        flags: flags
+            .iter()
+            .map(|s| FlagValue::parse_set(s).unwrap())
+            .collect(),
+    };
+    Config::load(&inputs, env)
+}
+
+fn source_of(cfg: &Config, key: &str) -> Source {
+    cfg.resolved
+        .iter()
+        .find(|r| r.key.name == key)
+        .unwrap()
+        .source
+        .clone()
+}
+
+const NO_ENV: [(&str, &str); 0] = [];
+
+#[test]
+fn defaults_are_valid_and_documented() {
+    let cfg = load(None, &NO_ENV, &[]).unwrap();
+    assert_eq!(cfg.init.stop_grace, Duration::from_secs(25));
+    assert_eq!(cfg.init.forward_signals.len(), 7);
+    assert_eq!(cfg.ray.mode, RayMode::Direct);
+    assert_eq!(cfg.ray.reconnect_timeout, Duration::from_secs(60));
+    assert_eq!(cfg.gcs.max_restarts, 5);
+    assert_eq!(cfg.probe.listen.port(), 8099);
+    assert!(!cfg.fault_tolerant());
+    assert!(cfg.resolved.iter().all(|r| r.source == Source::Default));
+}
+
+#[test]
+fn precedence_is_flag_env_file_default() {
+    let file =
+        "[init]\nstop-grace = \"7s\"\nstop-command-timeout = \"3s\"\n[gcs]\nmax-restarts = 2\n";
+    let env = [
+        ("RAYHEAD_INIT_STOP_GRACE", "8s"),
+        ("RAYHEAD_GCS_MAX_RESTARTS", "3"),
+    ];
+    let cfg = load(Some(file), &env, &["gcs.max-restarts=4"]).unwrap();
+    // flag beats env
+    assert_eq!(cfg.gcs.max_restarts, 4);
+    assert!(matches!(
+        source_of(&cfg, "gcs.max-restarts"),
+        Source::Flag(_)
+    ));
+    // env beats file
+    assert_eq!(cfg.init.stop_grace, Duration::from_secs(8));
+    assert_eq!(
+        source_of(&cfg, "init.stop-grace"),
+        Source::Env("RAYHEAD_INIT_STOP_GRACE".into())
+    );
+    // file beats default
+    assert_eq!(cfg.init.stop_command_timeout, Duration::from_secs(3));
+    assert!(matches!(
+        source_of(&cfg, "init.stop-command-timeout"),
+        Source::File(_)
+    ));
+    assert_eq!(source_of(&cfg, "log.level"), Source::Default);
+}
+
+#[test]
+fn the_last_flag_wins() {
+    let cfg = load(None, &NO_ENV, &["init.stop-grace=1s", "init.stop-grace=2s"]).unwrap();
+    assert_eq!(cfg.init.stop_grace, Duration::from_secs(2));
+}
+
+#[test]
+fn kuberay_variables_are_read() {
+    let env = [
+        ("RAY_REDIS_ADDRESS", "redis:6379"),
+        ("REDIS_PASSWORD", "s3cret"),
+        ("REDIS_USERNAME", ""),
+        ("RAY_external_storage_namespace", "uid-123"),
+        ("RAY_gcs_rpc_server_reconnect_timeout_s", "120"),
+        (
+            "KUBERAY_GEN_RAY_START_CMD",
+            "ray start --head --redis-password=$REDIS_PASSWORD",
+        ),
+        ("RAY_PORT", "6380"),
+        ("RAY_START_ULIMIT_OPEN_FILES", "1024"),
+    ];
+    let cfg = load(None, &env, &[]).unwrap();
+    assert_eq!(cfg.redis.address.as_deref(), Some("redis:6379"));
+    assert_eq!(cfg.redis.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(
+        cfg.redis.username, None,
+        "an empty REDIS_USERNAME means none"
+    );
+    assert_eq!(cfg.redis.namespace.as_deref(), Some("uid-123"));
+    assert_eq!(cfg.ray.reconnect_timeout, Duration::from_secs(120));
+    assert!(cfg
+        .ray
+        .start_command
+        .as_deref()
+        .unwrap()
+        .contains("$REDIS_PASSWORD"));
+    assert_eq!(cfg.ray.gcs_port, 6380);
+    assert_eq!(cfg.ray.open_files, 1024);
+    assert!(cfg.fault_tolerant());
+}
+
+#[test]
+fn rayhead_variables_beat_kuberay_ones() {
+    let env = [("RAY_PORT", "6380"), ("RAYHEAD_RAY_GCS_PORT", "7000")];
+    let cfg = load(None, &env, &[]).unwrap();
+    assert_eq!(cfg.ray.gcs_port, 7000);
+    let env = [("RAY_PORT", "6380"), ("RAYHEAD_LOG", "debug")];
+    let cfg = load(None, &env, &[]).unwrap();
+    assert_eq!(cfg.log.level, "debug");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let file = "[init]\nstop-grase = \"7s\"\nstop-grace = 25\n[gcs]\nhealth-intervall = \"1s\"\n[nope]\nx = 1\n";
+    let env = [("RAY_PORT", "http"), ("RAYHEAD_LOG_FORMAT", "xml")];
+    let err = load(Some(file), &env, &["ray.mood=direct"]).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "init.stop-grase",
+        "init.stop-grace",
+        "gcs.health-intervall",
+        "[nope]",
+        "ray.gcs-port",
+        "log.format",
+        "ray.mood",
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {err}");
+    }
+    let text = err.to_string();
+    assert!(text.contains("7 problems"), "{text}");
+    assert!(text.contains("\"http\""), "the bad value is shown: {text}");
+    assert!(text.contains("one of text, json"), "{text}");
+    assert!(
+        text.contains("[init] has"),
+        "known keys are suggested: {text}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_output() {
+    let env = [("REDIS_PASSWORD", "hunter2")];
+    let cfg = load(None, &env, &[]).unwrap();
+    let shown = format!("{}\n{:?}", cfg.render(), cfg);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+    let err = load(Some("[redis]\npassword = 12345\n"), &NO_ENV, &[]).unwrap_err();
+    assert!(!err.to_string().contains("12345"), "{err}");
+}
+
+#[test]
+fn cross_key_checks() {
+    let err = load(
+        None,
+        &NO_ENV,
+        &[
+            "gcs.deadline-margin=60s",
+            "gcs.unhealthy-after=100ms",
+            "init.stop-grace=0s",
+            "redis.namespace=a@b",
+        ],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "init.stop-grace",
+            "gcs.unhealthy-after",
+            "gcs.deadline-margin",
+            "redis.namespace"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let err = load(Some("[init\n"), &NO_ENV, &[]).unwrap_err();
+    assert!(err.to_string().contains("not valid TOML"), "{err}");
+    let inputs = Inputs {
+        file: Some("/nonexistent/rayhead.toml".into()),
+        flags: vec![],
+    };
+    let err = Config::load(&inputs, &NO_ENV).unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/rayhead.toml"),
+        "{err}"
+    );
+    let err = load(Some("init = 5\n"), &NO_ENV, &[]).unwrap_err();
+    assert!(err.to_string().contains("expected a table [init]"), "{err}");
+}
+
+#[test]
+fn empty_values_are_errors_not_defaults() {
+    let err = load(None, &[("RAYHEAD_INIT_STOP_GRACE", "")], &[]).unwrap_err();
+    assert!(err.to_string().contains("init.stop-grace"), "{err}");
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[test]
+fn config_env_names_the_file() {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), "[gcs]\nmax-restarts = 9\n").unwrap();
+    let p = tmp.path().to_str().unwrap();
+    let cfg = Config::load(&Inputs::default(), &[(ENV_CONFIG, p)]).unwrap();
+    assert_eq!(cfg.gcs.max_restarts, 9);
+}
+
+#[test]
+fn stop_command_takes_a_list_or_a_string() {
+    let cfg = load(
+        Some("[init]\nstop-command = [\"ray\", \"stop\", \"--force\"]\n"),
+        &NO_ENV,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.init.stop_command.unwrap(),
+        vec!["ray", "stop", "--force"]
+    );
+    let cfg = load(None, &NO_ENV, &["init.stop-command=ray stop 'a b'"]).unwrap();
+    assert_eq!(cfg.init.stop_command.unwrap(), vec!["ray", "stop", "a b"]);
+}
+
+#[test]
+fn termination_log_can_be_turned_off() {
+    let cfg = load(None, &NO_ENV, &["init.termination-log="]).unwrap();
+    assert_eq!(cfg.init.termination_log, None);
+}
+
+#[test]
+fn render_lists_every_key_with_its_source() {
+    let cfg = load(None, &[("RAY_PORT", "6380")], &["init.stop-grace=3s"]).unwrap();
+    let text = cfg.render();
+    for k in KEYS {
+        assert!(text.contains(k.leaf()), "{} missing:\n{text}", k.name);
+    }
+    assert!(text.contains("env RAY_PORT"), "{text}");
+    assert!(text.contains("flag --set init.stop-grace"), "{text}");
+    // The listing is valid TOML that loads back to the same values.
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), &text).unwrap();
+    let again = Config::load(
+        &Inputs {
+            file: Some(tmp.path().into()),
+            flags: vec![],
+        },
+        &NO_ENV,
+    )
+    .unwrap();
+    assert_eq!(again.ray.gcs_port, 6380);
+    assert_eq!(again.init.stop_grace, Duration::from_secs(3));
+}
+
+/// `config/rayhead.toml` documents every key with its default.
+#[test]
+fn shipped_config_documents_every_key() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rayhead.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for k in KEYS {
+        let line = match k.default {
+            Some(d) => format!(
+                "# {} = {}",
+                k.leaf(),
+                value::parse_text(k.kind, EnvUnit::Plain, d)
+                    .unwrap()
+                    .render()
+            ),
+            None => format!("# {} =", k.leaf()),
+        };
+        assert!(
+            text.contains(&line),
+            "config/rayhead.toml lacks `{line}` for {}",
+            k.name
+        );
+        assert!(text.contains(&format!("[{}]", k.section())));
+    }
+    // Uncommented, it is still a valid file.
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), &text).unwrap();
+    Config::load(
+        &Inputs {
+            file: Some(tmp.path().into()),
+            flags: vec![],
+        },
+        &NO_ENV,
+    )
+    .unwrap();
+}

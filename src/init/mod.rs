@@ -1,0 +1,167 @@
+//! The init: PID 1 (or a subreaper) that starts one command, reaps every
+//! process of its tree, forwards signals, and stops the whole tree within the
+//! grace period before it exits with the command's own code.
+
+pub mod proctree;
+pub mod reaper;
+pub mod signals;
+pub mod spawn;
+pub mod stop;
+
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::InitConfig;
+use crate::exit::{self, Exit};
+use reaper::{ExitStatus, Reaper};
+use stop::{StopPlan, StopReport};
+
+/// The process-wide parts of the init, set up once: the reaper and the
+/// signal handlers. Their tasks stop when `cancel` fires.
+pub struct Init {
+    pub reaper: Arc<Reaper>,
+    pub signals: mpsc::UnboundedReceiver<Signal>,
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
+}
+
+impl Init {
+    /// Installs the SIGCHLD and stop/forward signal handlers and starts the
+    /// reaper. Call it inside the runtime, before anything is spawned.
+    pub fn start(cfg: &InitConfig) -> std::io::Result<Init> {
+        match spawn::become_subreaper() {
+            Ok(true) => tracing::debug!("running as a child subreaper"),
+            Ok(false) => tracing::debug!("running as PID 1"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot become a child subreaper; orphans will escape")
+            }
+        }
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let reaper = Reaper::start(&tracker, cancel.child_token())?;
+        let mut handled = signals::always_handled();
+        for s in &cfg.forward_signals {
+            if !handled.contains(s) {
+                handled.push(*s);
+            }
+        }
+        let signals = signals::listen(&handled, &tracker, cancel.child_token())?;
+        Ok(Init {
+            reaper,
+            signals,
+            tracker,
+            cancel,
+        })
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Why the supervised command stopped running.
+enum Ended {
+    Exited(ExitStatus),
+    Signalled(Signal),
+}
+
+/// Runs `argv` under the init until the whole tree is gone.
+pub async fn run(cfg: &InitConfig, argv: &[String]) -> Exit {
+    let mut init = match Init::start(cfg) {
+        Ok(i) => i,
+        Err(e) => return Exit::new(exit::INTERNAL, format!("cannot set up the init: {e}")),
+    };
+    let exit = supervise(cfg, argv, &mut init).await;
+    init.shutdown().await;
+    exit
+}
+
+async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init) -> Exit {
+    let line = crate::redact::command_line(argv);
+    let mut child = match init.reaper.spawn(&mut spawn::command(argv), "command") {
+        Ok(c) => c,
+        Err(e) => {
+            let code = spawn::spawn_error_code(&e);
+            return Exit::new(code, format!("cannot start {:?}: {e}", argv[0]));
+        }
+    };
+    let pgid = child.pid;
+    tracing::info!(pid = pgid.as_raw(), command = %line, "started the command");
+
+    let ended = loop {
+        tokio::select! {
+            status = &mut child.exit => match status {
+                Ok(s) => break Ended::Exited(s),
+                Err(_) => return Exit::new(exit::INTERNAL, "the reaper stopped before the command exited"),
+            },
+            Some(sig) = init.signals.recv() => {
+                if stop::is_stop_signal(sig) {
+                    break Ended::Signalled(sig);
+                }
+                if cfg.forward_signals.contains(&sig) {
+                    stop::forward_to_group(pgid, sig);
+                } else {
+                    tracing::info!(signal = sig.as_str(), "signal is not forwarded; ignored");
+                }
+            }
+        }
+    };
+
+    let group_signal = match ended {
+        Ended::Signalled(sig) if cfg.forward_signals.contains(&sig) => sig,
+        _ => Signal::SIGTERM,
+    };
+    let plan = StopPlan {
+        stop_command: cfg.stop_command.clone(),
+        stop_command_timeout: cfg.stop_command_timeout,
+        grace: cfg.stop_grace,
+        group: Some((pgid, group_signal)),
+        forward: cfg.forward_signals.clone(),
+    };
+    match &ended {
+        Ended::Exited(s) => tracing::info!(status = %s, "the command ended"),
+        Ended::Signalled(sig) => tracing::info!(signal = sig.as_str(), "stopping the process tree"),
+    }
+    let report = stop::stop_tree(&init.reaper, &plan, &mut init.signals).await;
+    let status = match ended {
+        Ended::Exited(s) => s,
+        // The tree is gone, so the command has been reaped.
+        Ended::Signalled(_) => match child.exit.await {
+            Ok(s) => s,
+            Err(_) => return Exit::new(exit::INTERNAL, "the command's status was lost"),
+        },
+    };
+    Exit::new(status.code(), reason(&ended, status, &report))
+}
+
+fn reason(ended: &Ended, status: ExitStatus, report: &StopReport) -> String {
+    let mut out = match ended {
+        Ended::Exited(_) => format!("the command {status}"),
+        Ended::Signalled(sig) => format!(
+            "rayhead received {}; the command then {status}",
+            sig.as_str()
+        ),
+    };
+    if report.terminated > 0 || report.killed > 0 {
+        out.push_str(&format!(
+            "; stopped the process tree in {:.1}s",
+            report.elapsed.as_secs_f64()
+        ));
+        if report.killed > 0 {
+            let why = if report.escalated {
+                "after a second stop signal"
+            } else {
+                "after the grace period"
+            };
+            out.push_str(&format!(", {} process(es) SIGKILLed {why}", report.killed));
+        }
+    }
+    out
+}

@@ -1,0 +1,149 @@
+//! The process tree, read from `/proc`.
+//!
+//! A graceful stop must reach descendants that left the child's process group
+//! (`setsid`, as Ray's actors may do), so it walks parent links from `/proc`
+//! instead of trusting process groups.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use nix::unistd::Pid;
+
+/// One process, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: Pid,
+    pub ppid: Pid,
+    pub pgid: Pid,
+    pub sid: Pid,
+    /// `R`, `S`, `Z` (zombie), ...
+    pub state: char,
+    /// The kernel's 15-character command name.
+    pub comm: String,
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name is in parentheses
+/// and may itself hold spaces and parentheses, so the fields are read after
+/// the *last* `)`.
+pub fn parse_stat(text: &str) -> Option<ProcInfo> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid: i32 = text[..open].trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let mut rest = text.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid: i32 = rest.next()?.parse().ok()?;
+    let pgid: i32 = rest.next()?.parse().ok()?;
+    let sid: i32 = rest.next()?.parse().ok()?;
+    Some(ProcInfo {
+        pid: Pid::from_raw(pid),
+        ppid: Pid::from_raw(ppid),
+        pgid: Pid::from_raw(pgid),
+        sid: Pid::from_raw(sid),
+        state,
+        comm,
+    })
+}
+
+/// Every process visible in `proc` (normally `/proc`). Processes that vanish
+/// while it reads are skipped.
+pub fn snapshot_at(proc: &Path) -> Vec<ProcInfo> {
+    let Ok(dir) = fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|t| parse_stat(&t))
+        .collect()
+}
+
+/// Every process visible in `/proc`.
+pub fn snapshot() -> Vec<ProcInfo> {
+    snapshot_at(Path::new("/proc"))
+}
+
+/// The descendants of `root` in `procs`, parents before children.
+pub fn descendants(procs: &[ProcInfo], root: Pid) -> Vec<ProcInfo> {
+    let mut children: HashMap<Pid, Vec<&ProcInfo>> = HashMap::new();
+    for p in procs {
+        if p.pid != root {
+            children.entry(p.ppid).or_default().push(p);
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(parent) = queue.pop() {
+        if let Some(kids) = children.get(&parent) {
+            for k in kids {
+                out.push((*k).clone());
+                queue.push(k.pid);
+            }
+        }
+    }
+    out
+}
+
+/// The live (not zombie) descendants of this process.
+pub fn live_descendants_of_self() -> Vec<ProcInfo> {
+    let me = nix::unistd::getpid();
+    descendants(&snapshot(), me)
+        .into_iter()
+        .filter(|p| p.state != 'Z' && p.state != 'X')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        let p = parse_stat("42 (a (b) c) S 1 42 42 0 -1 4194560 ...").unwrap();
+        assert_eq!(p.pid, Pid::from_raw(42));
+        assert_eq!(p.comm, "a (b) c");
+        assert_eq!(p.state, 'S');
+        assert_eq!(p.ppid, Pid::from_raw(1));
+        assert_eq!(p.pgid, Pid::from_raw(42));
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S").is_none());
+    }
+
+    #[test]
+    fn descendants_follow_parent_links() {
+        let mk = |pid, ppid| ProcInfo {
+            pid: Pid::from_raw(pid),
+            ppid: Pid::from_raw(ppid),
+            pgid: Pid::from_raw(pid),
+            sid: Pid::from_raw(pid),
+            state: 'S',
+            comm: String::new(),
+        };
+        let procs = vec![
+            mk(1, 0),
+            mk(10, 1),
+            mk(11, 10),
+            mk(12, 11),
+            mk(20, 2),
+            mk(13, 1),
+        ];
+        let mut got: Vec<i32> = descendants(&procs, Pid::from_raw(1))
+            .iter()
+            .map(|p| p.pid.as_raw())
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![10, 11, 12, 13]);
+        assert!(descendants(&procs, Pid::from_raw(12)).is_empty());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = nix::unistd::getpid();
+        assert!(snapshot().iter().any(|p| p.pid == me));
+    }
+}

@@ -1,0 +1,12 @@
+//! rayhead: PID 1 for the head container of a KubeRay cluster with GCS fault
+//! tolerance.
+//!
+//! `main.rs` only calls [`cli::main`]; everything else lives here so that
+//! tests drive the same code the binary runs.
+
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod init;
+pub mod logging;
+pub mod redact;

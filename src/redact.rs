@@ -1,0 +1,101 @@
+//! Redaction of secrets in command lines and addresses.
+//!
+//! gcs_server's argv carries `--redis_password=<password>` in clear, and
+//! `ray start` takes `--redis-password`. Anything that logs or shows an argv
+//! goes through [`argv`] first.
+
+/// Marks an option name as secret when it contains one of these words.
+const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "credential"];
+
+pub const REDACTED: &str = "<redacted>";
+
+fn is_secret_option(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// The argv with every secret value replaced: `--x-password=V`, `--x-password V`,
+/// and the password of any `scheme://user:pass@host` URL.
+pub fn argv<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        let a = a.as_ref();
+        if hide_next {
+            out.push(REDACTED.to_string());
+            hide_next = false;
+            continue;
+        }
+        if let Some(opt) = a.strip_prefix('-') {
+            if let Some((name, _)) = opt.split_once('=') {
+                if is_secret_option(name) {
+                    out.push(format!("-{name}={REDACTED}"));
+                    continue;
+                }
+            } else if is_secret_option(opt) {
+                hide_next = true;
+            }
+        }
+        out.push(url(a));
+    }
+    out
+}
+
+/// The argv as one line, redacted, for a log.
+pub fn command_line<S: AsRef<str>>(args: &[S]) -> String {
+    argv(args).join(" ")
+}
+
+/// Text with the password of any `scheme://user:pass@host` replaced.
+pub fn url(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &text[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        // `redis://secret@host`: Redis treats a lone userinfo as the password.
+        None => REDACTED.to_string(),
+    };
+    format!("{}{}{}", &text[..rest_start], user, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_options() {
+        let got = argv(&[
+            "/x/gcs_server",
+            "--redis_password=hunter2",
+            "--redis-password",
+            "hunter2",
+            "--gcs_server_port=6379",
+            "--Token=abc",
+        ]);
+        let line = got.join(" ");
+        assert!(!line.contains("hunter2") && !line.contains("abc"), "{line}");
+        assert!(line.contains("--redis_password=<redacted>"));
+        assert!(line.contains("--gcs_server_port=6379"));
+    }
+
+    #[test]
+    fn redacts_url_passwords() {
+        assert_eq!(url("redis://u:pw@h:1/0"), "redis://u:<redacted>@h:1/0");
+        assert_eq!(url("rediss://pw@h:1"), "rediss://<redacted>@h:1");
+        assert_eq!(url("h:6379"), "h:6379");
+        assert_eq!(url("redis://h:6379/a@b"), "redis://h:6379/a@b");
+        assert_eq!(
+            command_line(&["x", "redis://a:b@c"]),
+            "x redis://a:<redacted>@c"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The command line and configuration errors, through the real binary.
+
+use std::time::Duration;
+
+use rayhead::config::keys::{Kind, KEYS};
+
+use crate::util::Dir;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn version_and_help_exit_0() {
+    let dir = Dir::new("version");
+    let out = dir.rayhead().args(["--version"]).run(LIMIT);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        out.dump()
+    );
+    let out = dir.rayhead().args(["help"]).run(LIMIT);
+    out.assert_code(0);
+    for sub in ["run", "config"] {
+        assert!(out.stdout.contains(sub), "{}", out.dump());
+    }
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let dir = Dir::new("usage");
+    let out = dir.rayhead().args(["frobnicate"]).run(LIMIT);
+    out.assert_code(64);
+    let out = dir.rayhead().args(["run"]).run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("no command to run"), "{}", out.dump());
+    let out = dir
+        .rayhead()
+        .args(["run", "--set", "novalue", "--", "true"])
+        .run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("KEY=VALUE"), "{}", out.dump());
+}
+
+#[test]
+fn config_check_names_both_bad_keys_and_exits_64() {
+    let dir = Dir::new("check-two");
+    let file = dir.write(
+        "bad.toml",
+        "[init]\nstop-grace = \"soon\"\nsotp-command = \"x\"\n",
+    );
+    let out = dir
+        .rayhead()
+        .args(["config", "check", "--config"])
+        .arg_path(&file)
+        .run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("init.stop-grace"), "{}", out.dump());
+    assert!(out.stderr.contains("init.sotp-command"), "{}", out.dump());
+    assert!(out.stderr.contains("\"soon\""), "{}", out.dump());
+    assert!(out.stderr.contains("2 problems"), "{}", out.dump());
+}
+
+#[test]
+fn config_check_prints_values_with_sources_and_redacts_secrets() {
+    let dir = Dir::new("check-ok");
+    let file = dir.write("ok.toml", "[gcs]\nmax-restarts = 3\n");
+    let out = dir
+        .rayhead()
+        .env("REDIS_PASSWORD", "hunter2-do-not-print")
+        .env("RAY_PORT", "6390")
+        .args([
+            "--log-format",
+            "json",
+            "config",
+            "check",
+            "--set",
+            "init.stop-grace=9s",
+            "-c",
+        ])
+        .arg_path(&file)
+        .run(LIMIT);
+    out.assert_code(0);
+    let text = &out.stdout;
+    assert!(
+        !text.contains("hunter2") && !out.stderr.contains("hunter2"),
+        "{}",
+        out.dump()
+    );
+    for want in [
+        "max-restarts = 3",
+        "# file ",
+        "gcs-port = 6390",
+        "# env RAY_PORT",
+        "stop-grace = \"9s\"",
+        "# flag --set init.stop-grace",
+        "format = \"json\"",
+        "# flag --log-format",
+        "password = \"<redacted>\"",
+        "# env REDIS_PASSWORD",
+    ] {
+        assert!(text.contains(want), "missing {want:?}\n{}", out.dump());
+    }
+}
+
+/// A bad value for a key of this kind, or `None` when any text is valid.
+fn bad_value(name: &str, kind: Kind) -> Option<&'static str> {
+    match (name, kind) {
+        ("log.level", _) => Some("[[nope"),
+        ("redis.namespace", _) => Some("a@b"),
+        (_, Kind::Duration) => Some("soonish"),
+        (_, Kind::Count { .. }) => Some("-1"),
+        (_, Kind::Choice(_)) => Some("sideways"),
+        (_, Kind::Signals) => Some("SIGNOPE"),
+        (_, Kind::Argv) => Some("'unterminated"),
+        (_, Kind::Listen) => Some("nowhere"),
+        (_, Kind::Text | Kind::Secret) => None,
+    }
+}
+
+/// Every key that can be wrong: a bad value from a flag, from the env and
+/// from the file each give exit 64 and a message that names the key.
+#[test]
+fn each_bad_key_exits_64_and_is_named() {
+    let dir = Dir::new("each-key");
+    let mut tried = 0;
+    for key in KEYS {
+        let Some(bad) = bad_value(key.name, key.kind) else {
+            continue;
+        };
+        tried += 1;
+        let out = dir
+            .rayhead()
+            .args(["run", "--set", &format!("{}={bad}", key.name), "--", "true"])
+            .run(LIMIT);
+        out.assert_code(64);
+        assert!(
+            out.stderr.contains(key.name),
+            "flag {}: {}",
+            key.name,
+            out.dump()
+        );
+
+        let out = dir
+            .rayhead()
+            .env(&key.env_name(), bad)
+            .args(["config", "check"])
+            .run(LIMIT);
+        out.assert_code(64);
+        assert!(
+            out.stderr.contains(key.name),
+            "env {}: {}",
+            key.name,
+            out.dump()
+        );
+        assert!(out.stderr.contains(&key.env_name()), "{}", out.dump());
+
+        let file = dir.write(
+            "key.toml",
+            &format!("[{}]\n{} = {:?}\n", key.section(), key.leaf(), bad),
+        );
+        // The harness's env (RAYHEAD_LOG, ...) would beat the file.
+        let out = dir
+            .rayhead()
+            .env_remove(&key.env_name())
+            .env_remove("RAYHEAD_LOG")
+            .args(["config", "check", "--config"])
+            .arg_path(&file)
+            .run(LIMIT);
+        out.assert_code(64);
+        assert!(
+            out.stderr.contains(key.name),
+            "file {}: {}",
+            key.name,
+            out.dump()
+        );
+    }
+    assert!(tried >= 20, "only {tried} keys tried");
+}

@@ -1,0 +1,6 @@
+//! The integration tests: one binary, one shared harness (`util`).
+
+mod util;
+
+mod cli;
+mod pid1;

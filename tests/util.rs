@@ -1,0 +1,368 @@
+//! The shared harness for the integration tests (ripgrep's layout).
+//!
+//! Each test gets its own temp dir, runs the real `rayhead` binary from
+//! `CARGO_BIN_EXE_rayhead` with a scrubbed environment, and captures stdout
+//! and stderr to files. A run that outlives its bound is killed by the
+//! watchdog, and a run dropped by a failing test is killed with its whole
+//! tree, so nothing leaks into the next test. Failures print everything the
+//! run wrote.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use rayhead::init::proctree;
+
+/// The PATH every run gets: nothing from the caller's environment.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The path of the binary under test.
+pub fn rayhead_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rayhead"))
+}
+
+/// A per-test temp dir, removed when dropped.
+pub struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new(name: &str) -> Dir {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("rayhead-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        Dir { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.join(name);
+        fs::write(&p, text).expect("write file");
+        p
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.join(name)).unwrap_or_default()
+    }
+
+    /// A rayhead command in this dir: scrubbed env, the termination message
+    /// sent to `termination-log` here, debug logs.
+    pub fn rayhead(&self) -> TestCommand {
+        let mut cmd = Command::new(rayhead_bin());
+        cmd.current_dir(self.path())
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", self.path())
+            .env("D", self.path())
+            .env("RAYHEAD_LOG", "debug")
+            .env("RAYHEAD_INIT_TERMINATION_LOG", self.join("termination-log"));
+        TestCommand {
+            cmd,
+            pid1: false,
+            dir: self.path().to_path_buf(),
+            stdin: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+type Hook = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
+/// A command to run, optionally as PID 1 of a new PID namespace.
+pub struct TestCommand {
+    cmd: Command,
+    pid1: bool,
+    dir: PathBuf,
+    stdin: Option<Stdio>,
+    hooks: Vec<Hook>,
+}
+
+impl TestCommand {
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn arg_path(mut self, p: &Path) -> Self {
+        self.cmd.arg(p);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// Runs rayhead as PID 1 of its own PID namespace, through
+    /// `unshare --pid --fork --mount-proc` (needs root, as CI has).
+    pub fn pid1(mut self) -> Self {
+        self.pid1 = true;
+        self
+    }
+
+    pub fn stdin(mut self, s: Stdio) -> Self {
+        self.stdin = Some(s);
+        self
+    }
+
+    /// Runs `f` in the forked process before exec, to set up what rayhead
+    /// inherits (fds, signal state).
+    ///
+    /// # Safety
+    /// As for `CommandExt::pre_exec`.
+    pub unsafe fn pre_exec<F>(mut self, f: F) -> Self
+    where
+        F: FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    {
+        self.hooks.push(Box::new(f));
+        self
+    }
+
+    /// Starts it.
+    pub fn spawn(self) -> Running {
+        let TestCommand {
+            cmd,
+            pid1,
+            dir,
+            stdin,
+            hooks,
+        } = self;
+        let mut cmd = if pid1 {
+            let mut u = Command::new("unshare");
+            u.args(["--pid", "--fork", "--mount-proc", "--"]);
+            u.arg(cmd.get_program());
+            u.args(cmd.get_args());
+            u.env_clear();
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    u.env(k, v);
+                }
+            }
+            u.current_dir(&dir);
+            u
+        } else {
+            cmd
+        };
+        cmd.stdout(fs::File::create(dir.join("stdout")).expect("stdout file"))
+            .stderr(fs::File::create(dir.join("stderr")).expect("stderr file"))
+            .stdin(stdin.unwrap_or(Stdio::null()))
+            // Its own process group, so the guard can kill the whole run.
+            .process_group(0);
+        for h in hooks {
+            // SAFETY: the caller of `pre_exec` vouched for the hook.
+            unsafe {
+                cmd.pre_exec(h);
+            }
+        }
+        let child = cmd.spawn().expect("spawn rayhead");
+        Running {
+            child: Some(child),
+            pid1,
+            dir,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs it to completion within `limit`.
+    pub fn run(self, limit: Duration) -> Output {
+        self.spawn().wait(limit)
+    }
+}
+
+/// What a finished run left.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub termination_log: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Everything, for a failure message.
+    pub fn dump(&self) -> String {
+        format!(
+            "code: {:?} signal: {:?} elapsed: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- termination-log ---\n{}",
+            self.code, self.signal, self.elapsed, self.stdout, self.stderr, self.termination_log
+        )
+    }
+
+    /// Asserts the exit code, printing everything if it differs.
+    pub fn assert_code(&self, want: i32) -> &Self {
+        assert_eq!(self.code, Some(want), "unexpected exit\n{}", self.dump());
+        self
+    }
+}
+
+/// A running rayhead. Dropping it kills the whole run.
+pub struct Running {
+    child: Option<Child>,
+    pid1: bool,
+    dir: PathBuf,
+    pub started: Instant,
+}
+
+impl Running {
+    /// The pid of the process we spawned (`unshare` in PID 1 mode).
+    pub fn outer_pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// rayhead's pid as this test sees it. In PID 1 mode it is the child of
+    /// `unshare`, once `unshare` has exec'd it.
+    pub fn rayhead_pid(&self) -> Pid {
+        let outer = self.outer_pid();
+        if !self.pid1 {
+            return outer;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(p) = proctree::snapshot()
+                .into_iter()
+                .find(|p| p.ppid == outer && p.comm == "rayhead")
+            {
+                return p.pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rayhead did not start under unshare"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a signal to rayhead.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.rayhead_pid(), sig).expect("signal rayhead");
+    }
+
+    /// Waits for a file in the test dir to exist (the child's "ready" mark).
+    pub fn wait_for_file(&mut self, name: &str, limit: Duration) {
+        let path = self.dir.join(name);
+        let deadline = Instant::now() + limit;
+        while !path.exists() {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "rayhead exited ({st}) before {name} appeared\n{}",
+                    self.collect(None).dump()
+                );
+            }
+            if Instant::now() > deadline {
+                let out = self.kill_and_collect();
+                panic!("{name} did not appear within {limit:?}\n{}", out.dump());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the run to end within `limit`; past it, the watchdog kills
+    /// the run and the test fails with its output.
+    pub fn wait(mut self, limit: Duration) -> Output {
+        let deadline = self.started + limit;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            match child.try_wait() {
+                Ok(Some(st)) => return self.collect(Some(st)),
+                Ok(None) => {}
+                Err(e) => panic!("wait: {e}"),
+            }
+            if Instant::now() > deadline {
+                let out = self.kill_and_collect();
+                panic!(
+                    "watchdog: rayhead still running after {limit:?}\n{}",
+                    out.dump()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn collect(&mut self, st: Option<std::process::ExitStatus>) -> Output {
+        use std::os::unix::process::ExitStatusExt;
+        let elapsed = self.started.elapsed();
+        if st.is_some() {
+            self.child = None;
+        }
+        let read = |n: &str| fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+        Output {
+            code: st.and_then(|s| s.code()),
+            signal: st.and_then(|s| s.signal()),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+            termination_log: read("termination-log"),
+            elapsed,
+        }
+    }
+
+    fn kill_and_collect(&mut self) -> Output {
+        self.kill_tree();
+        let st = self.child.as_mut().and_then(|c| c.wait().ok());
+        self.collect(st)
+    }
+
+    /// Kills rayhead's descendants (those that left its group too), then
+    /// its process group.
+    fn kill_tree(&mut self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let outer = Pid::from_raw(child.id() as i32);
+        for p in proctree::descendants(&proctree::snapshot(), outer) {
+            let _ = kill(p.pid, Signal::SIGKILL);
+        }
+        let _ = killpg(outer, Signal::SIGKILL);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill_tree();
+            if let Some(mut c) = self.child.take() {
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Whether a pid names a live (non-zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(t) => proctree::parse_stat(&t).is_some_and(|p| p.state != 'Z'),
+        Err(_) => false,
+    }
+}
+
+/// Counts lines of `log` that contain `needle`.
+pub fn count_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
