@@ -143,25 +143,53 @@ fn run(cli: &Cli, args: &RunArgs) -> u8 {
     };
     crate::logging::init(&cfg.log.level, cfg.log.format);
     crate::init::spawn::close_inherited_fds();
-    let exit = if args.command.is_empty() {
-        Exit::new(
-            exit::CONFIG,
-            "no command to run: give one after `--`, as in `rayhead run -- ray start --head --block`",
-        )
-    } else {
-        match tokio::runtime::Builder::new_current_thread()
+    let exit = match what_to_run(&cfg, &args.command) {
+        Err(exit) => exit,
+        Ok(job) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(crate::init::run(&cfg.init, &args.command)),
+            Ok(rt) => rt.block_on(async {
+                match job {
+                    Job::Command(argv) => crate::init::run(&cfg.init, &argv).await,
+                    Job::Ray(plan) => {
+                        let state = plan.initial_state();
+                        crate::ray::run(&cfg, *plan, state).await
+                    }
+                }
+            }),
             Err(e) => Exit::new(
                 exit::INTERNAL,
                 format!("cannot start the async runtime: {e}"),
             ),
-        }
+        },
     };
     finish(&cfg, &exit);
     exit.code
+}
+
+/// What `rayhead run` supervises.
+enum Job {
+    /// A plain command, under the generic init.
+    Command(Vec<String>),
+    /// A Ray head: `ray start --head ...` after `--`, or ray.start-command.
+    Ray(Box<crate::ray::Plan>),
+}
+
+fn what_to_run(cfg: &Config, command: &[String]) -> Result<Job, Exit> {
+    let bad = |e: String| Exit::new(exit::CONFIG, e);
+    if !command.is_empty() && !crate::ray::is_ray_start(command) {
+        return Ok(Job::Command(command.to_vec()));
+    }
+    if command.is_empty() && cfg.ray.start_command.is_none() {
+        return Err(bad(
+            "no command to run: give one after `--`, or set ray.start-command (KUBERAY_GEN_RAY_START_CMD)".into(),
+        ));
+    }
+    let argv = (!command.is_empty()).then_some(command);
+    crate::ray::Plan::new(cfg, argv, &ProcessEnv)
+        .map(|p| Job::Ray(Box::new(p)))
+        .map_err(bad)
 }
 
 /// Reports the exit: a log line on stderr, and the termination message.

@@ -15,6 +15,28 @@ pub const CONFIG: u8 = 64;
 /// rayhead itself failed: it could not set up its runtime or signals
 /// (sysexits' EX_SOFTWARE).
 pub const INTERNAL: u8 = 70;
+/// The GCS was lost and did not answer SERVING again before the head's
+/// reconnect window (less the margin) ran out.
+pub const GCS_NOT_RECOVERED: u8 = 80;
+/// The GCS was lost without fault tolerance (no external Redis): its state
+/// died with it, so the head shares its fate, as KubeRay describes.
+pub const GCS_LOST_NO_FT: u8 = 81;
+/// The crash-loop guard: more in-place GCS restarts than gcs.max-restarts
+/// within gcs.restart-window.
+pub const GCS_CRASH_LOOP: u8 = 82;
+/// The head raylet exited.
+pub const RAYLET_DIED: u8 = 83;
+/// Another Ray daemon (dashboard, log monitor, monitor, client server)
+/// exited and ray.on-daemon-exit is "exit".
+pub const DAEMON_DIED: u8 = 84;
+/// `ray start` failed, or left no gcs_server or raylet running.
+pub const RAY_START_FAILED: u8 = 85;
+/// Redis never answered within redis.startup-timeout.
+pub const REDIS_UNREACHABLE: u8 = 86;
+/// Redis rejected the credentials.
+pub const REDIS_AUTH: u8 = 87;
+/// The GCS was lost in block mode, where rayhead does not restart it.
+pub const GCS_LOST_BLOCK: u8 = 88;
 /// The command exists but cannot be executed (as a shell reports it).
 pub const CANNOT_EXECUTE: u8 = 126;
 /// The command was not found (as a shell reports it).

@@ -9,4 +9,6 @@ pub mod config;
 pub mod exit;
 pub mod init;
 pub mod logging;
+pub mod ray;
 pub mod redact;
+pub mod redis;

@@ -46,6 +46,17 @@ pub fn command_line<S: AsRef<str>>(args: &[S]) -> String {
     argv(args).join(" ")
 }
 
+/// A line of free text (a program's output) with secret options and URL
+/// passwords redacted, word by word. Quotes around a value do not save it.
+pub fn line(text: &str) -> String {
+    let words: Vec<&str> = text.split(' ').collect();
+    let lowered = text.to_ascii_lowercase();
+    if !SECRET_WORDS.iter().any(|w| lowered.contains(w)) && !text.contains("://") {
+        return text.to_string();
+    }
+    argv(&words).join(" ")
+}
+
 /// Text with the password of any `scheme://user:pass@host` replaced.
 pub fn url(text: &str) -> String {
     let Some(scheme_end) = text.find("://") else {
@@ -85,6 +96,13 @@ mod tests {
         assert!(!line.contains("hunter2") && !line.contains("abc"), "{line}");
         assert!(line.contains("--redis_password=<redacted>"));
         assert!(line.contains("--gcs_server_port=6379"));
+    }
+
+    #[test]
+    fn redacts_lines() {
+        let l = line("  ray start --address='h:1' --redis-password='hunter2' ok");
+        assert!(!l.contains("hunter2"), "{l}");
+        assert_eq!(line("plain  text"), "plain  text");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Spawned {
     pub pid: Pid,
     /// Resolves when the reaper reaps it.
     pub exit: oneshot::Receiver<ExitStatus>,
+    /// The pipes, when the command asked for `Stdio::piped()`.
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
 }
 
 /// How many recent exits are kept for [`Reaper::watch`] callers that arrive
@@ -188,8 +191,9 @@ impl Reaper {
     /// neither waits nor kills, and the reaper owns the wait.
     pub fn spawn(&self, cmd: &mut Command, name: &str) -> io::Result<Spawned> {
         let mut inner = self.lock();
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         drop(child);
         let (tx, rx) = oneshot::channel();
         inner.owners.insert(
@@ -200,7 +204,12 @@ impl Reaper {
             },
         );
         self.idle.send_if_modified(|v| std::mem::replace(v, false));
-        Ok(Spawned { pid, exit: rx })
+        Ok(Spawned {
+            pid,
+            exit: rx,
+            stdout,
+            stderr,
+        })
     }
 
     /// Now, in the reaper's history. Take a mark before looking a process up

@@ -17,13 +17,19 @@ use crate::exit;
 pub fn command(argv: &[String]) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    prepare(&mut cmd);
+    cmd
+}
+
+/// Gives `cmd` its own process group and a clean signal state and fd table
+/// in the child.
+pub fn prepare(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (sigprocmask, raw syscalls).
     unsafe {
         cmd.pre_exec(reset_child);
     }
-    cmd
 }
 
 /// In the forked child: default dispositions, empty mask, no extra fds.

@@ -1,0 +1,83 @@
+//! `ray start`'s output: passed on to rayhead's own stdout and stderr (the
+//! container log), with secrets redacted, and its tail kept so that a failed
+//! start can be explained in the termination message.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use std::io::Write;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How many lines of the tail are kept.
+const TAIL: usize = 12;
+
+/// The last lines of the output, shared with the forwarding tasks.
+#[derive(Clone, Default)]
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() == TAIL {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+
+    /// The kept lines, the most telling first: an `Error`/`Exception` line
+    /// if there is one, else the last line.
+    pub fn summary(&self) -> String {
+        let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines: Vec<&String> = t.iter().filter(|l| !l.trim().is_empty()).collect();
+        let key = lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("Error") || l.contains("Exception") || l.contains("error:"))
+            .or(lines.last());
+        match key {
+            Some(l) => l.trim().to_string(),
+            None => "no output".to_string(),
+        }
+    }
+}
+
+/// Which of rayhead's streams a pipe is passed on to.
+#[derive(Clone, Copy)]
+pub enum To {
+    Stdout,
+    Stderr,
+}
+
+/// Forwards a child's pipe until it closes or `cancel`.
+pub fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: CancellationToken) {
+    let rx = match pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read ray start's output");
+            return;
+        }
+    };
+    tracker.spawn(async move {
+        let mut lines = BufReader::new(rx).lines();
+        loop {
+            let line = tokio::select! {
+                l = lines.next_line() => l,
+                _ = cancel.cancelled() => return,
+            };
+            let Ok(Some(line)) = line else { return };
+            let line = crate::redact::line(&line);
+            let out = format!("{line}\n");
+            // One short line: a blocking write is fine.
+            let _ = match to {
+                To::Stdout => std::io::stdout().lock().write_all(out.as_bytes()),
+                To::Stderr => std::io::stderr().lock().write_all(out.as_bytes()),
+            };
+            tail.push(line);
+        }
+    });
+}

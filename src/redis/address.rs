@@ -1,0 +1,157 @@
+//! `RAY_REDIS_ADDRESS`, in every form Ray accepts.
+
+use std::fmt;
+
+use crate::config::Secret;
+
+/// Where Redis is, and the credentials the address itself carries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAddress {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl fmt::Debug for RedisAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// `redis://host:port` or `rediss://host:port`, never with the password.
+impl fmt::Display for RedisAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match &self.username {
+            Some(u) => write!(f, "{scheme}://{u}@{host}:{}", self.port),
+            None => write!(f, "{scheme}://{host}:{}", self.port),
+        }
+    }
+}
+
+/// Parses `host:port`, `[v6]:port`, `redis://[user[:pass]@]host:port`,
+/// `rediss://...`; of a comma list the first entry is used, as Ray does.
+/// Errors show the address with any password redacted.
+pub fn parse(text: &str) -> Result<RedisAddress, String> {
+    let shown = crate::redact::url(text);
+    let first = text.split(',').next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Err(format!(
+            "{shown:?}: empty address; expected host:port or redis://host:port"
+        ));
+    }
+    let (tls, rest) = if let Some(r) = first.strip_prefix("rediss://") {
+        (true, r)
+    } else if let Some(r) = first.strip_prefix("redis://") {
+        (false, r)
+    } else if first.contains("://") {
+        return Err(format!(
+            "{shown:?}: unknown scheme; expected redis:// or rediss://"
+        ));
+    } else {
+        (false, first)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (
+                (!user.is_empty()).then(|| user.to_string()),
+                (!pass.is_empty()).then(|| Secret::new(pass)),
+            ),
+            // Ray and redis-py read a lone userinfo as the password.
+            None => (None, (!u.is_empty()).then(|| Secret::new(u))),
+        },
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{shown:?}: unclosed '[' in an IPv6 address"))?;
+        let p = p
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{shown:?}: expected [v6-address]:port"))?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{shown:?}: no port; expected host:port"))?;
+        if h.contains(':') {
+            return Err(format!(
+                "{shown:?}: an IPv6 address needs brackets, as [::1]:6379"
+            ));
+        }
+        (h.to_string(), p)
+    };
+    if host.is_empty() {
+        return Err(format!("{shown:?}: no host; expected host:port"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{shown:?}: port {port:?} is not a number from 1 to 65535"))?;
+    Ok(RedisAddress {
+        tls,
+        host,
+        port,
+        username,
+        password,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_ray_accepts() {
+        let a = parse("redis-svc:6379").unwrap();
+        assert_eq!((a.tls, a.host.as_str(), a.port), (false, "redis-svc", 6379));
+        let a = parse("redis://h:1").unwrap();
+        assert_eq!((a.tls, a.port), (false, 1));
+        let a = parse("rediss://u:p@h:2/").unwrap();
+        assert!(a.tls);
+        assert_eq!(a.username.as_deref(), Some("u"));
+        assert_eq!(a.password.unwrap().expose(), "p");
+        let a = parse("redis://:p@h:2").unwrap();
+        assert_eq!(a.username, None);
+        assert_eq!(a.password.unwrap().expose(), "p");
+        let a = parse("redis://p@h:2").unwrap();
+        assert_eq!(a.password.unwrap().expose(), "p");
+        let a = parse("[::1]:6380").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 6380));
+        assert_eq!(a.to_string(), "redis://[::1]:6380");
+        let a = parse("a:1,b:2").unwrap();
+        assert_eq!(a.host, "a");
+    }
+
+    #[test]
+    fn bad_forms_say_why_without_the_password() {
+        for (text, why) in [
+            ("", "empty"),
+            ("host", "no port"),
+            ("host:x", "not a number"),
+            ("host:0", "not a number"),
+            (":6379", "no host"),
+            ("::1:6379", "brackets"),
+            ("[::1", "unclosed"),
+            ("http://h:1", "unknown scheme"),
+            ("redis://u:hunter2@h", "no port"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}

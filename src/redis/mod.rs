@@ -1,0 +1,143 @@
+//! Redis, as the GCS uses it: reachability, the start gate before `ray start`
+//! and the restart gate before each in-place GCS restart.
+
+pub mod address;
+
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use tokio::time::{sleep, Instant};
+
+use crate::config::RedisConfig;
+pub use address::RedisAddress;
+
+/// Why a PING failed, in the words an operator needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PingError {
+    /// An error that waiting will not fix.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PingError::Auth(_))
+    }
+}
+
+/// A Redis endpoint with its credentials and timeouts.
+#[derive(Clone)]
+pub struct Redis {
+    pub address: RedisAddress,
+    info: redis::ConnectionInfo,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Redis {
+    /// From the configuration; `Ok(None)` when no Redis is configured. The
+    /// config's username and password beat those in the address.
+    pub fn from_config(cfg: &RedisConfig) -> Result<Option<Redis>, String> {
+        let Some(text) = &cfg.address else {
+            return Ok(None);
+        };
+        let mut address = address::parse(text).map_err(|e| format!("redis.address: {e}"))?;
+        if cfg.username.is_some() {
+            address.username = cfg.username.clone();
+        }
+        if cfg.password.is_some() {
+            address.password = cfg.password.clone();
+        }
+        if address.tls {
+            return Err("redis.address: rediss:// (TLS) is not supported yet".into());
+        }
+        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(u) = &address.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &address.password {
+            settings = settings.set_password(p.expose());
+        }
+        let info = ConnectionAddr::Tcp(address.host.clone(), address.port)
+            .into_connection_info()
+            .map_err(|e| format!("redis.address: {e}"))?
+            .set_redis_settings(settings);
+        Ok(Some(Redis {
+            address,
+            info,
+            connect_timeout: cfg.connect_timeout,
+            command_timeout: cfg.command_timeout,
+        }))
+    }
+
+    /// Connects, authenticates and PINGs; returns the round-trip time.
+    pub async fn ping(&self) -> Result<Duration, PingError> {
+        let start = Instant::now();
+        let client = redis::Client::open(self.info.clone()).map_err(|e| classify(&e))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let mut conn = match tokio::time::timeout(
+            self.connect_timeout + self.command_timeout,
+            connect,
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(classify(&e)),
+            Err(_) => return Err(PingError::Timeout),
+        };
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+        match pong {
+            Ok(_) => Ok(start.elapsed()),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    /// Waits until Redis answers an authenticated PING, or `until`. Logs what
+    /// fails every few seconds. Returns at once on a wrong password.
+    pub async fn wait_ready(&self, until: Instant, purpose: &str) -> Result<Duration, PingError> {
+        let mut backoff = Duration::from_millis(50);
+        let mut last_log: Option<Instant> = None;
+        loop {
+            match self.ping().await {
+                Ok(rtt) => return Ok(rtt),
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(3)) {
+                        tracing::warn!(redis = %self.address, error = %e, purpose, "Redis is not answering yet");
+                        last_log = Some(Instant::now());
+                    }
+                    if Instant::now() + backoff >= until {
+                        return Err(e);
+                    }
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: &redis::RedisError) -> PingError {
+    // The server's error code (the reply's first word) is protocol, not prose.
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
+        return PingError::Auth(e.code().unwrap_or("rejected").to_string());
+    }
+    if e.is_connection_refusal() {
+        return PingError::Refused;
+    }
+    if e.is_timeout() {
+        return PingError::Timeout;
+    }
+    PingError::Other(crate::redact::url(&e.to_string()))
+}
