@@ -1,6 +1,8 @@
 //! The integration tests: one binary, one shared harness (`util`).
 
+mod ray_util;
 mod util;
 
 mod cli;
 mod pid1;
+mod ray_e2e;

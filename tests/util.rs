@@ -62,7 +62,12 @@ impl Dir {
     /// A rayhead command in this dir: scrubbed env, the termination message
     /// sent to `termination-log` here, debug logs.
     pub fn rayhead(&self) -> TestCommand {
-        let mut cmd = Command::new(rayhead_bin());
+        self.command(rayhead_bin())
+    }
+
+    /// Another program, with the same scrubbed environment and guards.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> TestCommand {
+        let mut cmd = Command::new(program);
         cmd.current_dir(self.path())
             .env_clear()
             .env("PATH", PATH)
@@ -143,6 +148,12 @@ impl TestCommand {
 
     /// Starts it.
     pub fn spawn(self) -> Running {
+        self.spawn_named("")
+    }
+
+    /// Starts it with its output in `<name>stdout` and `<name>stderr` (for a
+    /// second process in the same test dir).
+    pub fn spawn_named(self, name: &str) -> Running {
         let TestCommand {
             cmd,
             pid1,
@@ -166,8 +177,8 @@ impl TestCommand {
         } else {
             cmd
         };
-        cmd.stdout(fs::File::create(dir.join("stdout")).expect("stdout file"))
-            .stderr(fs::File::create(dir.join("stderr")).expect("stderr file"))
+        cmd.stdout(fs::File::create(dir.join(format!("{name}stdout"))).expect("stdout file"))
+            .stderr(fs::File::create(dir.join(format!("{name}stderr"))).expect("stderr file"))
             .stdin(stdin.unwrap_or(Stdio::null()))
             // Its own process group, so the guard can kill the whole run.
             .process_group(0);
@@ -182,6 +193,7 @@ impl TestCommand {
             child: Some(child),
             pid1,
             dir,
+            name: name.to_string(),
             started: Instant::now(),
         }
     }
@@ -224,6 +236,7 @@ pub struct Running {
     child: Option<Child>,
     pid1: bool,
     dir: PathBuf,
+    name: String,
     pub started: Instant,
 }
 
@@ -316,8 +329,8 @@ impl Running {
         Output {
             code: st.and_then(|s| s.code()),
             signal: st.and_then(|s| s.signal()),
-            stdout: read("stdout"),
-            stderr: read("stderr"),
+            stdout: read(&format!("{}stdout", self.name)),
+            stderr: read(&format!("{}stderr", self.name)),
             termination_log: read("termination-log"),
             elapsed,
         }

@@ -2,6 +2,7 @@
 //! process of its tree, forwards signals, and stops the whole tree within the
 //! grace period before it exits with the command's own code.
 
+pub mod output;
 pub mod proctree;
 pub mod reaper;
 pub mod signals;
@@ -129,7 +130,14 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init) -> Exit {
         Ended::Exited(s) => tracing::info!(status = %s, "the command ended"),
         Ended::Signalled(sig) => tracing::info!(signal = sig.as_str(), "stopping the process tree"),
     }
-    let report = stop::stop_tree(&init.reaper, &plan, &mut init.signals).await;
+    let report = stop::stop_tree(
+        &init.reaper,
+        &plan,
+        &mut init.signals,
+        &init.tracker,
+        &init.cancel,
+    )
+    .await;
     let status = match ended {
         Ended::Exited(s) => s,
         // The tree is gone, so the command has been reaped.

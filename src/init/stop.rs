@@ -12,10 +12,12 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::proctree;
 use super::reaper::Reaper;
-use super::spawn;
+use super::{output, spawn};
 
 /// What a stop does.
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub async fn stop_tree(
     reaper: &Reaper,
     plan: &StopPlan,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
 ) -> StopReport {
     let start = Instant::now();
     let kill_at = start + plan.grace;
@@ -71,7 +75,7 @@ pub async fn stop_tree(
 
     let mut escalate = false;
     if let Some(argv) = &plan.stop_command {
-        escalate = run_stop_command(reaper, argv, plan, kill_at, signals).await;
+        escalate = run_stop_command(reaper, argv, plan, kill_at, signals, tracker, cancel).await;
     }
 
     if !escalate {
@@ -131,9 +135,14 @@ async fn run_stop_command(
     plan: &StopPlan,
     kill_at: Instant,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
 ) -> bool {
     let line = crate::redact::command_line(argv);
-    let mut spawned = match reaper.spawn(&mut spawn::command(argv), "stop-command") {
+    let mut cmd = spawn::command(argv);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut spawned = match reaper.spawn(&mut cmd, "stop-command") {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(command = %line, error = %e, "stop command could not start");
@@ -141,6 +150,20 @@ async fn run_stop_command(
         }
     };
     tracing::info!(command = %line, pid = spawned.pid.as_raw(), "running the stop command");
+    // The forwarders end at EOF, or when rayhead shuts down.
+    let tail = output::Tail::default();
+    if let Some(o) = spawned.stdout.take() {
+        output::forward(
+            o.into(),
+            output::To::Stdout,
+            tail.clone(),
+            tracker,
+            cancel.clone(),
+        );
+    }
+    if let Some(e) = spawned.stderr.take() {
+        output::forward(e.into(), output::To::Stderr, tail, tracker, cancel.clone());
+    }
     let until = (Instant::now() + plan.stop_command_timeout).min(kill_at);
     loop {
         tokio::select! {

@@ -6,7 +6,6 @@ pub mod command;
 pub mod daemons;
 pub mod gcs;
 pub mod health;
-pub mod output;
 pub mod state;
 mod supervisor;
 

@@ -13,11 +13,11 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::daemons::{self, Daemon};
 use super::gcs::GcsSpec;
 use super::health::{self, Health, Mode, Observation};
-use super::output::{self, Tail, To};
 use super::state::{GcsHealth, Phase, State};
 use super::Plan;
 use crate::config::{Config, DaemonExitPolicy, RayMode};
 use crate::exit::{self, Exit};
+use crate::init::output::{self, Tail, To};
 use crate::init::reaper::ExitStatus;
 use crate::init::stop::{self, StopPlan};
 use crate::init::{proctree, spawn, Init};
@@ -98,7 +98,7 @@ impl<'a> Supervisor<'a> {
         };
         match outcome {
             Outcome::Stop(sig) => {
-                let report = self.teardown().await;
+                let report = self.teardown(false).await;
                 Exit::new(
                     0,
                     format!(
@@ -117,7 +117,7 @@ impl<'a> Supervisor<'a> {
                 tracing::error!(code = exit.code, reason = %exit.reason, "giving up: tearing the Ray head down");
                 self.state
                     .update(|s| s.last_reason = Some(exit.reason.clone()));
-                self.teardown().await;
+                self.teardown(true).await;
                 exit
             }
         }
@@ -600,18 +600,39 @@ impl<'a> Supervisor<'a> {
         self.state.set_daemon("gcs_server", None, "exited", None);
     }
 
-    /// Stops every Ray process: `ray stop`, then TERM, grace, KILL.
-    async fn teardown(&mut self) -> stop::StopReport {
+    /// Stops every Ray process. A requested stop runs `ray stop`, then TERM,
+    /// grace, KILL. A failure (`fast`) skips `ray stop` and gives TERM only
+    /// half of gcs.deadline-margin: the head is broken already, and rayhead
+    /// must be gone before the head's reconnect window ends.
+    async fn teardown(&mut self, fast: bool) -> stop::StopReport {
         self.state
             .set_phase(Phase::Stopping, "stopping the Ray head");
+        let (stop_command, grace) = if fast {
+            let g = (self.cfg.gcs.deadline_margin / 2)
+                .max(Duration::from_secs(1))
+                .min(self.cfg.init.stop_grace);
+            (None, g)
+        } else {
+            (
+                Some(self.plan.stop_command.clone()),
+                self.cfg.init.stop_grace,
+            )
+        };
         let plan = StopPlan {
-            stop_command: Some(self.plan.stop_command.clone()),
+            stop_command,
             stop_command_timeout: self.cfg.init.stop_command_timeout,
-            grace: self.cfg.init.stop_grace,
+            grace,
             group: self.ray_start.map(|p| (p, Signal::SIGTERM)),
             forward: self.cfg.init.forward_signals.clone(),
         };
-        stop::stop_tree(&self.init.reaper, &plan, &mut self.init.signals).await
+        stop::stop_tree(
+            &self.init.reaper,
+            &plan,
+            &mut self.init.signals,
+            &self.init.tracker,
+            &self.init.cancel,
+        )
+        .await
     }
 }
 

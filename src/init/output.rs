@@ -1,6 +1,7 @@
-//! `ray start`'s output: passed on to rayhead's own stdout and stderr (the
-//! container log), with secrets redacted, and its tail kept so that a failed
-//! start can be explained in the termination message.
+//! A child's output passed on to rayhead's own stdout and stderr (the
+//! container log) with secrets redacted, its tail kept so that a failure can
+//! be explained in the termination message. `ray start` and `ray stop` print
+//! daemons' command lines, which carry `--redis_password`.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -58,7 +59,7 @@ pub fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: C
     let rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read ray start's output");
+            tracing::warn!(error = %e, "cannot read a child's output");
             return;
         }
     };

@@ -1,0 +1,297 @@
+//! End-to-end: rayhead supervising a real Ray 2.60.0 head against a real
+//! redis-server. The KubeRay guide's quickstart, automated: a detached
+//! counter actor on a worker node survives GCS kills.
+//!
+//! Serial (one cluster at a time), free ports, per-node temp dirs.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::ray_util::*;
+use crate::util::{count_lines, Dir, Running};
+
+const START: Duration = Duration::from_secs(180);
+const ACTOR: Duration = Duration::from_secs(120);
+
+struct Head {
+    run: Running,
+    ports: NodePorts,
+    namespace: String,
+}
+
+fn start_head(dir: &Dir, redis: Option<&RedisServer>, extra: &[(&str, &str)], mode: &str) -> Head {
+    let ports = NodePorts::new();
+    let namespace = "e2e-ns".to_string();
+    let mut cmd = dir
+        .rayhead()
+        .env("PATH", path_with_venv())
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .env(
+            "KUBERAY_GEN_RAY_START_CMD",
+            head_start_command(&ports, &dir.join("head"), redis.is_some()),
+        )
+        .env("RAYHEAD_RAY_MODE", mode)
+        .env("RAYHEAD_LOG", "info");
+    if let Some(r) = redis {
+        cmd = cmd
+            .env("RAY_REDIS_ADDRESS", r.address())
+            .env("REDIS_PASSWORD", &r.password)
+            .env("RAY_external_storage_namespace", &namespace);
+    }
+    for (k, v) in extra {
+        cmd = cmd.env(k, v);
+    }
+    let run = cmd.args(["run"]).spawn();
+    eventually(START, "the head to run", || {
+        let err = dir.read("stderr");
+        assert!(!err.contains("rayhead exiting"), "rayhead exited:\n{err}");
+        err.contains("to=\"running\"").then_some(())
+    });
+    Head {
+        run,
+        ports,
+        namespace,
+    }
+}
+
+/// A worker node with the reconnect timeout KubeRay gives workers.
+fn start_worker(dir: &Dir, head: &Head) -> Running {
+    let p = NodePorts::new();
+    dir.command(venv_bin().join("ray"))
+        .env("PATH", path_with_venv())
+        .env("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .args([
+            "start",
+            "--block",
+            &format!("--address=127.0.0.1:{}", head.ports.gcs),
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            &format!("--temp-dir={}", dir.join("worker").display()),
+            &format!("--dashboard-agent-listen-port={}", p.agent),
+            &format!("--metrics-export-port={}", p.metrics),
+            "--disable-usage-stats",
+        ])
+        .spawn_named("worker")
+}
+
+fn gcs_pid(head: &Head) -> Pid {
+    let root = head.run.rayhead_pid();
+    eventually(Duration::from_secs(30), "a gcs_server", || {
+        find_comm(root, "gcs_server").first().copied()
+    })
+}
+
+fn raylet_pid(head: &Head) -> Pid {
+    find_comm(head.run.rayhead_pid(), "raylet")[0]
+}
+
+/// Increments the counter; returns its value and the alive nodes' ids.
+fn increment(head: &Head) -> (u64, Vec<String>) {
+    let addr = format!("127.0.0.1:{}", head.ports.gcs);
+    let out = python("increment_counter.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    let value = out
+        .lines()
+        .find_map(|l| l.strip_prefix("counter "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no counter in:\n{out}"));
+    let mut nodes: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("node "))
+        .map(String::from)
+        .collect();
+    nodes.sort();
+    (value, nodes)
+}
+
+/// Kills the GCS with `sig` and waits for the recovery count to reach
+/// `n`; returns the time from the kill until rayhead logged the recovery.
+fn kill_gcs_and_wait(dir: &Dir, head: &Head, sig: Signal, n: usize, limit: Duration) -> Duration {
+    let pid = gcs_pid(head);
+    let t = Instant::now();
+    kill(pid, sig).unwrap();
+    eventually(limit, &format!("recovery #{n} after {sig}"), || {
+        (count_lines(&dir.read("stderr"), "gcs_recovered") >= n).then_some(())
+    });
+    let took = t.elapsed();
+    if sig == Signal::SIGSTOP {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    took
+}
+
+#[test]
+fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-guide");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = RedisServer::start(&dir);
+    let head = start_head(&dir, Some(&redis), &[], "direct");
+    let _worker = start_worker(&dir, &head);
+    let addr = format!("127.0.0.1:{}", head.ports.gcs);
+    python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    let (v, nodes) = increment(&head);
+    assert_eq!(v, 1);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let raylet = raylet_pid(&head);
+
+    let sigkill = kill_gcs_and_wait(&dir, &head, Signal::SIGKILL, 1, Duration::from_secs(60));
+    let (v, after) = increment(&head);
+    assert_eq!(v, 2);
+    assert_eq!(after, nodes, "a node was lost or replaced");
+    assert_eq!(raylet_pid(&head), raylet, "the head raylet was restarted");
+
+    let sigterm = kill_gcs_and_wait(&dir, &head, Signal::SIGTERM, 2, Duration::from_secs(60));
+    assert_eq!(increment(&head).0, 3);
+
+    let sigstop = kill_gcs_and_wait(&dir, &head, Signal::SIGSTOP, 3, Duration::from_secs(60));
+    let (v, after) = increment(&head);
+    assert_eq!(v, 4);
+    assert_eq!(after, nodes);
+    assert_eq!(raylet_pid(&head), raylet);
+
+    let log = dir.read("stderr");
+    let recoveries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("gcs_recovered"))
+        .collect();
+    eprintln!(
+        "kill -> recovered: SIGKILL {sigkill:?}, SIGTERM {sigterm:?}, SIGSTOP {sigstop:?}\n{}",
+        recoveries.join("\n")
+    );
+    // The SIGTERM case is seen by the watch stream, not after unhealthy-after.
+    assert!(
+        sigterm < Duration::from_secs(5),
+        "SIGTERM recovery took {sigterm:?}"
+    );
+    assert!(
+        sigstop >= Duration::from_secs(9),
+        "SIGSTOP was not given unhealthy-after"
+    );
+    assert!(
+        !log.contains("hunter") && !log.contains(&redis.password),
+        "the password leaked"
+    );
+
+    // Scenario 5: SIGTERM to rayhead stops everything cleanly, keys intact.
+    let root = head.run.rayhead_pid();
+    let sent = Instant::now();
+    head.run.signal(Signal::SIGTERM);
+    let out = head.run.wait(Duration::from_secs(60));
+    out.assert_code(0);
+    assert!(sent.elapsed() < Duration::from_secs(25), "{}", out.dump());
+    assert!(find_comm(root, "gcs_server").is_empty());
+    let keys = redis.cli(&["--scan", "--pattern", &format!("RAY{}@*", head.namespace)]);
+    for table in ["NODE", "ACTOR", "JOB"] {
+        assert!(
+            keys.contains(&format!("RAY{}@{table}", head.namespace)),
+            "RAY<ns>@{table} missing after the stop: {keys}"
+        );
+    }
+    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let leak: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&redis.password))
+            .collect();
+        assert!(leak.is_empty(), "the password leaked to {name}: {leak:?}");
+    }
+}
+
+#[test]
+fn e2e_gcs_that_cannot_come_back_exits_80_before_the_head_timeout() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-noredis");
+    let cleanup = KillByMarker(dir.path().display().to_string());
+    let mut redis = RedisServer::start(&dir);
+    let head = start_head(
+        &dir,
+        Some(&redis),
+        &[("RAY_gcs_rpc_server_reconnect_timeout_s", "20")],
+        "direct",
+    );
+    redis.stop();
+    let t = Instant::now();
+    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    let out = head.run.wait(Duration::from_secs(90));
+    out.assert_code(80);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}\n{}",
+        t.elapsed(),
+        out.dump()
+    );
+    assert!(
+        out.termination_log.contains("not SERVING again"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.termination_log.contains("Redis"), "{}", out.dump());
+    assert!(
+        cleanup.pids().is_empty(),
+        "Ray processes left: {:?}",
+        cleanup.pids()
+    );
+}
+
+#[test]
+fn e2e_head_raylet_death_exits_83() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-raylet");
+    let cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = RedisServer::start(&dir);
+    let head = start_head(&dir, Some(&redis), &[], "direct");
+    let t = Instant::now();
+    kill(raylet_pid(&head), Signal::SIGKILL).unwrap();
+    let out = head.run.wait(Duration::from_secs(60));
+    out.assert_code(83);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}\n{}",
+        t.elapsed(),
+        out.dump()
+    );
+    assert!(out.termination_log.contains("raylet"), "{}", out.dump());
+    assert!(
+        cleanup.pids().is_empty(),
+        "Ray processes left: {:?}",
+        cleanup.pids()
+    );
+}
+
+#[test]
+fn e2e_without_fault_tolerance_the_head_shares_the_gcs_fate() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-noft");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let head = start_head(&dir, None, &[], "direct");
+    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    let out = head.run.wait(Duration::from_secs(60));
+    out.assert_code(81);
+    assert!(
+        out.termination_log.contains("without fault tolerance"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-block");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = RedisServer::start(&dir);
+    let head = start_head(&dir, Some(&redis), &[], "block");
+    let t = Instant::now();
+    kill(gcs_pid(&head), Signal::SIGTERM).unwrap();
+    let out = head.run.wait(Duration::from_secs(60));
+    out.assert_code(88);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}\n{}",
+        t.elapsed(),
+        out.dump()
+    );
+    assert!(out.termination_log.contains("block mode"), "{}", out.dump());
+}

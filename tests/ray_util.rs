@@ -1,0 +1,284 @@
+//! Real Redis and real Ray for the end-to-end tests.
+//!
+//! The Ray tests share one lock: Ray's processes, `ray stop` and the CPU of
+//! a 2-core machine do not take two clusters at once. Every process a test
+//! starts is killed by a guard, even when the test fails: the guard kills
+//! every process whose command line names the test's temp dir.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rayhead::init::proctree;
+
+use crate::util::Dir;
+
+static RAY_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serialises the Ray tests; a failed test's poison is ignored.
+pub fn ray_lock() -> MutexGuard<'static, ()> {
+    RAY_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A port nobody listens on now (never 6379: the kernel hands out ephemeral
+/// ports, outside Ray's worker range 10002-19999).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The project's virtualenv, made by scripts/setup.sh.
+pub fn venv_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin");
+    assert!(
+        p.join("ray").exists(),
+        "{} has no ray: run scripts/setup.sh (make test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn path_with_venv() -> String {
+    format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        venv_bin().display()
+    )
+}
+
+/// Kills, on drop, every process whose command line mentions `marker`.
+pub struct KillByMarker(pub String);
+
+impl KillByMarker {
+    pub fn pids(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        proctree::snapshot()
+            .into_iter()
+            .filter(|p| p.pid.as_raw() != me && p.state != 'Z')
+            .filter(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .map(|b| String::from_utf8_lossy(&b).contains(&self.0))
+                    .unwrap_or(false)
+            })
+            .map(|p| p.pid.as_raw())
+            .collect()
+    }
+
+    pub fn kill_all(&self) {
+        for _ in 0..3 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for KillByMarker {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A real redis-server on a free port, in the test's dir, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub password: String,
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// With a password and AOF on, as the KubeRay guide's Redis.
+    pub fn start(dir: &Dir) -> RedisServer {
+        let port = free_port();
+        let rdir = dir.join(&format!("redis-{port}"));
+        std::fs::create_dir_all(&rdir).unwrap();
+        let mut s = RedisServer {
+            port,
+            password: "e2e-secret-pw".into(),
+            child: None,
+            dir: rdir,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                &self.password,
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (run scripts/setup.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// redis-cli's answer (the password goes through its env var, not argv).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .env("REDISCLI_AUTH", &self.password)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Ports for one Ray node, all free and distinct.
+pub struct NodePorts {
+    pub gcs: u16,
+    pub dashboard: u16,
+    pub agent: u16,
+    pub client: u16,
+    pub metrics: u16,
+}
+
+impl NodePorts {
+    pub fn new() -> NodePorts {
+        let mut seen = Vec::new();
+        let mut next = || loop {
+            let p = free_port();
+            if !seen.contains(&p) {
+                seen.push(p);
+                return p;
+            }
+        };
+        NodePorts {
+            gcs: next(),
+            dashboard: next(),
+            agent: next(),
+            client: next(),
+            metrics: next(),
+        }
+    }
+}
+
+/// A KubeRay-style head start command, with the literal `$REDIS_PASSWORD`.
+pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) -> String {
+    let mut s = format!(
+        "ray start --head --block --port={} --num-cpus=0 --node-ip-address=127.0.0.1 \
+         --temp-dir={} --dashboard-host=127.0.0.1 --dashboard-port={} \
+         --dashboard-agent-listen-port={} --ray-client-server-port={} \
+         --metrics-export-port={} --disable-usage-stats",
+        ports.gcs,
+        temp_dir.display(),
+        ports.dashboard,
+        ports.agent,
+        ports.client,
+        ports.metrics,
+    );
+    if with_redis {
+        s.push_str(" --redis-password=$REDIS_PASSWORD");
+    }
+    s
+}
+
+/// Runs one of tests/py/*.py with the venv's python against `address`.
+pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let mut child = Command::new(venv_bin().join("python"))
+        .arg(&path)
+        .arg(address)
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("python");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(format!("{script} timed out after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("python output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{script} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// Polls `f` until it returns Some, or panics after `limit` with `what`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Live processes named `comm` among the descendants of `root`.
+pub fn find_comm(root: Pid, comm: &str) -> Vec<Pid> {
+    proctree::descendants(&proctree::snapshot(), root)
+        .into_iter()
+        .filter(|p| p.comm == comm && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect()
+}
