@@ -6,3 +6,4 @@ mod util;
 mod cli;
 mod pid1;
 mod ray_e2e;
+mod ray_fake;

@@ -211,7 +211,7 @@ impl<'a> Supervisor<'a> {
                         format!("ray start {status}: {}", self.tail.summary()),
                     )));
                 }
-                self.adopt_daemons()?;
+                self.adopt_daemons().await?;
             }
             RayMode::Block => {
                 self.ray_start_exit = Some(spawned.exit);
@@ -232,22 +232,31 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Finds the daemons that `ray start` left, now children of rayhead, and
-    /// claims their exits from the reaper.
-    fn adopt_daemons(&mut self) -> Result<(), Outcome> {
+    /// claims their exits from the reaper. A daemon still between fork and
+    /// exec is not named yet, so a missing one is looked for again briefly.
+    async fn adopt_daemons(&mut self) -> Result<(), Outcome> {
         let mark = self.init.reaper.mark();
         let me = nix::unistd::getpid();
-        let found = daemons::find(&proctree::snapshot(), me);
-        for need in [Daemon::GcsServer, Daemon::Raylet] {
-            if !found.iter().any(|(d, _)| *d == need) {
-                return Err(Outcome::Fail(Exit::new(
-                    exit::RAY_START_FAILED,
-                    format!(
-                        "ray start exited 0 but no {need} is running: {}",
-                        self.tail.summary()
-                    ),
-                )));
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let found = loop {
+            let found = daemons::find(&proctree::snapshot(), me);
+            let missing = [Daemon::GcsServer, Daemon::Raylet]
+                .into_iter()
+                .find(|need| !found.iter().any(|(d, _)| d == need));
+            match missing {
+                None => break found,
+                Some(need) if Instant::now() >= give_up => {
+                    return Err(Outcome::Fail(Exit::new(
+                        exit::RAY_START_FAILED,
+                        format!(
+                            "ray start exited 0 but no {need} is running: {}",
+                            self.tail.summary()
+                        ),
+                    )));
+                }
+                Some(_) => sleep(Duration::from_millis(50)).await,
             }
-        }
+        };
         for (daemon, pid) in found {
             tracing::info!(
                 daemon = daemon.name(),

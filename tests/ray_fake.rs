@@ -1,0 +1,262 @@
+//! The supervisor's state machine against a fake Ray: shell scripts named
+//! `ray`, `gcs_server` and `raylet` (the kernel names a script's process
+//! after the script, so rayhead finds them as it finds the real daemons).
+//! The fake GCS serves no health service, so it is never SERVING: these
+//! tests drive the loss, restart, deadline and crash-loop paths in seconds.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+
+use crate::ray_util::{find_comm, ray_lock, RedisServer};
+use crate::util::{Dir, TestCommand};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `ray start` starts gcs_server and raylet in the background and exits 0.
+/// The first gcs_server lives; the ones after it exit with code 3 (unless
+/// `$D/gcs-lives` exists).
+fn fake_ray(dir: &Dir) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let scripts = [
+        (
+            "ray",
+            r#"#!/bin/sh
+case "$1" in
+  start)
+    echo "fake ray start $*"
+    [ -e "$D/ray-start-fails" ] && { echo "ValueError: the fake port is taken" >&2; exit 1; }
+    [ -e "$D/no-daemons" ] && exit 0
+    echo "$(date +%s.%N)" > "$D/ray-start-ran"
+    "$D/bin/gcs_server" &
+    "$D/bin/raylet" &
+    # Like the real one, return once the daemons run.
+    while [ ! -e "$D/raylet-up" ] || [ ! -e "$D/gcs-up" ]; do sleep 0.01; done
+    exit 0 ;;
+  stop) echo "fake ray stop"; exit 0 ;;
+esac
+exit 2
+"#,
+        ),
+        (
+            "gcs_server",
+            r#"#!/bin/sh
+if [ -e "$D/gcs-started" ] && [ ! -e "$D/gcs-lives" ]; then echo crash >> "$D/gcs-crashes"; exit 3; fi
+touch "$D/gcs-started" "$D/gcs-up"
+while :; do sleep 1; done
+"#,
+        ),
+        (
+            "raylet",
+            "#!/bin/sh\ntouch \"$D/raylet-up\"\nwhile :; do sleep 1; done\n",
+        ),
+    ];
+    for (name, text) in scripts {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn rayhead(dir: &Dir, redis: Option<&RedisServer>, sets: &[&str]) -> TestCommand {
+    fake_ray(dir);
+    let mut cmd = dir
+        .rayhead()
+        .env(
+            "KUBERAY_GEN_RAY_START_CMD",
+            format!(
+                "{}/bin/ray start --head --block --port=1 --redis-password=$REDIS_PASSWORD",
+                dir.path().display()
+            ),
+        )
+        .env("RAYHEAD_GCS_UNHEALTHY_AFTER", "1s");
+    if let Some(r) = redis {
+        cmd = cmd
+            .env("RAY_REDIS_ADDRESS", r.address())
+            .env("REDIS_PASSWORD", &r.password);
+    }
+    let mut args = vec!["run"];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    cmd.args(args)
+}
+
+#[test]
+fn ray_start_failure_exits_85_with_its_message() {
+    let dir = Dir::new("fake-start-fails");
+    dir.write("ray-start-fails", "");
+    let out = rayhead(&dir, None, &[]).run(LIMIT);
+    out.assert_code(85);
+    assert!(
+        out.termination_log
+            .contains("ValueError: the fake port is taken"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn ray_start_without_daemons_exits_85() {
+    let dir = Dir::new("fake-no-daemons");
+    dir.write("no-daemons", "");
+    let out = rayhead(&dir, None, &[]).run(LIMIT);
+    out.assert_code(85);
+    assert!(
+        out.termination_log.contains("no gcs_server"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn a_start_command_without_head_is_a_config_error() {
+    let dir = Dir::new("fake-nohead");
+    let out = dir
+        .rayhead()
+        .env("KUBERAY_GEN_RAY_START_CMD", "ray start --address=x:1")
+        .args(["run"])
+        .run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("--head"), "{}", out.dump());
+}
+
+#[test]
+fn a_hung_gcs_without_fault_tolerance_exits_81() {
+    let dir = Dir::new("fake-noft");
+    let out = rayhead(&dir, None, &[]).run(LIMIT);
+    out.assert_code(81);
+    assert!(
+        out.termination_log.contains("no SERVING answer"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("fake ray start"),
+        "ray start's output is passed on"
+    );
+}
+
+#[test]
+fn raylet_death_exits_83() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-raylet");
+    dir.write("gcs-lives", "");
+    let redis = RedisServer::start(&dir);
+    let mut run = rayhead(&dir, Some(&redis), &["gcs.unhealthy-after=60s"]).spawn();
+    // Once rayhead has adopted the daemons (ray start has exited).
+    crate::ray_util::eventually(LIMIT, "the daemons to be adopted", || {
+        dir.read("stderr")
+            .contains("daemon=\"raylet\"")
+            .then_some(())
+    });
+    let root = run.rayhead_pid();
+    let raylet = crate::ray_util::eventually(LIMIT, "the fake raylet", || {
+        find_comm(root, "raylet").first().copied()
+    });
+    kill(raylet, Signal::SIGKILL).unwrap();
+    let out = run.wait(LIMIT);
+    out.assert_code(83);
+    assert!(find_comm(root, "gcs_server").is_empty());
+}
+
+#[test]
+fn crash_loop_guard_exits_82() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-crashloop");
+    let redis = RedisServer::start(&dir);
+    let out = rayhead(&dir, Some(&redis), &["gcs.max-restarts=2"]).run(LIMIT);
+    out.assert_code(82);
+    assert_eq!(dir.read("gcs-crashes").lines().count(), 2, "{}", out.dump());
+    assert!(out.termination_log.contains("crash loop"), "{}", out.dump());
+}
+
+#[test]
+fn recovery_that_misses_the_deadline_exits_80_with_the_last_error() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-deadline");
+    let redis = RedisServer::start(&dir);
+    let out = rayhead(
+        &dir,
+        Some(&redis),
+        &[
+            "ray.reconnect-timeout=4s",
+            "gcs.deadline-margin=1s",
+            "gcs.max-restarts=100",
+        ],
+    )
+    .run(LIMIT);
+    out.assert_code(80);
+    assert!(
+        out.termination_log.contains("exited with code 3"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        dir.read("gcs-crashes").lines().count() >= 2,
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stderr.contains(&redis.password), "{}", out.dump());
+}
+
+#[test]
+fn redis_start_gate_waits_for_redis_then_starts_ray() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-gate");
+    dir.write("gcs-lives", "");
+    let mut redis = RedisServer::start(&dir);
+    redis.stop();
+    let mut run = rayhead(&dir, Some(&redis), &["gcs.unhealthy-after=60s"]).spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !dir.join("ray-start-ran").exists(),
+        "ray start ran before Redis answered"
+    );
+    let redis_up = Instant::now();
+    redis.restart();
+    run.wait_for_file("ray-start-ran", LIMIT);
+    assert!(redis_up.elapsed() < Duration::from_secs(10));
+    run.signal(Signal::SIGTERM);
+    let out = run.wait(LIMIT);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("Redis is not answering yet"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn redis_gate_failures_exit_86_and_87() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-gate-fail");
+    let redis = RedisServer::start(&dir);
+    let t = Instant::now();
+    let out = rayhead(&dir, Some(&redis), &[])
+        .env("REDIS_PASSWORD", "wrong-password")
+        .run(LIMIT);
+    out.assert_code(87);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a wrong password must fail fast"
+    );
+    assert!(
+        !out.termination_log.contains("wrong-password"),
+        "{}",
+        out.dump()
+    );
+    let port = crate::ray_util::free_port();
+    let out = rayhead(&dir, None, &["redis.startup-timeout=1s"])
+        .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{port}"))
+        .run(LIMIT);
+    out.assert_code(86);
+    assert!(
+        out.termination_log.contains("did not answer"),
+        "{}",
+        out.dump()
+    );
+}
