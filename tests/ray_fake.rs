@@ -146,7 +146,7 @@ fn raylet_death_exits_83() {
     let dir = Dir::new("fake-raylet");
     dir.write("gcs-lives", "");
     let redis = RedisServer::start(&dir);
-    let mut run = rayhead(&dir, Some(&redis), &["gcs.unhealthy-after=60s"]).spawn();
+    let run = rayhead(&dir, Some(&redis), &["gcs.unhealthy-after=60s"]).spawn();
     // Once rayhead has adopted the daemons (ray start has exited).
     crate::ray_util::eventually(LIMIT, "the daemons to be adopted", || {
         dir.read("stderr")
