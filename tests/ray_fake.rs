@@ -260,3 +260,25 @@ fn redis_gate_failures_exit_86_and_87() {
         out.dump()
     );
 }
+
+#[test]
+fn sigterm_during_recovery_stops_cleanly() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-term-recovering");
+    let redis = RedisServer::start(&dir);
+    let mut run = rayhead(&dir, Some(&redis), &["gcs.max-restarts=1000"]).spawn();
+    // The GCS is never SERVING, so after 1 s rayhead restarts it, and the
+    // restarts crash: it is recovering.
+    run.wait_for_file("gcs-crashes", LIMIT);
+    let root = run.rayhead_pid();
+    run.signal(Signal::SIGTERM);
+    let out = run.wait(LIMIT);
+    out.assert_code(0);
+    assert!(
+        out.termination_log.contains("stopped on SIGTERM"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stderr.contains("to=\"recovering\""), "{}", out.dump());
+    assert!(find_comm(root, "gcs_server").is_empty() && find_comm(root, "raylet").is_empty());
+}
