@@ -12,6 +12,8 @@ use std::io::Write;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
+
+use super::reaper::Spawned;
 use tokio_util::task::TaskTracker;
 
 /// How many lines of the tail are kept.
@@ -54,8 +56,24 @@ pub enum To {
     Stderr,
 }
 
+/// Forwards both of a spawned child's pipes (those it has) to rayhead's
+/// stdout and stderr, sharing one tail.
+pub fn forward_spawned(
+    spawned: &mut Spawned,
+    tail: &Tail,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    if let Some(o) = spawned.stdout.take() {
+        forward(o.into(), To::Stdout, tail.clone(), tracker, cancel.clone());
+    }
+    if let Some(e) = spawned.stderr.take() {
+        forward(e.into(), To::Stderr, tail.clone(), tracker, cancel.clone());
+    }
+}
+
 /// Forwards a child's pipe until it closes or `cancel`.
-pub fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: CancellationToken) {
+fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: CancellationToken) {
     let rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
         Err(e) => {

@@ -151,19 +151,7 @@ async fn run_stop_command(
     };
     tracing::info!(command = %line, pid = spawned.pid.as_raw(), "running the stop command");
     // The forwarders end at EOF, or when rayhead shuts down.
-    let tail = output::Tail::default();
-    if let Some(o) = spawned.stdout.take() {
-        output::forward(
-            o.into(),
-            output::To::Stdout,
-            tail.clone(),
-            tracker,
-            cancel.clone(),
-        );
-    }
-    if let Some(e) = spawned.stderr.take() {
-        output::forward(e.into(), output::To::Stderr, tail, tracker, cancel.clone());
-    }
+    output::forward_spawned(&mut spawned, &output::Tail::default(), tracker, cancel);
     let until = (Instant::now() + plan.stop_command_timeout).min(kill_at);
     loop {
         tokio::select! {
