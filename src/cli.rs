@@ -32,6 +32,28 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Exec probe: ask the running rayhead's probe server; exit 0 or 1 and print why.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProbeWhat {
+    /// GET /readyz
+    Ready,
+    /// GET /livez
+    Live,
+    /// GET /status
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    what: ProbeWhat,
+    /// The server's base URL; default from probe.listen.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +151,34 @@ pub fn main() -> u8 {
             }
         },
         Command::Run(args) => run(&cli, args),
+        Command::Probe(args) => probe(&cli, args),
+    }
+}
+
+fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
+    let base = match &args.url {
+        Some(u) => u.clone(),
+        None => match cli.load(&args.config) {
+            Ok(cfg) => crate::probe::client::base_url(cfg.probe.listen),
+            Err(e) => {
+                eprint!("rayhead: {e}");
+                return exit::CONFIG;
+            }
+        },
+    };
+    let path = match args.what {
+        ProbeWhat::Ready => "/readyz",
+        ProbeWhat::Live => "/livez",
+        ProbeWhat::Status => "/status",
+    };
+    let (ok, text) = crate::probe::client::query(&base, path);
+    let text = text.trim_end();
+    if ok {
+        println!("{text}");
+        0
+    } else {
+        eprintln!("{text}");
+        1
     }
 }
 

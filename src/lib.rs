@@ -9,6 +9,7 @@ pub mod config;
 pub mod exit;
 pub mod init;
 pub mod logging;
+pub mod probe;
 pub mod ray;
 pub mod redact;
 pub mod redis;

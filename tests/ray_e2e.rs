@@ -19,11 +19,20 @@ struct Head {
     run: Running,
     ports: NodePorts,
     namespace: String,
+    probe: String,
+}
+
+impl Head {
+    /// `rayhead probe`'s client: (answered 200, text).
+    fn probe(&self, path: &str) -> (bool, String) {
+        rayhead::probe::client::query(&self.probe, path)
+    }
 }
 
 fn start_head(dir: &Dir, redis: Option<&RedisServer>, extra: &[(&str, &str)], mode: &str) -> Head {
     let ports = NodePorts::new();
     let namespace = "e2e-ns".to_string();
+    let probe_port = free_port();
     let mut cmd = dir
         .rayhead()
         .env("PATH", path_with_venv())
@@ -33,6 +42,7 @@ fn start_head(dir: &Dir, redis: Option<&RedisServer>, extra: &[(&str, &str)], mo
             head_start_command(&ports, &dir.join("head"), redis.is_some()),
         )
         .env("RAYHEAD_RAY_MODE", mode)
+        .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{probe_port}"))
         .env("RAYHEAD_LOG", "info");
     if let Some(r) = redis {
         cmd = cmd
@@ -53,6 +63,7 @@ fn start_head(dir: &Dir, redis: Option<&RedisServer>, extra: &[(&str, &str)], mo
         run,
         ports,
         namespace,
+        probe: format!("http://127.0.0.1:{probe_port}"),
     }
 }
 
@@ -134,6 +145,10 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
     let (v, nodes) = increment(&head);
     assert_eq!(v, 1);
+    eventually(Duration::from_secs(30), "/readyz 200", || {
+        head.probe("/readyz").0.then_some(())
+    });
+    assert!(head.probe("/livez").0);
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     let raylet = raylet_pid(&head);
 
@@ -146,7 +161,39 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     let sigterm = kill_gcs_and_wait(&dir, &head, Signal::SIGTERM, 2, Duration::from_secs(60));
     assert_eq!(increment(&head).0, 3);
 
-    let sigstop = kill_gcs_and_wait(&dir, &head, Signal::SIGSTOP, 3, Duration::from_secs(60));
+    // SIGSTOP: the hung GCS fails its checks, so /readyz turns 503 long
+    // before the GCS is declared lost; /livez stays 200 all along.
+    let stopped = gcs_pid(&head);
+    let t = Instant::now();
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    let mut saw_unready = false;
+    while count_lines(&dir.read("stderr"), "gcs_recovered") < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no recovery after SIGSTOP"
+        );
+        let (ready, why) = head.probe("/readyz");
+        if !ready {
+            saw_unready = true;
+            assert!(why.contains("503"), "{why}");
+        }
+        let (live, why) = head.probe("/livez");
+        assert!(live, "/livez failed during the GCS outage: {why}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sigstop = t.elapsed();
+    let _ = kill(stopped, Signal::SIGKILL);
+    assert!(
+        saw_unready,
+        "/readyz never turned 503 while the GCS was stopped"
+    );
+    eventually(Duration::from_secs(10), "/readyz 200 again", || {
+        head.probe("/readyz").0.then_some(())
+    });
+    let (ok, status) = head.probe("/status");
+    assert!(ok, "{status}");
+    assert!(status.contains("\"restarts\": 3"), "{status}");
+    assert!(!status.contains(&redis.password), "{status}");
     let (v, after) = increment(&head);
     assert_eq!(v, 4);
     assert_eq!(after, nodes);

@@ -282,3 +282,57 @@ fn sigterm_during_recovery_stops_cleanly() {
     assert!(out.stderr.contains("to=\"recovering\""), "{}", out.dump());
     assert!(find_comm(root, "gcs_server").is_empty() && find_comm(root, "raylet").is_empty());
 }
+
+/// `rayhead probe` against a running rayhead whose (fake) GCS never serves:
+/// not ready, but live; and a clear failure when nothing listens.
+#[test]
+fn probe_cli_matches_the_state() {
+    let dir = Dir::new("fake-probe");
+    dir.write("gcs-lives", "");
+    let port = crate::ray_util::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run = rayhead(&dir, None, &["gcs.unhealthy-after=60s"])
+        .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
+        .spawn();
+    crate::ray_util::eventually(LIMIT, "the daemons to be adopted", || {
+        dir.read("stderr")
+            .contains("daemon=\"raylet\"")
+            .then_some(())
+    });
+    let probe = |what: &str| {
+        dir.rayhead()
+            .args(["probe", what, "--url", &url])
+            .spawn_named(&format!("probe-{what}-"))
+            .wait(LIMIT)
+    };
+    let out = probe("live");
+    out.assert_code(0);
+    assert_eq!(out.stdout, "ok\n");
+    let out = probe("ready");
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("503") && out.stderr.contains("phase is starting"),
+        "{}",
+        out.dump()
+    );
+    let out = probe("status");
+    out.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["daemons"]["raylet"]["state"], "running");
+    // From the config: RAYHEAD_PROBE_LISTEN names the port.
+    let out = dir
+        .rayhead()
+        .env("RAYHEAD_PROBE_LISTEN", format!("0.0.0.0:{port}"))
+        .args(["probe", "live"])
+        .spawn_named("probe-cfg-")
+        .wait(LIMIT);
+    out.assert_code(0);
+    drop(run);
+    let out = probe("ready");
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("cannot query rayhead") && out.stderr.contains("refused"),
+        "{}",
+        out.dump()
+    );
+}

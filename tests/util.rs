@@ -74,6 +74,8 @@ impl Dir {
             .env("HOME", self.path())
             .env("D", self.path())
             .env("RAYHEAD_LOG", "debug")
+            // Never the default 8099: tests run side by side.
+            .env("RAYHEAD_PROBE_LISTEN", "127.0.0.1:0")
             .env("RAYHEAD_INIT_TERMINATION_LOG", self.join("termination-log"));
         TestCommand {
             cmd,

@@ -61,7 +61,7 @@ impl Plan {
     pub fn initial_state(&self) -> State {
         State::new(Snapshot::new(
             format!("127.0.0.1:{}", self.start.gcs_port),
-            self.redis.is_some(),
+            self.redis.as_ref().map(|r| r.address.to_string()),
         ))
     }
 }
@@ -73,12 +73,84 @@ pub async fn run(cfg: &Config, plan: Plan, state: State) -> Exit {
         Err(e) => return Exit::new(exit::INTERNAL, format!("cannot set up the init: {e}")),
     };
     raise_open_files(cfg.ray.open_files);
+    // The probe server first: a taken port is a configuration problem, and
+    // the kubelet should see `starting` while Redis and Ray come up.
+    let listener = match tokio::net::TcpListener::bind(cfg.probe.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            init.shutdown().await;
+            return Exit::new(
+                exit::CONFIG,
+                format!("probe.listen {}: {e}", cfg.probe.listen),
+            );
+        }
+    };
+    tracing::info!(listen = %cfg.probe.listen, "probe server listening");
+    init.tracker.spawn(crate::probe::serve(
+        listener,
+        state.subscribe(),
+        cfg.probe.stall_after,
+        init.cancel.child_token(),
+    ));
+    if let Some(redis) = plan.redis.clone() {
+        init.tracker.spawn(probe_redis(
+            redis,
+            cfg.redis.probe_interval,
+            state.clone(),
+            init.cancel.child_token(),
+        ));
+    }
     let exit = supervisor::Supervisor::new(cfg, plan, state.clone(), &mut init)
         .run()
         .await;
     state.set_phase(state::Phase::Exiting, &exit.reason);
     init.shutdown().await;
     exit
+}
+
+/// Pings Redis every `interval` and records the result in the state. A change
+/// between up and down is logged once, not on every probe.
+async fn probe_redis(
+    redis: Redis,
+    interval: Duration,
+    state: State,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut last_up: Option<bool> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let result = tokio::select! {
+            r = redis.ping() => r,
+            _ = cancel.cancelled() => return,
+        };
+        let up = result.is_ok();
+        match (&result, last_up) {
+            (Ok(_), Some(false)) => tracing::info!(redis = %redis.address, "Redis answers again"),
+            (Err(e), Some(true) | None) => {
+                tracing::warn!(redis = %redis.address, error = %e, "Redis probe failed")
+            }
+            _ => {}
+        }
+        last_up = Some(up);
+        state.update(|s| {
+            if let Some(r) = &mut s.redis {
+                r.up = Some(up);
+                r.last_probe = Some(std::time::SystemTime::now());
+                match &result {
+                    Ok(rtt) => {
+                        r.ping_seconds = Some(rtt.as_secs_f64());
+                        r.last_error = None;
+                    }
+                    Err(e) => r.last_error = Some(e.to_string()),
+                }
+            }
+        });
+    }
 }
 
 /// Sets RLIMIT_NOFILE as KubeRay's `ulimit -n N` does, for rayhead and so

@@ -54,21 +54,44 @@ pub struct GcsState {
     pub health: GcsHealth,
     pub address: String,
     pub restarts: u64,
+    #[serde(serialize_with = "opt_time")]
     pub last_loss: Option<SystemTime>,
     pub last_loss_reason: Option<String>,
+    #[serde(serialize_with = "opt_time")]
     pub last_recovery: Option<SystemTime>,
     pub last_recovery_seconds: Option<f64>,
     /// While recovering: when rayhead gives up.
+    #[serde(serialize_with = "opt_time")]
     pub deadline: Option<SystemTime>,
     pub last_check_seconds: Option<f64>,
+}
+
+/// What the Redis probe last found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisState {
+    /// Without any password.
+    pub address: String,
+    /// `None` until the first probe.
+    pub up: Option<bool>,
+    pub ping_seconds: Option<f64>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "opt_time")]
+    pub last_probe: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub phase: Phase,
+    pub version: &'static str,
+    #[serde(serialize_with = "time")]
+    pub started_at: SystemTime,
     pub daemons: BTreeMap<&'static str, DaemonState>,
     pub gcs: GcsState,
     pub fault_tolerant: bool,
+    pub redis: Option<RedisState>,
+    /// Every in-place recovery's duration, for the metrics' histogram.
+    #[serde(skip)]
+    pub recoveries: Vec<f64>,
     pub last_reason: Option<String>,
     /// Bumped by the supervisor loop; `/livez` fails when it is stale.
     #[serde(skip)]
@@ -76,9 +99,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(gcs_address: String, fault_tolerant: bool) -> Snapshot {
+    pub fn new(gcs_address: String, redis_address: Option<String>) -> Snapshot {
         Snapshot {
             phase: Phase::Starting,
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: SystemTime::now(),
             daemons: BTreeMap::new(),
             gcs: GcsState {
                 health: GcsHealth::Unknown,
@@ -91,7 +116,15 @@ impl Snapshot {
                 deadline: None,
                 last_check_seconds: None,
             },
-            fault_tolerant,
+            fault_tolerant: redis_address.is_some(),
+            redis: redis_address.map(|address| RedisState {
+                address,
+                up: None,
+                ping_seconds: None,
+                last_error: None,
+                last_probe: None,
+            }),
+            recoveries: Vec::new(),
             last_reason: None,
             heartbeat: Instant::now(),
         }
@@ -176,5 +209,17 @@ impl State {
             }
             changed
         });
+    }
+}
+
+/// Times as RFC 3339, as people and `jq` read them.
+fn time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => time(t, s),
+        None => s.serialize_none(),
     }
 }

@@ -133,7 +133,7 @@ impl<'a> Supervisor<'a> {
             let until = Instant::now() + self.cfg.redis.startup_timeout;
             tracing::info!(redis = %redis.address, "waiting for Redis before ray start");
             let result = tokio::select! {
-                r = redis.wait_ready(until, "start gate") => r,
+                r = beating(&self.state, redis.wait_ready(until, "start gate")) => r,
                 sig = next_stop_signal(&mut self.init.signals) => return Err(Outcome::Stop(sig)),
             };
             match result {
@@ -190,7 +190,7 @@ impl<'a> Supervisor<'a> {
             RayMode::Direct => {
                 let mut exit_rx = spawned.exit;
                 let status = tokio::select! {
-                    s = &mut exit_rx => s.unwrap_or(ExitStatus::Exited(255)),
+                    s = beating(&self.state, &mut exit_rx) => s.unwrap_or(ExitStatus::Exited(255)),
                     sig = next_stop_signal(&mut self.init.signals) => return Err(Outcome::Stop(sig)),
                 };
                 if !status.success() {
@@ -392,14 +392,27 @@ impl<'a> Supervisor<'a> {
             group: self.ray_start.map(|p| (p, Signal::SIGTERM)),
             forward: self.cfg.init.forward_signals.clone(),
         };
-        stop::stop_tree(
+        let stop = stop::stop_tree(
             &self.init.reaper,
             &plan,
             &mut self.init.signals,
             &self.init.tracker,
             &self.init.cancel,
-        )
-        .await
+        );
+        beating(&self.state, stop).await
+    }
+}
+
+/// Runs `fut`, beating the heartbeat meanwhile: a long wait (the Redis gate,
+/// `ray start`, a stop) is progress, not a wedged supervisor.
+pub(super) async fn beating<F: std::future::Future>(state: &State, fut: F) -> F::Output {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick() => state.beat(),
+        }
     }
 }
 

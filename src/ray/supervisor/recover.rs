@@ -90,7 +90,7 @@ impl Supervisor<'_> {
             // Restart gate: the GCS aborts without Redis.
             if let Some(redis) = self.plan.redis.clone() {
                 let gate = tokio::select! {
-                    r = redis.wait_ready(deadline, "restart gate") => r,
+                    r = super::beating(&self.state, redis.wait_ready(deadline, "restart gate")) => r,
                     sig = next_stop_signal(&mut self.init.signals) => return Err(Outcome::Stop(sig)),
                 };
                 if let Err(e) = gate {
@@ -132,6 +132,7 @@ impl Supervisor<'_> {
                         break false;
                     }
                     Some(obs) = self.health_rx.recv() => {
+                        self.state.beat();
                         if obs.generation == self.generation {
                             self.observe(&obs);
                             if obs.health == Health::Serving {
@@ -171,6 +172,7 @@ impl Supervisor<'_> {
                     s.gcs.health = GcsHealth::Serving;
                     s.gcs.last_recovery = Some(SystemTime::now());
                     s.gcs.last_recovery_seconds = Some(took.as_secs_f64());
+                    s.recoveries.push(took.as_secs_f64());
                     s.gcs.deadline = None;
                 });
                 self.state

@@ -1,0 +1,290 @@
+//! What each endpoint answers, computed from one state snapshot: no I/O per
+//! request, so an answer reflects the state as of the last change.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::ray::state::{GcsHealth, Phase, Snapshot};
+
+/// An answer, before HTTP framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    /// For 405: the methods that are allowed.
+    pub allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn text(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body,
+            allow: None,
+        }
+    }
+}
+
+/// The endpoints.
+pub const PATHS: &[&str] = &["/readyz", "/livez", "/status", "/metrics"];
+
+/// Routes a request. HEAD is answered as GET; the server drops the body.
+pub fn route(
+    method: &str,
+    target: &str,
+    snap: &Snapshot,
+    now: Instant,
+    stall_after: Duration,
+) -> Reply {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if !PATHS.contains(&path) {
+        return Reply::text(
+            404,
+            format!("not found: {path}; try {}\n", PATHS.join(", ")),
+        );
+    }
+    if method != "GET" && method != "HEAD" {
+        let mut r = Reply::text(
+            405,
+            format!("method {method} not allowed; use GET or HEAD\n"),
+        );
+        r.allow = Some("GET, HEAD");
+        return r;
+    }
+    let verbose = query
+        .split('&')
+        .any(|q| q == "verbose" || q.starts_with("verbose="));
+    match path {
+        "/readyz" => readyz(snap, verbose),
+        "/livez" => livez(snap, now, stall_after),
+        "/status" => status(snap),
+        _ => metrics(snap),
+    }
+}
+
+/// Every readiness check: its name, whether it passes, and why not.
+pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
+    let mut checks = vec![
+        (
+            "phase",
+            snap.phase == Phase::Running,
+            format!("phase is {}", snap.phase.as_str()),
+        ),
+        (
+            "gcs",
+            snap.gcs.health == GcsHealth::Serving,
+            format!("GCS at {} is {:?}", snap.gcs.address, snap.gcs.health).to_lowercase(),
+        ),
+        (
+            "raylet",
+            snap.daemons
+                .get("raylet")
+                .is_some_and(|d| d.state == "running"),
+            match snap.daemons.get("raylet") {
+                Some(d) => format!("head raylet is {}", d.state),
+                None => "head raylet not found yet".to_string(),
+            },
+        ),
+    ];
+    if let Some(r) = &snap.redis {
+        checks.push((
+            "redis",
+            r.up == Some(true),
+            match (&r.up, &r.last_error) {
+                (None, _) => format!("Redis at {} not probed yet", r.address),
+                (_, Some(e)) => format!("Redis at {} is down: {e}", r.address),
+                _ => format!("Redis at {} is down", r.address),
+            },
+        ));
+    }
+    checks
+}
+
+fn readyz(snap: &Snapshot, verbose: bool) -> Reply {
+    let checks = ready_checks(snap);
+    let ok = checks.iter().all(|(_, pass, _)| *pass);
+    let mut body = String::new();
+    if verbose {
+        for (name, pass, why) in &checks {
+            if *pass {
+                let _ = writeln!(body, "[+] {name} ok");
+            } else {
+                let _ = writeln!(body, "[-] {name} failed: {why}");
+            }
+        }
+    } else if !ok {
+        for (_, pass, why) in &checks {
+            if !pass {
+                let _ = writeln!(body, "{why}");
+            }
+        }
+    }
+    if ok {
+        body.push_str("ok\n");
+        Reply::text(200, body)
+    } else {
+        Reply::text(503, body)
+    }
+}
+
+/// Liveness fails only when rayhead itself is wedged (a stale heartbeat) or
+/// has decided to exit: never because the GCS is down, which rayhead repairs
+/// on its own within the reconnect window.
+fn livez(snap: &Snapshot, now: Instant, stall_after: Duration) -> Reply {
+    if snap.phase == Phase::Exiting {
+        return Reply::text(
+            503,
+            format!(
+                "rayhead is exiting: {}\n",
+                snap.last_reason.as_deref().unwrap_or("no reason recorded")
+            ),
+        );
+    }
+    let age = now.saturating_duration_since(snap.heartbeat);
+    if age > stall_after {
+        return Reply::text(
+            503,
+            format!(
+                "the supervisor's heartbeat is {:.1}s old (probe.stall-after is {})\n",
+                age.as_secs_f64(),
+                humantime::format_duration(stall_after)
+            ),
+        );
+    }
+    Reply::text(200, "ok\n".into())
+}
+
+fn status(snap: &Snapshot) -> Reply {
+    let mut v = match serde_json::to_value(snap) {
+        Ok(v) => v,
+        Err(e) => return Reply::text(500, format!("cannot encode the status: {e}\n")),
+    };
+    let uptime = SystemTime::now()
+        .duration_since(snap.started_at)
+        .unwrap_or_default()
+        .as_secs_f64();
+    v["uptime_seconds"] = serde_json::json!((uptime * 1000.0).round() / 1000.0);
+    v["ready"] = serde_json::json!(ready_checks(snap).iter().all(|c| c.1));
+    Reply {
+        status: 200,
+        content_type: "application/json",
+        body: format!("{v:#}\n"),
+        allow: None,
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DaemonLabel {
+    daemon: String,
+}
+
+/// Recovery buckets: around the 0.1 s rayhead takes, up to the 60 s window.
+const RECOVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+
+fn metrics(snap: &Snapshot) -> Reply {
+    let mut reg = Registry::with_prefix("rayhead");
+    let gauge = |v: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        g
+    };
+    let fgauge = |v: f64| {
+        let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        g.set(v);
+        g
+    };
+    reg.register(
+        "gcs_up",
+        "1 when the GCS answers SERVING",
+        gauge((snap.gcs.health == GcsHealth::Serving) as i64),
+    );
+    let restarts: Counter = Counter::default();
+    restarts.inc_by(snap.gcs.restarts);
+    reg.register("gcs_restarts", "In-place GCS restarts", restarts);
+    let hist = Histogram::new(RECOVERY_BUCKETS.iter().copied());
+    for r in &snap.recoveries {
+        hist.observe(*r);
+    }
+    reg.register(
+        "gcs_recovery_seconds",
+        "Time from a GCS loss to SERVING again",
+        hist,
+    );
+    if let Some(c) = snap.gcs.last_check_seconds {
+        reg.register(
+            "gcs_health_check_seconds",
+            "Round trip of the last grpc.health.v1 Check",
+            fgauge(c),
+        );
+    }
+    if let Some(r) = &snap.redis {
+        reg.register(
+            "redis_up",
+            "1 when Redis answered the last authenticated PING",
+            gauge((r.up == Some(true)) as i64),
+        );
+        if let Some(p) = r.ping_seconds {
+            reg.register(
+                "redis_ping_seconds",
+                "Round trip of the last Redis PING",
+                fgauge(p),
+            );
+        }
+    }
+    let phases: Family<PhaseLabel, Gauge> = Family::default();
+    for p in [
+        Phase::Starting,
+        Phase::Running,
+        Phase::Recovering,
+        Phase::Stopping,
+        Phase::Exiting,
+    ] {
+        phases
+            .get_or_create(&PhaseLabel {
+                phase: p.as_str().into(),
+            })
+            .set((snap.phase == p) as i64);
+    }
+    reg.register("phase", "1 for the supervisor's current phase", phases);
+    let daemons: Family<DaemonLabel, Gauge> = Family::default();
+    for (name, d) in &snap.daemons {
+        daemons
+            .get_or_create(&DaemonLabel {
+                daemon: (*name).into(),
+            })
+            .set((d.state == "running") as i64);
+    }
+    reg.register("daemon_up", "1 while the Ray daemon runs", daemons);
+    reg.register(
+        "build",
+        "rayhead's version",
+        Info::new(vec![("version".to_string(), snap.version.to_string())]),
+    );
+    let mut body = String::new();
+    if let Err(e) = encode(&mut body, &reg) {
+        return Reply::text(500, format!("cannot encode the metrics: {e}\n"));
+    }
+    Reply {
+        status: 200,
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body,
+        allow: None,
+    }
+}

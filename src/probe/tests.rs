@@ -1,0 +1,239 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::ray::state::{GcsHealth, Phase, Snapshot, State};
+
+const STALL: Duration = Duration::from_secs(30);
+
+struct Server {
+    addr: std::net::SocketAddr,
+    state: State,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(redis: bool) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = State::new(Snapshot::new(
+        "127.0.0.1:6379".into(),
+        redis.then(|| "redis://redis:6379".to_string()),
+    ));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, state.subscribe(), STALL, stop.clone()));
+    Server {
+        addr,
+        state,
+        stop,
+        task,
+    }
+}
+
+impl Server {
+    async fn raw(&self, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn req(&self, method: &str, path: &str) -> (u16, String) {
+        let text = self
+            .raw(
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
+        (code, body)
+    }
+
+    fn running(&self) {
+        self.state.set_daemon("raylet", Some(10), "running", None);
+        self.state
+            .set_daemon("gcs_server", Some(11), "running", None);
+        self.state
+            .set_gcs_health(GcsHealth::Serving, Some(Duration::from_millis(2)));
+        self.state.update(|s| {
+            if let Some(r) = &mut s.redis {
+                r.up = Some(true);
+                r.ping_seconds = Some(0.001);
+            }
+        });
+        self.state.set_phase(Phase::Running, "test");
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_follows_the_state() {
+    let s = start(true).await;
+    let (code, body) = s.req("GET", "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("phase is starting"), "{body}");
+    assert!(body.contains("not probed yet"), "{body}");
+
+    s.running();
+    assert_eq!(s.req("GET", "/readyz").await, (200, "ok\n".into()));
+
+    // Lost: 503 on the very next request.
+    s.state.set_gcs_health(GcsHealth::Unreachable, None);
+    s.state.set_phase(Phase::Recovering, "GCS lost");
+    let (code, body) = s.req("GET", "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("phase is recovering") && body.contains("unreachable"),
+        "{body}"
+    );
+    s.running();
+
+    // Redis down.
+    s.state.update(|st| {
+        let r = st.redis.as_mut().unwrap();
+        r.up = Some(false);
+        r.last_error = Some("connection refused".into());
+    });
+    let (code, body) = s.req("GET", "/readyz").await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        body,
+        "Redis at redis://redis:6379 is down: connection refused\n"
+    );
+
+    let (code, body) = s.req("GET", "/readyz?verbose").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("[+] phase ok") && body.contains("[-] redis failed"),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn livez_ignores_the_gcs_but_not_an_exit() {
+    let s = start(false).await;
+    s.state.set_gcs_health(GcsHealth::Unreachable, None);
+    s.state.set_phase(Phase::Recovering, "GCS lost");
+    assert_eq!(
+        s.req("GET", "/livez").await.0,
+        200,
+        "a GCS outage is rayhead's to fix"
+    );
+    s.state.update(|st| st.heartbeat -= Duration::from_secs(31));
+    let (code, body) = s.req("GET", "/livez").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("heartbeat"), "{body}");
+    s.state.beat();
+    s.state
+        .set_phase(Phase::Exiting, "GCS not recovered in time");
+    let (code, body) = s.req("GET", "/livez").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("GCS not recovered in time"), "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn status_is_json_without_secrets() {
+    let s = start(true).await;
+    s.running();
+    let (code, body) = s.req("GET", "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["phase"], "running");
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["daemons"]["raylet"]["pid"], 10);
+    assert_eq!(v["gcs"]["health"], "serving");
+    assert_eq!(v["redis"]["address"], "redis://redis:6379");
+    assert!(v["uptime_seconds"].is_number());
+    assert!(v["started_at"].as_str().unwrap().ends_with('Z'));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_cover_the_state() {
+    let s = start(true).await;
+    s.running();
+    s.state.update(|st| {
+        st.gcs.restarts = 2;
+        st.recoveries = vec![0.08, 0.3];
+    });
+    let (code, body) = s.req("GET", "/metrics").await;
+    assert_eq!(code, 200);
+    for want in [
+        "rayhead_gcs_up 1",
+        "rayhead_gcs_restarts_total 2",
+        "rayhead_gcs_recovery_seconds_count 2",
+        "rayhead_gcs_health_check_seconds 0.002",
+        "rayhead_redis_up 1",
+        "rayhead_redis_ping_seconds 0.001",
+        "rayhead_phase{phase=\"running\"} 1",
+        "rayhead_phase{phase=\"recovering\"} 0",
+        "rayhead_daemon_up{daemon=\"raylet\"} 1",
+        "rayhead_build_info{version=",
+    ] {
+        assert!(body.contains(want), "missing {want}:\n{body}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn head_404_and_405() {
+    let s = start(false).await;
+    let text = s
+        .raw(b"HEAD /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 3"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text:?}");
+    assert_eq!(s.req("GET", "/nope").await.0, 404);
+    let text = s
+        .raw(b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.contains("allow: GET, HEAD"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_slow_and_oversized_clients_do_not_hurt() {
+    let s = start(false).await;
+    let text = s.raw(b"\x00\x01garbage garbage\r\n\r\n").await;
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text:?}"
+    );
+
+    let big = format!(
+        "GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let text = s.raw(big.as_bytes()).await;
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text:?}"
+    );
+
+    // A client that sends half a request and waits is cut off after the
+    // header timeout, while others are answered meanwhile.
+    let mut slow = TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHo").await.unwrap();
+    assert_eq!(s.req("GET", "/livez").await.0, 200);
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(HEADER_TIMEOUT * 3, slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow client was never cut off");
+    assert_eq!(s.req("GET", "/livez").await.0, 200);
+    s.stop().await;
+}

@@ -1,0 +1,73 @@
+"""Validates rayhead's Kubernetes manifests against KubeRay's RayCluster CRD.
+
+Usage: validate_manifests.py CRD.yaml MANIFEST.yaml...
+Every RayCluster is checked against the CRD's v1 openAPIV3Schema with a real
+JSON-schema validator; every RayService's spec.rayClusterConfig against the
+schema of a RayCluster's spec (the RayService CRD is not shipped here). The
+output is JSON: {"file": [[kind, name, [errors...], head facts], ...]}. Exit 0 when all
+are valid, 1 otherwise.
+"""
+import json
+import sys
+
+import jsonschema
+import yaml
+
+
+def v1_schema(crd_path):
+    crd = yaml.safe_load(open(crd_path))
+    for v in crd["spec"]["versions"]:
+        if v["name"] == "v1":
+            return v["schema"]["openAPIV3Schema"]
+    raise SystemExit("no v1 schema in the CRD")
+
+
+def errors(schema, doc):
+    v = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in v.iter_errors(doc)]
+
+
+def head_facts(spec):
+    """What the test compares with rayhead's defaults."""
+    tmpl = spec.get("headGroupSpec", {}).get("template", {})
+    pod = tmpl.get("spec", {})
+    c = (pod.get("containers") or [{}])[0]
+    probe = lambda p: {"path": c.get(p, {}).get("httpGet", {}).get("path"),
+                       "port": c.get(p, {}).get("httpGet", {}).get("port")}
+    return {
+        "command": c.get("command"),
+        "image": c.get("image"),
+        "annotation": tmpl.get("metadata", {}).get("annotations", {}).get("ray.io/overwrite-container-cmd"),
+        "readiness": probe("readinessProbe"),
+        "liveness": probe("livenessProbe"),
+        "grace": pod.get("terminationGracePeriodSeconds"),
+        "message_policy": c.get("terminationMessagePolicy"),
+        "redis": spec.get("gcsFaultToleranceOptions", {}).get("redisAddress"),
+    }
+
+
+def main():
+    schema = v1_schema(sys.argv[1])
+    report, bad = {}, False
+    for path in sys.argv[2:]:
+        found = []
+        for doc in yaml.safe_load_all(open(path)):
+            if not doc:
+                continue
+            kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
+            if kind == "RayCluster":
+                errs = errors(schema, doc)
+            elif kind == "RayService":
+                errs = errors(schema["properties"]["spec"], doc["spec"]["rayClusterConfig"])
+            else:
+                continue
+            bad |= bool(errs)
+            spec = doc["spec"] if kind == "RayCluster" else doc["spec"]["rayClusterConfig"]
+            found.append([kind, name, errs, head_facts(spec)])
+        report[path] = found
+    print(json.dumps(report, indent=1))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
