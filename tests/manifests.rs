@@ -103,7 +103,7 @@ fn a_broken_manifest_fails_the_validator() {
         .replace("redisAddress: \"redis:6379\"", "redisAddress: 6379");
     assert_ne!(broken, text);
     let path = dir.write("broken.yaml", &broken);
-    let (code, report) = validate(&[path.clone()]);
+    let (code, report) = validate(std::slice::from_ref(&path));
     assert_eq!(code, 1, "{report:#}");
     let errs = report[path.to_str().unwrap()][0][2].to_string();
     assert!(errs.contains("rayStartParams"), "{errs}");

@@ -336,3 +336,52 @@ fn probe_cli_matches_the_state() {
         out.dump()
     );
 }
+
+/// Redis killed mid-run and started again: the probe reports it down, then
+/// up, in /status and /readyz, and rayhead keeps running throughout.
+#[test]
+fn redis_probe_sees_redis_go_and_come_back() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-redis-blip");
+    dir.write("gcs-lives", "");
+    let mut redis = RedisServer::start(&dir);
+    let port = crate::ray_util::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _run = rayhead(
+        &dir,
+        Some(&redis),
+        &["gcs.unhealthy-after=60s", "redis.probe-interval=200ms"],
+    )
+    .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
+    .spawn();
+    let redis_up = |want: bool| {
+        crate::ray_util::eventually(LIMIT, &format!("redis.up == {want}"), || {
+            let (ok, text) = rayhead::probe::client::query(&url, "/status");
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (ok && v["redis"]["up"] == want).then_some(v)
+        })
+    };
+    redis_up(true);
+    redis.stop();
+    let v = redis_up(false);
+    assert!(
+        v["redis"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{v:#}"
+    );
+    let (_, why) = rayhead::probe::client::query(&url, "/readyz");
+    assert!(why.contains("Redis at redis://127.0.0.1"), "{why}");
+    redis.restart();
+    let v = redis_up(true);
+    assert!(v["redis"]["ping_seconds"].as_f64().unwrap() < 1.0, "{v:#}");
+    assert!(!v.to_string().contains(&redis.password));
+    let log = dir.read("stderr");
+    assert_eq!(
+        log.matches("Redis probe failed").count(),
+        1,
+        "logged once per change:\n{log}"
+    );
+    assert!(log.contains("Redis answers again"), "{log}");
+}

@@ -5,6 +5,9 @@ pub mod address;
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use tokio::time::{sleep, Instant};
 
@@ -38,6 +41,8 @@ pub struct Redis {
     info: redis::ConnectionInfo,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// The connection kept between PINGs; clones share it.
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl Redis {
@@ -73,31 +78,49 @@ impl Redis {
             info,
             connect_timeout: cfg.connect_timeout,
             command_timeout: cfg.command_timeout,
+            conn: Arc::default(),
         }))
     }
 
-    /// Connects, authenticates and PINGs; returns the round-trip time.
+    /// PINGs over the kept connection, or over a new one (connect and
+    /// authenticate) when there is none or the kept one fails; returns the
+    /// round-trip time. Reusing the connection keeps the periodic probe cheap.
     pub async fn ping(&self) -> Result<Duration, PingError> {
         let start = Instant::now();
+        let kept = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(mut conn) = kept {
+            if self.ping_on(&mut conn).await.is_ok() {
+                return Ok(start.elapsed());
+            }
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let start = Instant::now();
+        let mut conn = self.connect().await?;
+        self.ping_on(&mut conn).await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        Ok(start.elapsed())
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, PingError> {
         let client = redis::Client::open(self.info.clone()).map_err(|e| classify(&e))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
         let connect = client.get_multiplexed_async_connection_with_config(&config);
-        let mut conn = match tokio::time::timeout(
-            self.connect_timeout + self.command_timeout,
-            connect,
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(&e)),
-            Err(_) => return Err(PingError::Timeout),
-        };
-        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-        match pong {
-            Ok(_) => Ok(start.elapsed()),
-            Err(e) => Err(classify(&e)),
+        match tokio::time::timeout(self.connect_timeout + self.command_timeout, connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(PingError::Timeout),
+        }
+    }
+
+    async fn ping_on(&self, conn: &mut MultiplexedConnection) -> Result<(), PingError> {
+        let cmd = redis::cmd("PING");
+        let pong = cmd.query_async::<String>(conn);
+        match tokio::time::timeout(self.command_timeout, pong).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(PingError::Timeout),
         }
     }
 
