@@ -34,6 +34,31 @@ enum Command {
     Config(ConfigCommand),
     /// Exec probe: ask the running rayhead's probe server; exit 0 or 1 and print why.
     Probe(ProbeArgs),
+    /// Check Redis as the GCS uses it; exit 0 healthy, 1 unhealthy, 2 healthy with warnings.
+    RedisCheck(RedisCheckArgs),
+    /// Delete the namespace's GCS keys (RAY<ns>@*): a drop-in for KubeRay's cleanup Job.
+    RedisCleanup(RedisCleanupArgs),
+}
+
+#[derive(Debug, Args)]
+struct RedisCheckArgs {
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+struct RedisCleanupArgs {
+    /// List the keys that would go; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Give up after this long, retrying through dropped connections until then (the Job's activeDeadlineSeconds is 300).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    deadline: std::time::Duration,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -152,6 +177,90 @@ pub fn main() -> u8 {
         },
         Command::Run(args) => run(&cli, args),
         Command::Probe(args) => probe(&cli, args),
+        Command::RedisCheck(args) => redis_command(&cli, &args.config, |redis, cfg| async move {
+            let f = redis.findings(cfg.redis.namespace.as_deref()).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+            } else {
+                print!("{}", f.render());
+            }
+            f.exit_code()
+        }),
+        Command::RedisCleanup(args) => redis_command(&cli, &args.config, |redis, cfg| async move {
+            let ns = match crate::redis::cleanup::check_namespace(cfg.redis.namespace.as_deref()) {
+                Ok(ns) => ns.to_string(),
+                Err(e) => {
+                    eprintln!("rayhead: redis-cleanup: {e}");
+                    return exit::CONFIG;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + args.deadline;
+            let result = crate::redis::cleanup::cleanup(&redis, &ns, args.dry_run, deadline, |k| {
+                println!("{k}")
+            })
+            .await;
+            match result {
+                Ok(r) if args.dry_run => {
+                    eprintln!(
+                        "dry run: {} key(s) of namespace {ns:?} would be deleted from {}",
+                        r.keys, redis.address
+                    );
+                    0
+                }
+                Ok(r) => {
+                    eprintln!(
+                        "deleted {} key(s) of namespace {ns:?} from {}",
+                        r.deleted, redis.address
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!(
+                        "rayhead: redis-cleanup of namespace {ns:?} at {} failed: {e}",
+                        redis.address
+                    );
+                    1
+                }
+            }
+        }),
+    }
+}
+
+/// Loads the config, builds the Redis client (which must be configured), and
+/// runs `f` on a small runtime.
+fn redis_command<F, Fut>(cli: &Cli, args: &ConfigArgs, f: F) -> u8
+where
+    F: FnOnce(crate::redis::Redis, Config) -> Fut,
+    Fut: std::future::Future<Output = u8>,
+{
+    let cfg = match cli.load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("rayhead: {e}");
+            return exit::CONFIG;
+        }
+    };
+    crate::logging::init(&cfg.log.level, cfg.log.format);
+    let redis = match crate::redis::Redis::from_config(&cfg.redis) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!("rayhead: redis.address is unset: set RAY_REDIS_ADDRESS");
+            return exit::CONFIG;
+        }
+        Err(e) => {
+            eprintln!("rayhead: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f(redis, cfg)),
+        Err(e) => {
+            eprintln!("rayhead: cannot start the async runtime: {e}");
+            exit::INTERNAL
+        }
     }
 }
 

@@ -385,3 +385,51 @@ fn redis_probe_sees_redis_go_and_come_back() {
     );
     assert!(log.contains("Redis answers again"), "{log}");
 }
+
+/// While supervising, the probe's warnings land in /status and are logged
+/// once each, not on every probe; a replica makes the head unready.
+#[test]
+fn redis_warnings_are_logged_once_and_a_replica_is_not_ready() {
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-redis-warn");
+    dir.write("gcs-lives", "");
+    let redis = RedisServer::start_with(
+        &dir,
+        "pw",
+        &["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let port = crate::ray_util::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _run = rayhead(
+        &dir,
+        Some(&redis),
+        &["gcs.unhealthy-after=60s", "redis.probe-interval=100ms"],
+    )
+    .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
+    .env("RAY_external_storage_namespace", "ns")
+    .spawn();
+    let v = crate::ray_util::eventually(LIMIT, "the warnings in /status", || {
+        let (_, text) = rayhead::probe::client::query(&url, "/status");
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (v["redis"]["warnings"].as_array()?.len() == 2).then_some(v)
+    });
+    assert_eq!(v["redis"]["role"], "master");
+    assert!(v["redis"]["tables"]["NODE"].is_null(), "{v:#}");
+    std::thread::sleep(Duration::from_secs(1)); // ten more probes
+    let log = dir.read("stderr");
+    assert_eq!(
+        log.matches("Redis setting can lose GCS state").count(),
+        2,
+        "{log}"
+    );
+
+    redis.cli(&[
+        "REPLICAOF",
+        "127.0.0.1",
+        &crate::ray_util::free_port().to_string(),
+    ]);
+    crate::ray_util::eventually(LIMIT, "a replica to be unready", || {
+        let (_, why) = rayhead::probe::client::query(&url, "/readyz?verbose");
+        why.contains("is a replica").then_some(())
+    });
+}

@@ -97,40 +97,42 @@ pub struct RedisServer {
     pub password: String,
     child: Option<std::process::Child>,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// With a password and AOF on, as the KubeRay guide's Redis.
     pub fn start(dir: &Dir) -> RedisServer {
+        Self::start_with(dir, "e2e-secret-pw", &[])
+    }
+
+    /// With this password ("" for none) and extra `--option value` args,
+    /// which come after the defaults and so override them.
+    pub fn start_with(dir: &Dir, password: &str, extra: &[&str]) -> RedisServer {
         let port = free_port();
         let rdir = dir.join(&format!("redis-{port}"));
         std::fs::create_dir_all(&rdir).unwrap();
         let mut s = RedisServer {
             port,
-            password: "e2e-secret-pw".into(),
+            password: password.into(),
             child: None,
             dir: rdir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.restart();
         s
     }
 
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                &self.password,
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--dir",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        if !self.password.is_empty() {
+            cmd.args(["--requirepass", &self.password]);
+        }
+        let child = cmd
+            .args(["--appendonly", "yes", "--save", "", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,12 +158,12 @@ impl RedisServer {
 
     /// redis-cli's answer (the password goes through its env var, not argv).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .env("REDISCLI_AUTH", &self.password)
-            .output()
-            .expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]).args(args);
+        if !self.password.is_empty() {
+            cmd.env("REDISCLI_AUTH", &self.password);
+        }
+        let out = cmd.output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

@@ -8,3 +8,4 @@ mod manifests;
 mod pid1;
 mod ray_e2e;
 mod ray_fake;
+mod redis;

@@ -99,11 +99,17 @@ pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
         ),
     ];
     if let Some(r) = &snap.redis {
+        let master = r.role.as_deref().is_none_or(|role| role == "master");
         checks.push((
             "redis",
-            r.up == Some(true),
+            r.up == Some(true) && master,
             match (&r.up, &r.last_error) {
                 (None, _) => format!("Redis at {} not probed yet", r.address),
+                (Some(true), _) => format!(
+                    "Redis at {} is a replica (role {}): the GCS needs a master",
+                    r.address,
+                    r.role.as_deref().unwrap_or("?")
+                ),
                 (_, Some(e)) => format!("Redis at {} is down: {e}", r.address),
                 _ => format!("Redis at {} is down", r.address),
             },

@@ -95,6 +95,7 @@ pub async fn run(cfg: &Config, plan: Plan, state: State) -> Exit {
     if let Some(redis) = plan.redis.clone() {
         init.tracker.spawn(probe_redis(
             redis,
+            cfg.redis.namespace.clone(),
             cfg.redis.probe_interval,
             state.clone(),
             init.cancel.child_token(),
@@ -108,15 +109,19 @@ pub async fn run(cfg: &Config, plan: Plan, state: State) -> Exit {
     exit
 }
 
-/// Pings Redis every `interval` and records the result in the state. A change
-/// between up and down is logged once, not on every probe.
+/// Probes Redis every `interval` (PING, role, eviction, persistence, memory,
+/// the namespace's tables) into the state. A change between up and down, and
+/// each warning as it appears or clears, is logged once, not on every probe.
 async fn probe_redis(
     redis: Redis,
+    namespace: Option<String>,
     interval: Duration,
     state: State,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut last_up: Option<bool> = None;
+    let mut last_warnings: Vec<String> = Vec::new();
+    let mut last_notes: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,29 +129,47 @@ async fn probe_redis(
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        let result = tokio::select! {
-            r = redis.ping() => r,
+        let f = tokio::select! {
+            f = redis.findings(namespace.as_deref()) => f,
             _ = cancel.cancelled() => return,
         };
-        let up = result.is_ok();
-        match (&result, last_up) {
-            (Ok(_), Some(false)) => tracing::info!(redis = %redis.address, "Redis answers again"),
-            (Err(e), Some(true) | None) => {
-                tracing::warn!(redis = %redis.address, error = %e, "Redis probe failed")
+        match (f.up, last_up) {
+            (true, Some(false)) => tracing::info!(redis = %redis.address, "Redis answers again"),
+            (false, Some(true) | None) => {
+                tracing::warn!(redis = %redis.address, error = f.error.as_deref().unwrap_or(""), "Redis probe failed")
             }
             _ => {}
         }
-        last_up = Some(up);
+        if f.up {
+            if let Some(p) = f.problem() {
+                if last_up != Some(true) || state.get().redis.and_then(|r| r.role) != f.role {
+                    tracing::warn!(redis = %redis.address, problem = %p, "Redis is not usable by the GCS");
+                }
+            }
+            for w in f.warnings.iter().filter(|w| !last_warnings.contains(w)) {
+                tracing::warn!(redis = %redis.address, warning = %w, "Redis setting can lose GCS state");
+            }
+            for w in last_warnings.iter().filter(|w| !f.warnings.contains(w)) {
+                tracing::info!(redis = %redis.address, cleared = %w, "Redis warning cleared");
+            }
+            for n in f.notes.iter().filter(|n| !last_notes.contains(n)) {
+                tracing::info!(redis = %redis.address, note = %n, "Redis check skipped");
+            }
+            last_warnings = f.warnings.clone();
+            last_notes = f.notes.clone();
+        }
+        last_up = Some(f.up);
         state.update(|s| {
             if let Some(r) = &mut s.redis {
-                r.up = Some(up);
+                r.up = Some(f.up);
                 r.last_probe = Some(std::time::SystemTime::now());
-                match &result {
-                    Ok(rtt) => {
-                        r.ping_seconds = Some(rtt.as_secs_f64());
-                        r.last_error = None;
-                    }
-                    Err(e) => r.last_error = Some(e.to_string()),
+                r.last_error = f.error.clone();
+                if f.up {
+                    r.ping_seconds = f.ping_seconds;
+                    r.role = f.role.clone();
+                    r.tables = f.tables.clone();
+                    r.warnings = f.warnings.clone();
+                    r.notes = f.notes.clone();
                 }
             }
         });

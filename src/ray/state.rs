@@ -77,6 +77,13 @@ pub struct RedisState {
     pub last_error: Option<String>,
     #[serde(serialize_with = "opt_time")]
     pub last_probe: Option<SystemTime>,
+    /// `master`, or `slave` for a replica; `None` until known.
+    pub role: Option<String>,
+    /// The namespace's GCS tables and their field counts (`None`: absent).
+    pub tables: BTreeMap<String, Option<u64>>,
+    pub warnings: Vec<String>,
+    /// What the probe could not check (a forbidden command), and why.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -123,6 +130,10 @@ impl Snapshot {
                 ping_seconds: None,
                 last_error: None,
                 last_probe: None,
+                role: None,
+                tables: BTreeMap::new(),
+                warnings: Vec::new(),
+                notes: Vec::new(),
             }),
             recoveries: Vec::new(),
             last_reason: None,

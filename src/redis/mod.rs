@@ -2,6 +2,8 @@
 //! and the restart gate before each in-place GCS restart.
 
 pub mod address;
+pub mod cleanup;
+pub mod findings;
 
 use std::time::Duration;
 
@@ -101,6 +103,15 @@ impl Redis {
         Ok(start.elapsed())
     }
 
+    /// The kept connection after a successful PING, for further commands.
+    pub(crate) fn kept(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     async fn connect(&self) -> Result<MultiplexedConnection, PingError> {
         let client = redis::Client::open(self.info.clone()).map_err(|e| classify(&e))?;
         let config = redis::AsyncConnectionConfig::new()
@@ -149,7 +160,7 @@ impl Redis {
     }
 }
 
-fn classify(e: &redis::RedisError) -> PingError {
+pub(crate) fn classify(e: &redis::RedisError) -> PingError {
     // The server's error code (the reply's first word) is protocol, not prose.
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))

@@ -1,0 +1,150 @@
+//! `rayhead redis-cleanup`: a drop-in for KubeRay's cleanup Job, which runs
+//! Ray's `cleanup_redis_storage` (SCAN MATCH `RAY<ns>@*`, then DEL). This one
+//! escapes the namespace's glob characters, UNLINKs in batches (DEL where
+//! UNLINK is forbidden), retries through dropped connections until a
+//! deadline, and never touches another namespace's keys.
+
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+
+use super::Redis;
+
+/// Keys per SCAN step and per UNLINK.
+const BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Keys found (and, unless a dry run, deleted).
+    pub keys: u64,
+    pub deleted: u64,
+    /// UNLINK was refused, so DEL was used.
+    pub used_del: bool,
+}
+
+/// Escapes Redis glob characters (`* ? [ ] \`), so the pattern matches the
+/// namespace literally.
+pub fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The namespace, checked: cleaning "every namespace" by accident must be
+/// impossible.
+pub fn check_namespace(ns: Option<&str>) -> Result<&str, String> {
+    match ns {
+        None => Err("no namespace: set RAY_external_storage_namespace (redis.namespace); rayhead refuses to clean every namespace".into()),
+        Some(n) if n.trim().is_empty() => Err("the namespace is empty: rayhead refuses to clean every namespace".into()),
+        Some(n) if n.contains('@') => Err(format!("the namespace {n:?} contains '@', which Ray does not allow")),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Deletes (or, with `dry_run`, lists through `each`) every `RAY<ns>@*` key.
+pub async fn cleanup(
+    redis: &Redis,
+    ns: &str,
+    dry_run: bool,
+    deadline: Instant,
+    mut each: impl FnMut(&str),
+) -> Result<Report, String> {
+    let pattern = format!("RAY{}@*", escape_glob(ns));
+    let prefix = format!("RAY{ns}@");
+    let mut report = Report::default();
+    let mut cursor: u64 = 0;
+    let mut attempt: u32 = 0;
+    loop {
+        let step = async {
+            redis.ping().await.map_err(|e| e.to_string())?;
+            let mut conn = redis.kept().ok_or("no connection")?;
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Belt and braces: only this namespace's keys, ever.
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| k.starts_with(&prefix))
+                .collect();
+            Ok::<_, String>((next, keys, conn))
+        };
+        let (next, keys, mut conn) = match tokio::time::timeout_at(deadline, step).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                attempt += 1;
+                if Instant::now() + backoff(attempt) >= deadline {
+                    return Err(format!("{e} (after {} deleted)", report.deleted));
+                }
+                tracing::warn!(error = %e, attempt, "Redis cleanup step failed; retrying");
+                sleep(backoff(attempt)).await;
+                continue;
+            }
+            Err(_) => return Err(format!("deadline reached after {} deleted", report.deleted)),
+        };
+        attempt = 0;
+        report.keys += keys.len() as u64;
+        if dry_run {
+            keys.iter().for_each(|k| each(k));
+        } else if !keys.is_empty() {
+            let cmd_name = if report.used_del { "DEL" } else { "UNLINK" };
+            let mut cmd = redis::cmd(cmd_name);
+            cmd.arg(&keys);
+            match cmd.query_async::<u64>(&mut conn).await {
+                Ok(n) => report.deleted += n,
+                Err(e) if !report.used_del && e.kind() != redis::ErrorKind::Io => {
+                    tracing::info!(error = %e, "UNLINK refused; using DEL");
+                    report.used_del = true;
+                    let mut del = redis::cmd("DEL");
+                    del.arg(&keys);
+                    report.deleted += del.query_async::<u64>(&mut conn).await.map_err(|e| {
+                        format!("DEL failed: {e} (after {} deleted)", report.deleted)
+                    })?;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{cmd_name} failed: {e} (after {} deleted)",
+                        report.deleted
+                    ))
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(report);
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(4)).min(2000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_every_glob_character() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+        assert_eq!(escape_glob("uid-123"), "uid-123");
+    }
+
+    #[test]
+    fn refuses_a_missing_or_empty_namespace() {
+        assert!(check_namespace(None).unwrap_err().contains("refuses"));
+        assert!(check_namespace(Some(" ")).unwrap_err().contains("empty"));
+        assert!(check_namespace(Some("a@b")).is_err());
+        assert_eq!(check_namespace(Some("ns")).unwrap(), "ns");
+    }
+}

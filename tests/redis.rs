@@ -1,0 +1,259 @@
+//! `rayhead redis-check` and `rayhead redis-cleanup` against real
+//! redis-server processes, each on a free port in the test's own dir.
+
+use std::time::{Duration, Instant};
+
+use crate::ray_util::{free_port, RedisServer};
+use crate::util::{Dir, Output, TestCommand};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn with_redis(dir: &Dir, r: &RedisServer, args: &[&str]) -> TestCommand {
+    let mut cmd = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", r.address())
+        .env("RAYHEAD_LOG", "warn");
+    if !r.password.is_empty() {
+        cmd = cmd.env("REDIS_PASSWORD", &r.password);
+    }
+    cmd.args(args)
+}
+
+fn check(dir: &Dir, r: &RedisServer) -> Output {
+    with_redis(dir, r, &["redis-check"]).run(LIMIT)
+}
+
+#[test]
+fn check_a_healthy_redis_with_password_and_tables() {
+    let dir = Dir::new("check-ok");
+    let r = RedisServer::start(&dir);
+    r.cli(&["HSET", "RAYns1@NODE", "a", "1", "b", "2"]);
+    let out = with_redis(&dir, &r, &["redis-check"])
+        .env("RAY_external_storage_namespace", "ns1")
+        .run(LIMIT);
+    out.assert_code(0);
+    let words = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "role master",
+        "table NODE 2 fields",
+        "table JOB absent",
+        "verdict healthy",
+    ] {
+        assert!(words.contains(want), "missing {want:?}\n{}", out.dump());
+    }
+    assert!(!out.stdout.contains(&r.password) && !out.stderr.contains(&r.password));
+    let out = with_redis(&dir, &r, &["redis-check", "--json"]).run(LIMIT);
+    out.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["up"], true);
+    assert_eq!(v["aof"], true);
+}
+
+#[test]
+fn check_without_auth_and_with_an_acl_user() {
+    let dir = Dir::new("check-auth");
+    let open = RedisServer::start_with(&dir, "", &[]);
+    check(&dir, &open).assert_code(0);
+    let acl = RedisServer::start_with(
+        &dir,
+        "default-pw",
+        &["--user", "alice", "on", ">alice-pw", "~*", "&*", "+@all"],
+    );
+    let out = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", acl.address())
+        .env("REDIS_USERNAME", "alice")
+        .env("REDIS_PASSWORD", "alice-pw")
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(0);
+    // The credentials may also come in the URL.
+    let out = dir
+        .rayhead()
+        .env(
+            "RAY_REDIS_ADDRESS",
+            format!("redis://alice:alice-pw@127.0.0.1:{}", acl.port),
+        )
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(0);
+    assert!(!out.stdout.contains("alice-pw"), "{}", out.dump());
+}
+
+#[test]
+fn wrong_password_fails_fast_and_unreachable_within_the_bound() {
+    let dir = Dir::new("check-fail");
+    let r = RedisServer::start(&dir);
+    let t = Instant::now();
+    let out = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", r.address())
+        .env("REDIS_PASSWORD", "not-the-password")
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(1);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        out.stdout.contains("authentication failed"),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stdout.contains("not-the-password"));
+    let t = Instant::now();
+    let out = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{}", free_port()))
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(1);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(out.stdout.contains("refused"), "{}", out.dump());
+}
+
+#[test]
+fn a_replica_is_unhealthy_with_the_reason() {
+    let dir = Dir::new("check-replica");
+    let master = RedisServer::start(&dir);
+    let port = master.port.to_string();
+    let replica = RedisServer::start_with(
+        &dir,
+        &master.password,
+        &[
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--masterauth",
+            &master.password,
+        ],
+    );
+    let out = check(&dir, &replica);
+    out.assert_code(1);
+    assert!(out.stdout.contains("is a replica"), "{}", out.dump());
+}
+
+#[test]
+fn eviction_and_no_persistence_are_warnings_and_forbidden_config_is_a_note() {
+    let dir = Dir::new("check-warn");
+    let r = RedisServer::start_with(
+        &dir,
+        "pw",
+        &["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let out = check(&dir, &r);
+    out.assert_code(2);
+    assert_eq!(out.stdout.matches("WARNING").count(), 2, "{}", out.dump());
+    assert!(out.stdout.contains("allkeys-lru") && out.stdout.contains("no persistence"));
+
+    let r = RedisServer::start_with(&dir, "pw", &["--rename-command", "CONFIG", ""]);
+    let out = check(&dir, &r);
+    out.assert_code(0);
+    assert!(
+        out.stdout
+            .contains("NOTE     cannot check RDB save points: CONFIG is disabled"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn a_paused_redis_trips_the_command_timeout() {
+    let dir = Dir::new("check-pause");
+    let r = RedisServer::start(&dir);
+    r.cli(&["CLIENT", "PAUSE", "5000", "ALL"]);
+    let t = Instant::now();
+    let out = with_redis(
+        &dir,
+        &r,
+        &["redis-check", "--set", "redis.command-timeout=300ms"],
+    )
+    .run(LIMIT);
+    out.assert_code(1);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(out.stdout.contains("timed out"), "{}", out.dump());
+}
+
+fn count(r: &RedisServer, pattern: &str) -> usize {
+    r.cli(&["--scan", "--pattern", pattern]).lines().count()
+}
+
+#[test]
+fn cleanup_deletes_only_its_namespace() {
+    let dir = Dir::new("cleanup");
+    let r = RedisServer::start_with(&dir, "pw", &["--enable-debug-command", "yes"]);
+    r.cli(&["DEBUG", "POPULATE", "50000", "RAYtarget@NODE"]);
+    r.cli(&["DEBUG", "POPULATE", "50000", "RAYother@NODE"]);
+    assert_eq!(r.cli(&["DBSIZE"]).trim(), "100000");
+    let run = |ns: &str, extra: &[&str]| {
+        let mut args = vec!["redis-cleanup"];
+        args.extend_from_slice(extra);
+        with_redis(&dir, &r, &args)
+            .env("RAY_external_storage_namespace", ns)
+            .run(LIMIT)
+    };
+    let out = run("target", &["--dry-run"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout.lines().count(), 50000);
+    assert!(out.stderr.contains("50000 key(s)"), "{}", out.dump());
+    assert_eq!(
+        r.cli(&["DBSIZE"]).trim(),
+        "100000",
+        "a dry run deletes nothing"
+    );
+
+    let out = run("target", &[]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("deleted 50000 key(s)"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        count(&r, "RAYother@*"),
+        50000,
+        "the other namespace is untouched"
+    );
+    assert_eq!(count(&r, "RAYtarget@*"), 0);
+
+    let out = run("target", &[]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("deleted 0 key(s)"),
+        "idempotent: {}",
+        out.dump()
+    );
+
+    let out = with_redis(&dir, &r, &["redis-cleanup"]).run(LIMIT);
+    out.assert_code(64);
+    assert!(
+        out.stderr.contains("refuses to clean every namespace"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(count(&r, "RAYother@*"), 50000);
+}
+
+#[test]
+fn cleanup_escapes_glob_characters_and_falls_back_to_del() {
+    let dir = Dir::new("cleanup-glob");
+    let r = RedisServer::start_with(&dir, "pw", &["--rename-command", "UNLINK", ""]);
+    // Unescaped, RAYa*b?[c]@* would match the second namespace too.
+    for key in [
+        "RAYa*b?[c]@NODE",
+        "RAYa*b?[c]@JOB",
+        "RAYaZZbYc@NODE",
+        "RAYa@NODE",
+    ] {
+        r.cli(&["HSET", key, "f", "v"]);
+    }
+    let out = with_redis(&dir, &r, &["redis-cleanup"])
+        .env("RAY_external_storage_namespace", "a*b?[c]")
+        .run(LIMIT);
+    out.assert_code(0);
+    assert!(out.stderr.contains("deleted 2 key(s)"), "{}", out.dump());
+    assert_eq!(count(&r, "RAYaZZbYc@*"), 1);
+    assert_eq!(count(&r, "RAYa@*"), 1);
+}
