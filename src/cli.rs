@@ -45,6 +45,10 @@ struct RedisCheckArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also send this many PINGs over the kept connection and report the
+    /// round trip's median and p99.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pings: u32,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -178,7 +182,22 @@ pub fn main() -> u8 {
         Command::Run(args) => run(&cli, args),
         Command::Probe(args) => probe(&cli, args),
         Command::RedisCheck(args) => redis_command(&cli, &args.config, |redis, cfg| async move {
-            let f = redis.findings(cfg.redis.namespace.as_deref()).await;
+            let mut f = redis.findings(cfg.redis.namespace.as_deref()).await;
+            if f.up && args.pings > 0 {
+                let mut rtts = Vec::new();
+                for _ in 0..args.pings {
+                    match redis.ping().await {
+                        Ok(d) => rtts.push(d.as_secs_f64()),
+                        Err(e) => f.notes.push(format!("a repeated PING failed: {e}")),
+                    }
+                }
+                rtts.sort_by(f64::total_cmp);
+                if !rtts.is_empty() {
+                    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+                    f.ping_p50_seconds = Some(at(0.5));
+                    f.ping_p99_seconds = Some(at(0.99));
+                }
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
             } else {

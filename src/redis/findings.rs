@@ -29,6 +29,11 @@ pub struct Findings {
     pub address: String,
     pub up: bool,
     pub ping_seconds: Option<f64>,
+    /// With `redis-check --pings N`: over the kept connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_p50_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_p99_seconds: Option<f64>,
     pub error: Option<String>,
     /// `master` or `slave` (Redis' word for a replica).
     pub role: Option<String>,
@@ -100,6 +105,12 @@ impl Findings {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
         if let Some(p) = self.ping_seconds {
             rows.push(("ping".into(), format!("{:.2} ms", p * 1e3)));
+        }
+        if let (Some(a), Some(b)) = (self.ping_p50_seconds, self.ping_p99_seconds) {
+            rows.push((
+                "ping p50/p99".into(),
+                format!("{:.3} / {:.3} ms", a * 1e3, b * 1e3),
+            ));
         }
         rows.push(("role".into(), opt(&self.role)));
         rows.push(("maxmemory-policy".into(), opt(&self.maxmemory_policy)));
