@@ -257,3 +257,83 @@ fn cleanup_escapes_glob_characters_and_falls_back_to_del() {
     assert_eq!(count(&r, "RAYaZZbYc@*"), 1);
     assert_eq!(count(&r, "RAYa@*"), 1);
 }
+
+/// A redis-server in Sentinel mode, killed on drop.
+struct Sentinel {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Sentinel {
+    fn start(dir: &Dir, masters: &[&RedisServer]) -> Sentinel {
+        let port = free_port();
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\nrequirepass {}\ndir {}\n",
+            masters[0].password,
+            dir.path().display()
+        );
+        for (i, m) in masters.iter().enumerate() {
+            conf.push_str(&format!(
+                "sentinel monitor m{i} 127.0.0.1 {} 1\nsentinel auth-pass m{i} {}\n",
+                m.port, m.password
+            ));
+        }
+        let path = dir.write(&format!("sentinel-{port}.conf"), &conf);
+        let child = std::process::Command::new("redis-server")
+            .arg(&path)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let s = Sentinel { port, child };
+        crate::ray_util::eventually(LIMIT, "the sentinel", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_sentinel_leads_to_its_one_master() {
+    let dir = Dir::new("sentinel");
+    let master = RedisServer::start(&dir);
+    let sentinel = Sentinel::start(&dir, &[&master]);
+    let out = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{}", sentinel.port))
+        .env("REDIS_PASSWORD", &master.password)
+        .args(["redis-check", "--json"])
+        .run(LIMIT);
+    out.assert_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v["sentinel_master"],
+        format!("127.0.0.1:{}", master.port),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(v["role"], "master");
+
+    let second = RedisServer::start(&dir);
+    let two = Sentinel::start(&dir, &[&master, &second]);
+    let out = dir
+        .rayhead()
+        .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{}", two.port))
+        .env("REDIS_PASSWORD", &master.password)
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(1);
+    assert!(
+        out.stdout
+            .contains("monitors 2 masters; Ray requires exactly one"),
+        "{}",
+        out.dump()
+    );
+}

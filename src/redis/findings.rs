@@ -35,6 +35,9 @@ pub struct Findings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_p99_seconds: Option<f64>,
     pub error: Option<String>,
+    /// The master a Sentinel at `address` named, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
     /// `master` or `slave` (Redis' word for a replica).
     pub role: Option<String>,
     pub maxmemory_policy: Option<String>,
@@ -103,6 +106,9 @@ impl Findings {
             ),
         ];
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        if let Some(m) = &self.sentinel_master {
+            rows.push(("sentinel master".into(), m.clone()));
+        }
         if let Some(p) = self.ping_seconds {
             rows.push(("ping".into(), format!("{:.2} ms", p * 1e3)));
         }
@@ -233,6 +239,7 @@ impl Redis {
                 return f;
             }
         }
+        f.sentinel_master = self.sentinel_master_address();
         let Some(mut conn) = self.kept() else {
             return f;
         };

@@ -45,6 +45,8 @@ pub struct Redis {
     command_timeout: Duration,
     /// The connection kept between PINGs; clones share it.
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+    /// The master behind a Sentinel, once found.
+    master: Arc<Mutex<Option<String>>>,
 }
 
 impl Redis {
@@ -81,6 +83,7 @@ impl Redis {
             connect_timeout: cfg.connect_timeout,
             command_timeout: cfg.command_timeout,
             conn: Arc::default(),
+            master: Arc::default(),
         }))
     }
 
@@ -112,8 +115,86 @@ impl Redis {
         self.command_timeout
     }
 
+    /// Connects to the configured address; when that is a Sentinel (it
+    /// answers `INFO sentinel`), asks it for its masters, requires exactly
+    /// one as Ray does, and connects to that master with the same
+    /// credentials. Every reconnect asks again, so a failover is followed.
     async fn connect(&self) -> Result<MultiplexedConnection, PingError> {
-        let client = redis::Client::open(self.info.clone()).map_err(|e| classify(&e))?;
+        let mut conn = self.connect_to(self.info.clone()).await?;
+        if let Some((host, port)) = self.sentinel_master(&mut conn).await? {
+            let info = self
+                .info
+                .clone()
+                .set_addr(ConnectionAddr::Tcp(host.clone(), port));
+            conn = self.connect_to(info).await?;
+            *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host}:{port}"));
+        }
+        Ok(conn)
+    }
+
+    /// The master a Sentinel names, or `None` when the address is a plain
+    /// Redis (or forbids INFO, which a Sentinel does not).
+    async fn sentinel_master(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<(String, u16)>, PingError> {
+        let mut info = redis::cmd("INFO");
+        info.arg("sentinel");
+        let text = match tokio::time::timeout(
+            self.command_timeout,
+            info.query_async::<String>(conn),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            _ => return Ok(None),
+        };
+        if !text.contains("sentinel_masters:") {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("MASTERS");
+        let masters: Vec<Vec<String>> =
+            match tokio::time::timeout(self.command_timeout, cmd.query_async(conn)).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(classify(&e)),
+                Err(_) => return Err(PingError::Timeout),
+            };
+        if masters.len() != 1 {
+            return Err(PingError::Other(format!(
+                "the Sentinel at {} monitors {} masters; Ray requires exactly one",
+                self.address,
+                masters.len()
+            )));
+        }
+        let fields: std::collections::HashMap<&str, &str> = masters[0]
+            .chunks(2)
+            .filter_map(|kv| Some((kv.first()?.as_str(), kv.get(1)?.as_str())))
+            .collect();
+        let host = fields.get("ip").copied().unwrap_or_default().to_string();
+        let port = fields.get("port").and_then(|p| p.parse().ok());
+        match port {
+            Some(port) if !host.is_empty() => Ok(Some((host, port))),
+            _ => Err(PingError::Other(format!(
+                "the Sentinel at {} named no usable master",
+                self.address
+            ))),
+        }
+    }
+
+    /// The master found through a Sentinel, if the address is one.
+    pub fn sentinel_master_address(&self) -> Option<String> {
+        self.master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn connect_to(
+        &self,
+        info: redis::ConnectionInfo,
+    ) -> Result<MultiplexedConnection, PingError> {
+        let client = redis::Client::open(info).map_err(|e| classify(&e))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
