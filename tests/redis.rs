@@ -144,6 +144,29 @@ fn eviction_and_no_persistence_are_warnings_and_forbidden_config_is_a_note() {
     assert_eq!(out.stdout.matches("WARNING").count(), 2, "{}", out.dump());
     assert!(out.stdout.contains("allkeys-lru") && out.stdout.contains("no persistence"));
 
+    // The user may turn off what their managed Redis forbids: no warning can
+    // come from checks that did not run, and the notes say so.
+    let out = with_redis(
+        &dir,
+        &r,
+        &["redis-check", "--set", "redis.skip-checks=info config"],
+    )
+    .run(LIMIT);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("redis.skip-checks has info"),
+        "{}",
+        out.dump()
+    );
+    let out = with_redis(
+        &dir,
+        &r,
+        &["redis-check", "--set", "redis.skip-checks=everything"],
+    )
+    .run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("redis.skip-checks"), "{}", out.dump());
+
     let r = RedisServer::start_with(&dir, "pw", &["--rename-command", "CONFIG", ""]);
     let out = check(&dir, &r);
     out.assert_code(0);
@@ -333,6 +356,143 @@ fn a_sentinel_leads_to_its_one_master() {
     assert!(
         out.stdout
             .contains("monitors 2 masters; Ray requires exactly one"),
+        "{}",
+        out.dump()
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate,
+/// made with openssl in the test's dir.
+fn make_certs(dir: &Dir) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt");
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        sh(&format!(
+            "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr && \
+             printf '{ext}\\n' > {name}.ext && \
+             openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.crt"
+        ));
+    }
+}
+
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_redis(dir: &Dir, client_auth: bool) -> TlsRedis {
+    let port = free_port();
+    let d = dir.path().display().to_string();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &format!("{d}/server.crt"),
+            "--tls-key-file",
+            &format!("{d}/server.key"),
+        ])
+        .args(["--tls-ca-cert-file", &format!("{d}/ca.crt")])
+        .args(["--tls-auth-clients", if client_auth { "yes" } else { "no" }])
+        .args([
+            "--requirepass",
+            "tls-pw",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            &d,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    crate::ray_util::eventually(LIMIT, "the TLS redis", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    TlsRedis { port, child }
+}
+
+#[test]
+fn tls_with_and_without_a_client_certificate() {
+    let dir = Dir::new("tls");
+    make_certs(&dir);
+    let d = dir.path().display().to_string();
+    let check = |port: u16, client: bool| {
+        let mut cmd = dir
+            .rayhead()
+            .env("RAY_REDIS_ADDRESS", format!("rediss://127.0.0.1:{port}"))
+            .env("REDIS_PASSWORD", "tls-pw")
+            .env("RAY_REDIS_CA_CERT", format!("{d}/ca.crt"));
+        if client {
+            cmd = cmd
+                .env("RAY_REDIS_CLIENT_CERT", format!("{d}/client.crt"))
+                .env("RAY_REDIS_CLIENT_KEY", format!("{d}/client.key"));
+        }
+        cmd.args(["redis-check"]).run(LIMIT)
+    };
+    let plain = tls_redis(&dir, false);
+    let out = check(plain.port, false);
+    out.assert_code(0);
+    assert!(out.stdout.contains("rediss://127.0.0.1"), "{}", out.dump());
+
+    let mutual = tls_redis(&dir, true);
+    check(mutual.port, false).assert_code(1);
+    check(mutual.port, true).assert_code(0);
+
+    // An untrusted server: no CA given, so the system's roots reject it.
+    let out = dir
+        .rayhead()
+        .env(
+            "RAY_REDIS_ADDRESS",
+            format!("rediss://127.0.0.1:{}", plain.port),
+        )
+        .env("REDIS_PASSWORD", "tls-pw")
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(1);
+
+    // A missing file names its key.
+    let out = dir
+        .rayhead()
+        .env(
+            "RAY_REDIS_ADDRESS",
+            format!("rediss://127.0.0.1:{}", plain.port),
+        )
+        .env("RAY_REDIS_CA_CERT", "/nonexistent/ca.crt")
+        .args(["redis-check"])
+        .run(LIMIT);
+    out.assert_code(64);
+    assert!(
+        out.stderr.contains("RAY_REDIS_CA_CERT") && out.stderr.contains("/nonexistent/ca.crt"),
         "{}",
         out.dump()
     );

@@ -159,11 +159,46 @@ pub(super) fn build(
         username: v.text("redis.username").filter(|s| !s.is_empty()),
         password,
         namespace: v.text("redis.namespace").filter(|s| !s.is_empty()),
+        tls_ca_cert: v
+            .text("redis.tls-ca-cert")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        tls_ca_path: v
+            .text("redis.tls-ca-path")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        tls_client_cert: v
+            .text("redis.tls-client-cert")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        tls_client_key: v
+            .text("redis.tls-client-key")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        tls_server_name: v.text("redis.tls-server-name").filter(|s| !s.is_empty()),
+        skip_checks: match v.get("redis.skip-checks") {
+            Some(Value::Argv(a)) => a.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            _ => Vec::new(),
+        },
         probe_interval: v.duration("redis.probe-interval"),
         startup_timeout: v.duration("redis.startup-timeout"),
         connect_timeout: v.duration("redis.connect-timeout"),
         command_timeout: v.duration("redis.command-timeout"),
     };
+    for c in &redis.skip_checks {
+        if !["info", "config", "tables"].contains(&c.as_str()) {
+            problem(
+                "redis.skip-checks",
+                format!("{c:?}: expected any of info, config, tables"),
+            );
+        }
+    }
+    if redis.tls_client_cert.is_some() != redis.tls_client_key.is_some() {
+        problem(
+            "redis.tls-client-cert",
+            "a client certificate and a client key go together (RAY_REDIS_CLIENT_CERT and RAY_REDIS_CLIENT_KEY)".into(),
+        );
+    }
     if let Some(ns) = &redis.namespace {
         if ns.contains('@') {
             problem(

@@ -188,6 +188,13 @@ pub struct RedisConfig {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub namespace: Option<String>,
+    pub tls_ca_cert: Option<PathBuf>,
+    pub tls_ca_path: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    /// Checks not to run: "info", "config", "tables".
+    pub skip_checks: Vec<String>,
     pub probe_interval: Duration,
     pub startup_timeout: Duration,
     pub connect_timeout: Duration,

@@ -244,13 +244,22 @@ impl Redis {
             return f;
         };
         let t = self.command_timeout();
-        let info = match query::<String>(&mut conn, redis::cmd("INFO"), t).await {
-            Ok(text) => parse_info(&text),
-            Err(e) => {
-                f.notes.push(format!(
-                    "cannot check the role, memory, eviction policy or AOF: INFO failed ({e})"
-                ));
-                BTreeMap::new()
+        let skip = |c: &str| self.skip.iter().any(|s| s == c);
+        let info = if skip("info") {
+            f.notes.push(
+                "not checking the role, memory, eviction policy or AOF: redis.skip-checks has info"
+                    .into(),
+            );
+            BTreeMap::new()
+        } else {
+            match query::<String>(&mut conn, redis::cmd("INFO"), t).await {
+                Ok(text) => parse_info(&text),
+                Err(e) => {
+                    f.notes.push(format!(
+                        "cannot check the role, memory, eviction policy or AOF: INFO failed ({e})"
+                    ));
+                    BTreeMap::new()
+                }
             }
         };
         f.role = info.get("role").cloned();
@@ -260,20 +269,25 @@ impl Redis {
         f.maxmemory = info.get("maxmemory").and_then(|v| v.parse().ok());
         let mut save = redis::cmd("CONFIG");
         save.arg("GET").arg("save");
-        match query::<Vec<String>>(&mut conn, save, t).await {
+        let saved = if skip("config") {
+            Err("redis.skip-checks has config".to_string())
+        } else {
+            query::<Vec<String>>(&mut conn, save, t).await
+        };
+        match saved {
             Ok(v) if v.len() == 2 => f.save_points = Some(v[1].clone()),
             Ok(_) => f
                 .notes
                 .push("cannot check RDB save points: CONFIG GET save answered nothing".into()),
             Err(e) => f.notes.push(format!(
-                "cannot check RDB save points: CONFIG is disabled ({e})"
+                "cannot check RDB save points: CONFIG is disabled or skipped ({e})"
             )),
         }
         if f.maxmemory_policy.is_none() && !info.is_empty() {
             f.notes
                 .push("cannot check the eviction policy: INFO has no maxmemory_policy".into());
         }
-        if let Some(ns) = namespace {
+        if let Some(ns) = namespace.filter(|_| !skip("tables")) {
             let mut pipe = redis::pipe();
             for table in TABLES {
                 let key = format!("RAY{ns}@{table}");

@@ -47,6 +47,10 @@ pub struct Redis {
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     /// The master behind a Sentinel, once found.
     master: Arc<Mutex<Option<String>>>,
+    /// For rediss://: the CA and client certificates.
+    tls: Option<redis::TlsCertificates>,
+    /// Checks the probe skips (redis.skip-checks).
+    pub(crate) skip: Vec<String>,
 }
 
 impl Redis {
@@ -63,8 +67,15 @@ impl Redis {
         if cfg.password.is_some() {
             address.password = cfg.password.clone();
         }
-        if address.tls {
-            return Err("redis.address: rediss:// (TLS) is not supported yet".into());
+        let tls = if address.tls {
+            Some(tls_certificates(cfg)?)
+        } else {
+            None
+        };
+        if let Some(name) = &cfg.tls_server_name {
+            if *name != address.host {
+                tracing::warn!(server_name = %name, host = %address.host, "RAY_REDIS_SERVER_NAME differs from the address's host; rayhead verifies the host");
+            }
         }
         let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
         if let Some(u) = &address.username {
@@ -73,7 +84,17 @@ impl Redis {
         if let Some(p) = &address.password {
             settings = settings.set_password(p.expose());
         }
-        let info = ConnectionAddr::Tcp(address.host.clone(), address.port)
+        let addr = if address.tls {
+            ConnectionAddr::TcpTls {
+                host: address.host.clone(),
+                port: address.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(address.host.clone(), address.port)
+        };
+        let info = addr
             .into_connection_info()
             .map_err(|e| format!("redis.address: {e}"))?
             .set_redis_settings(settings);
@@ -84,6 +105,8 @@ impl Redis {
             command_timeout: cfg.command_timeout,
             conn: Arc::default(),
             master: Arc::default(),
+            tls,
+            skip: cfg.skip_checks.clone(),
         }))
     }
 
@@ -122,10 +145,16 @@ impl Redis {
     async fn connect(&self) -> Result<MultiplexedConnection, PingError> {
         let mut conn = self.connect_to(self.info.clone()).await?;
         if let Some((host, port)) = self.sentinel_master(&mut conn).await? {
-            let info = self
-                .info
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(host.clone(), port));
+            let addr = match &self.tls {
+                Some(_) => ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                },
+                None => ConnectionAddr::Tcp(host.clone(), port),
+            };
+            let info = self.info.clone().set_addr(addr);
             conn = self.connect_to(info).await?;
             *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host}:{port}"));
         }
@@ -194,7 +223,11 @@ impl Redis {
         &self,
         info: redis::ConnectionInfo,
     ) -> Result<MultiplexedConnection, PingError> {
-        let client = redis::Client::open(info).map_err(|e| classify(&e))?;
+        let client = match &self.tls {
+            Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| classify(&e))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
@@ -239,6 +272,50 @@ impl Redis {
             }
         }
     }
+}
+
+/// Ray's TLS settings, read now so that a missing file is an error that
+/// names its key: the CA file and the CA directory's PEM files become the
+/// trusted roots (else the system's), the client pair enables client
+/// authentication.
+fn tls_certificates(cfg: &RedisConfig) -> Result<redis::TlsCertificates, String> {
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("{key} {}: {e}", p.display()))
+    };
+    let mut roots = Vec::new();
+    if let Some(p) = &cfg.tls_ca_cert {
+        roots.extend(read("redis.tls-ca-cert (RAY_REDIS_CA_CERT)", p)?);
+        roots.push(b'\n');
+    }
+    if let Some(dir) = &cfg.tls_ca_path {
+        let key = "redis.tls-ca-path (RAY_REDIS_CA_PATH)";
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("{key} {}: {e}", dir.display()))?;
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = read(key, &f)?;
+            if text.windows(11).any(|w| w == b"BEGIN CERTI") {
+                roots.extend(text);
+                roots.push(b'\n');
+            }
+        }
+    }
+    let client_tls = match (&cfg.tls_client_cert, &cfg.tls_client_key) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls-client-cert (RAY_REDIS_CLIENT_CERT)", c)?,
+            client_key: read("redis.tls-client-key (RAY_REDIS_CLIENT_KEY)", k)?,
+        }),
+        _ => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert: (!roots.is_empty()).then_some(roots),
+    })
 }
 
 pub(crate) fn classify(e: &redis::RedisError) -> PingError {
