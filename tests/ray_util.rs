@@ -26,13 +26,26 @@ pub fn ray_lock() -> MutexGuard<'static, ()> {
     RAY_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A port nobody listens on now (never 6379: the kernel hands out ephemeral
-/// ports, outside Ray's worker range 10002-19999).
+/// A port nobody listens on now, from 20000-32767: above Ray's worker range
+/// (10002-19999), below the kernel's ephemeral range (32768+), so that no
+/// client socket of another test can be sitting on it when a server (re)binds
+/// it, and never 6379.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
+        let port = 20000 + (n % 12768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32767")
 }
 
 /// The project's virtualenv, made by scripts/setup.sh.
@@ -140,9 +153,28 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            // A bind that failed (the port briefly held): start it again.
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                std::thread::sleep(Duration::from_millis(200));
+                return self.restart_until(deadline);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn restart_until(&mut self, deadline: Instant) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start on {}",
+            self.port
+        );
+        self.restart();
     }
 
     pub fn stop(&mut self) {
