@@ -96,10 +96,23 @@ mod tests {
     fn termination_message_is_truncated_on_a_char_boundary() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("msg");
+        // 2-byte characters, 4096 a boundary: exactly 2048 of them are kept.
         let long = "é".repeat(5000);
         write_termination_message(&p, &long).unwrap();
         let got = std::fs::read_to_string(&p).unwrap();
-        assert!(got.len() <= TERMINATION_MESSAGE_MAX + 1);
+        assert_eq!(got, format!("{}\n", "é".repeat(2048)));
+        // One byte off: byte 4096 falls inside a character, so the cut moves
+        // back to 4095, never forward and never further.
+        let odd = format!("a{}", "é".repeat(5000));
+        write_termination_message(&p, &odd).unwrap();
+        let got = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(got, format!("a{}\n", "é".repeat(2047)));
+        // Exactly the limit is kept whole; one more byte is cut.
+        let exact = "x".repeat(TERMINATION_MESSAGE_MAX);
+        write_termination_message(&p, &exact).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("{exact}\n"));
+        write_termination_message(&p, &format!("{exact}y")).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("{exact}\n"));
         write_termination_message(&p, "short").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "short\n");
     }

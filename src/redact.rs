@@ -103,6 +103,12 @@ mod tests {
         let l = line("  ray start --address='h:1' --redis-password='hunter2' ok");
         assert!(!l.contains("hunter2"), "{l}");
         assert_eq!(line("plain  text"), "plain  text");
+        // A URL password with no secret word anywhere on the line.
+        assert_eq!(
+            line("connecting to redis://u:hunter2@h:1 now"),
+            "connecting to redis://u:<redacted>@h:1 now"
+        );
+        assert_eq!(line("at rediss://hunter2@h:1"), "at rediss://<redacted>@h:1");
     }
 
     #[test]

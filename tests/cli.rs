@@ -20,8 +20,16 @@ fn version_and_help_exit_0() {
     );
     let out = dir.rayhead().args(["help"]).run(LIMIT);
     out.assert_code(0);
-    for sub in ["run", "config"] {
-        assert!(out.stdout.contains(sub), "{}", out.dump());
+    // clap lists each subcommand on its own line: "  run     Run COMMAND ...".
+    for sub in ["run", "config", "probe", "redis-check", "redis-cleanup"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.trim_start().split_whitespace().next() == Some(sub)
+                    && l.starts_with("  ")),
+            "no `{sub}` line in the help\n{}",
+            out.dump()
+        );
     }
 }
 

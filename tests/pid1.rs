@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use rayhead::init::proctree;
 
 use crate::util::{alive, count_lines, Dir, Output, TestCommand};
@@ -96,14 +95,18 @@ fn cannot_execute_is_126_and_not_found_is_127() {
     run(&["no-such-command-on-path"]).assert_code(127);
 }
 
-/// The script orphans 100 grandchildren (their parent exits at once), lets
-/// them die, then counts zombies in the namespace: rayhead must have reaped
-/// every one.
+/// The script orphans 100 grandchildren (their parent exits at once), waits
+/// until every one of them has died, then until no zombie is left in the
+/// namespace (up to 20 s), and reports the count: rayhead must have reaped
+/// every one. A reaper that missed some leaves them as zombies for good.
 const ORPHANS: &str = r#"
-for i in $(seq 100); do sh -c 'sleep 0.2 &'; done
-sleep 1.5
-zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')
-echo "zombies=$zombies"
+for i in $(seq 100); do sh -c 'sleep 0.2 & echo $! >> "$D/orphans"'; done
+zombies() { cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z '; }
+live() { n=0; for p in $(cat "$D/orphans"); do
+  [ -e /proc/$p ] && ! grep -q ') Z ' /proc/$p/stat 2>/dev/null && n=$((n+1)); done; echo $n; }
+i=0; while [ "$(live)" != 0 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+i=0; while [ "$(zombies)" != 0 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+echo "orphans=$(wc -l < "$D/orphans") zombies=$(zombies)"
 "#;
 
 #[test]
@@ -111,7 +114,11 @@ fn pid1_reaps_100_orphans() {
     let dir = Dir::new("orphans");
     let out = run_sh(&dir, &[], ORPHANS).pid1().run(QUICK);
     out.assert_code(0);
-    assert!(out.stdout.contains("zombies=0"), "{}", out.dump());
+    assert!(
+        out.stdout.contains("orphans=100 zombies=0"),
+        "{}",
+        out.dump()
+    );
     let orphans = count_lines(&out.stderr, "\"orphan\"");
     assert!(
         orphans >= 100,
@@ -120,14 +127,34 @@ fn pid1_reaps_100_orphans() {
     );
 }
 
+/// As a subreaper, rayhead inherits the orphans of its tree and reaps them
+/// while it runs: each orphan's `/proc` entry disappears (a zombie keeps
+/// it) long before the command ends.
 #[test]
 fn subreaper_reaps_orphans() {
     let dir = Dir::new("subreaper");
     let script = r#"
 for i in $(seq 20); do sh -c 'sleep 0.2 & echo $! >> "$D/pids"'; done
-sleep 1
+touch "$D/ready"
+while [ ! -e "$D/quit" ]; do sleep 0.05; done
 "#;
-    let out = run_sh(&dir, &[], script).run(QUICK);
+    let mut run = run_sh(&dir, &[], script).spawn();
+    run.wait_for_file("ready", READY);
+    let pids: Vec<i32> = dir
+        .read("pids")
+        .lines()
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 20);
+    let rayhead = run.rayhead_pid();
+    crate::ray_util::eventually(QUICK, "every orphan reaped", || {
+        pids.iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    assert!(alive(rayhead.as_raw()), "rayhead ended before the check");
+    dir.write("quit", "");
+    let out = run.wait(QUICK);
     out.assert_code(0);
     let orphans = count_lines(&out.stderr, "\"orphan\"");
     assert!(
@@ -135,9 +162,6 @@ sleep 1
         "only {orphans} orphans reaped\n{}",
         out.dump()
     );
-    for pid in dir.read("pids").lines() {
-        assert!(!alive(pid.trim().parse().unwrap()), "{pid} survived");
-    }
 }
 
 /// 50 grandchildren in the child's group and the child itself die of one
@@ -166,14 +190,16 @@ exec sleep 1000
             .find(|p| p.ppid == rayhead)
             .expect("the child")
             .pgid;
+        let killed = std::time::Instant::now();
         killpg(group, Signal::SIGKILL).unwrap();
         let out = run.wait(QUICK);
+        let took = killed.elapsed();
         out.assert_code(137);
         let reaped = count_lines(&out.stderr, "reaped");
         assert!(reaped >= 56, "only {reaped} reaped\n{}", out.dump());
         assert!(
-            out.elapsed < Duration::from_secs(15),
-            "waited for the grace\n{}",
+            took < Duration::from_secs(15),
+            "waited for the grace ({took:?} after the kill)\n{}",
             out.dump()
         );
         // Pids in the file are the namespace's own in PID 1 mode.
@@ -490,5 +516,4 @@ fn leftover_processes_are_stopped_after_the_child_exits() {
         "{}",
         out.dump()
     );
-    let _ = Pid::from_raw(left);
 }

@@ -190,8 +190,11 @@ impl RedisServer {
 
     /// redis-cli's answer (the password goes through its env var, not argv).
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &self.port.to_string()]).args(args);
+        // A hung server (CLIENT PAUSE, a stopped process) must not hang the
+        // test: coreutils' timeout bounds every call.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["10", "redis-cli", "-p", &self.port.to_string()])
+            .args(args);
         if !self.password.is_empty() {
             cmd.env("REDISCLI_AUTH", &self.password);
         }
@@ -256,6 +259,8 @@ pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) 
 }
 
 /// Runs one of tests/py/*.py with the venv's python against `address`.
+/// Both pipes are drained while it runs, so a chatty driver never blocks on
+/// a full pipe.
 pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
@@ -269,28 +274,36 @@ pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, 
         .process_group(0)
         .spawn()
         .expect("python");
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|o| Box::new(o) as _));
+    let err = drain(child.stderr.take().map(|e| Box::new(e) as _));
     let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
         }
         if Instant::now() > deadline {
             let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
-            return Err(format!("{script} timed out after {timeout:?}"));
+            let (o, e) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+            return Err(format!("{script} timed out after {timeout:?}:\n{o}\n{e}"));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("python output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if status.success() {
         Ok(stdout)
     } else {
-        Err(format!(
-            "{script} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("{script} failed ({status}):\n{stdout}\n{stderr}"))
     }
 }
 
@@ -306,6 +319,19 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Asserts that every pid in `pids` is gone (or a zombie awaiting a
+/// reaper that is itself gone). Record a run's daemons before it exits:
+/// after it, they are no longer its descendants, so looking them up under
+/// it would always find nothing.
+pub fn assert_all_dead(what: &str, pids: &[Pid]) {
+    let alive: Vec<i32> = pids
+        .iter()
+        .map(|p| p.as_raw())
+        .filter(|p| crate::util::alive(*p))
+        .collect();
+    assert!(alive.is_empty(), "{what} left running: {alive:?}");
 }
 
 /// Live processes named `comm` among the descendants of `root`.

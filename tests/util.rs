@@ -226,6 +226,27 @@ impl Output {
         )
     }
 
+    /// Asserts that `secret` appears in none of what the run wrote: stdout,
+    /// stderr and the termination message. Every test with a secret calls
+    /// it, with rayhead at `debug` (the harness's default), where the most
+    /// is logged.
+    pub fn assert_no_secret(&self, secret: &str) -> &Self {
+        assert!(!secret.is_empty(), "an empty secret matches everything");
+        for (name, text) in [
+            ("stdout", &self.stdout),
+            ("stderr", &self.stderr),
+            ("the termination log", &self.termination_log),
+        ] {
+            let leaks: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+            assert!(
+                leaks.is_empty(),
+                "the secret leaked to {name}:\n{}",
+                leaks.join("\n")
+            );
+        }
+        self
+    }
+
     /// Asserts the exit code, printing everything if it differs.
     pub fn assert_code(&self, want: i32) -> &Self {
         assert_eq!(self.code, Some(want), "unexpected exit\n{}", self.dump());

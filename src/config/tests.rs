@@ -248,7 +248,16 @@ fn render_lists_every_key_with_its_source() {
     let cfg = load(None, &[("RAY_PORT", "6380")], &["init.stop-grace=3s"]).unwrap();
     let text = cfg.render();
     for k in KEYS {
-        assert!(text.contains(k.leaf()), "{} missing:\n{text}", k.name);
+        let mut section = "";
+        let listed = text.lines().any(|l| {
+            if let Some(s) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s;
+            }
+            section == k.section()
+                && (l.starts_with(&format!("{} = ", k.leaf()))
+                    || l.starts_with(&format!("# {} is unset", k.leaf())))
+        });
+        assert!(listed, "{} missing under [{}]:\n{text}", k.name, k.section());
     }
     assert!(text.contains("env RAY_PORT"), "{text}");
     assert!(text.contains("flag --set init.stop-grace"), "{text}");
@@ -290,15 +299,41 @@ fn shipped_config_documents_every_key() {
         );
         assert!(text.contains(&format!("[{}]", k.section())));
     }
-    // Uncommented, it is still a valid file.
+    // Uncommented, every `# key = value` line is a valid file that sets
+    // every key with a default to that default.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if KEYS
+                    .iter()
+                    .any(|k| k.default.is_some() && rest.starts_with(&format!("{} = ", k.leaf()))) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let tmp = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tmp.path(), &text).unwrap();
-    Config::load(
+    std::fs::write(tmp.path(), &uncommented).unwrap();
+    let cfg = Config::load(
         &Inputs {
             file: Some(tmp.path().into()),
             flags: vec![],
         },
         &NO_ENV,
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("the uncommented config/rayhead.toml fails: {e}"));
+    for r in &cfg.resolved {
+        if r.key.default.is_some() {
+            assert!(
+                matches!(r.source, Source::File(_)),
+                "{} was not set by the uncommented file",
+                r.key.name
+            );
+            let default = value::parse_text(r.key.kind, EnvUnit::Plain, r.key.default.unwrap()).unwrap();
+            assert_eq!(r.value.as_ref(), Some(&default), "{}", r.key.name);
+        }
+    }
 }
