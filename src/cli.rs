@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Config, ConfigError, FlagValue, Inputs, ProcessEnv};
 use crate::exit::{self, Exit};
+use crate::state::{Snapshot, State};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,19 +68,9 @@ struct RedisCleanupArgs {
     config: ConfigArgs,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ProbeWhat {
-    /// GET /readyz
-    Ready,
-    /// GET /livez
-    Live,
-    /// GET /status
-    Status,
-}
-
 #[derive(Debug, Args)]
 struct ProbeArgs {
-    what: ProbeWhat,
+    what: crate::probe::routes::Endpoint,
     /// The server's base URL; default from probe.listen.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -163,7 +156,6 @@ pub fn main() -> u8 {
             let _ = e.print();
             return match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::CONFIG,
                 _ => exit::CONFIG,
             };
         }
@@ -294,12 +286,7 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
             }
         },
     };
-    let path = match args.what {
-        ProbeWhat::Ready => "/readyz",
-        ProbeWhat::Live => "/livez",
-        ProbeWhat::Status => "/status",
-    };
-    let (ok, text) = crate::probe::client::query(&base, path);
+    let (ok, text) = crate::probe::client::query(&base, args.what.path());
     let text = text.trim_end();
     if ok {
         println!("{text}");
@@ -314,9 +301,9 @@ fn run(cli: &Cli, args: &RunArgs) -> u8 {
     let cfg = match cli.load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            let exit = Exit::new(exit::CONFIG, e.to_string().trim_end().to_string());
-            eprintln!("rayhead: {}", exit.reason);
-            return exit.code;
+            let exit = Exit::Config(e.to_string().trim_end().to_string());
+            eprintln!("rayhead: {exit}");
+            return exit.code();
         }
     };
     crate::logging::init(&cfg.log.level, cfg.log.format);
@@ -327,23 +314,42 @@ fn run(cli: &Cli, args: &RunArgs) -> u8 {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(async {
-                match job {
-                    Job::Command(argv) => crate::init::run(&cfg.init, &argv).await,
-                    Job::Ray(plan) => {
-                        let state = plan.initial_state();
-                        crate::ray::run(&cfg, *plan, state).await
-                    }
-                }
-            }),
-            Err(e) => Exit::new(
-                exit::INTERNAL,
-                format!("cannot start the async runtime: {e}"),
-            ),
+            Ok(rt) => rt.block_on(supervise(&cfg, job)),
+            Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
         },
     };
     finish(&cfg, &exit);
-    exit.code
+    exit.code()
+}
+
+/// Serves the probes on `probe.listen` from the state that whichever
+/// supervisor runs keeps, for as long as it runs.
+async fn supervise(cfg: &Config, job: Job) -> Exit {
+    let state = match &job {
+        Job::Command(_) => State::new(Snapshot::command()),
+        Job::Ray(plan) => plan.initial_state(),
+    };
+    // Bound first: a taken port is a configuration problem, and the kubelet
+    // should see `starting` while Redis and Ray come up.
+    let listener = match tokio::net::TcpListener::bind(cfg.probe.listen).await {
+        Ok(l) => l,
+        Err(e) => return Exit::Config(format!("probe.listen {}: {e}", cfg.probe.listen)),
+    };
+    tracing::info!(listen = %cfg.probe.listen, "probe server listening");
+    let stop_probes = CancellationToken::new();
+    let server = tokio::spawn(crate::probe::serve(
+        listener,
+        state.subscribe(),
+        cfg.probe.stall_after,
+        stop_probes.clone(),
+    ));
+    let exit = match job {
+        Job::Command(argv) => crate::init::run(&cfg.init, &argv, &state).await,
+        Job::Ray(plan) => crate::ray::run(cfg, *plan, state).await,
+    };
+    stop_probes.cancel();
+    let _ = server.await;
+    exit
 }
 
 /// What `rayhead run` supervises.
@@ -355,30 +361,33 @@ enum Job {
 }
 
 fn what_to_run(cfg: &Config, command: &[String]) -> Result<Job, Exit> {
-    let bad = |e: String| Exit::new(exit::CONFIG, e);
-    if !command.is_empty() && !crate::ray::is_ray_start(command) {
-        return Ok(Job::Command(command.to_vec()));
-    }
-    if command.is_empty() && cfg.ray.start_command.is_none() {
-        return Err(bad(
-            "no command to run: give one after `--`, or set ray.start-command (KUBERAY_GEN_RAY_START_CMD)".into(),
-        ));
-    }
-    let argv = (!command.is_empty()).then_some(command);
-    crate::ray::Plan::new(cfg, argv, &ProcessEnv)
+    use crate::ray::StartFrom;
+    let from = match (command.is_empty(), cfg.ray.start_command.as_deref()) {
+        (false, _) if !crate::ray::is_ray_start(command) => {
+            return Ok(Job::Command(command.to_vec()))
+        }
+        (false, _) => StartFrom::Argv(command),
+        (true, Some(text)) => StartFrom::Text(text),
+        (true, None) => {
+            return Err(Exit::Config(
+                "no command to run: give one after `--`, or set ray.start-command (KUBERAY_GEN_RAY_START_CMD)".into(),
+            ))
+        }
+    };
+    crate::ray::Plan::new(cfg, from, &ProcessEnv)
         .map(|p| Job::Ray(Box::new(p)))
-        .map_err(bad)
+        .map_err(Exit::Config)
 }
 
 /// Reports the exit: a log line on stderr, and the termination message.
 fn finish(cfg: &Config, exit: &Exit) {
-    if exit.code == 0 {
-        tracing::info!(code = exit.code, reason = %exit.reason, "rayhead exiting");
+    if exit.code() == 0 {
+        tracing::info!(code = exit.code(), reason = %exit, "rayhead exiting");
     } else {
-        tracing::warn!(code = exit.code, reason = %exit.reason, "rayhead exiting");
+        tracing::warn!(code = exit.code(), reason = %exit, "rayhead exiting");
     }
     if let Some(path) = &cfg.init.termination_log {
-        if let Err(e) = exit::write_termination_message(path, &exit.reason) {
+        if let Err(e) = exit::write_termination_message(path, &exit.reason()) {
             let is_default = path.as_os_str() == exit::DEFAULT_TERMINATION_LOG;
             if is_default && e.kind() == std::io::ErrorKind::NotFound {
                 tracing::debug!("no /dev/termination-log: not on Kubernetes");

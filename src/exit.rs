@@ -10,56 +10,92 @@ use std::io::Write;
 use std::path::Path;
 
 /// The configuration, the command line or the environment is invalid
-/// (sysexits' EX_USAGE).
+/// (sysexits' EX_USAGE). Also [`Exit::Config`]'s code.
 pub const CONFIG: u8 = 64;
-/// rayhead itself failed: it could not set up its runtime or signals
-/// (sysexits' EX_SOFTWARE).
+/// rayhead itself failed (sysexits' EX_SOFTWARE). Also [`Exit::Internal`]'s
+/// code.
 pub const INTERNAL: u8 = 70;
-/// The GCS was lost and did not answer SERVING again before the head's
-/// reconnect window (less the margin) ran out.
-pub const GCS_NOT_RECOVERED: u8 = 80;
-/// The GCS was lost without fault tolerance (no external Redis): its state
-/// died with it, so the head shares its fate, as KubeRay describes.
-pub const GCS_LOST_NO_FT: u8 = 81;
-/// The crash-loop guard: more in-place GCS restarts than gcs.max-restarts
-/// within gcs.restart-window.
-pub const GCS_CRASH_LOOP: u8 = 82;
-/// The head raylet exited.
-pub const RAYLET_DIED: u8 = 83;
-/// Another Ray daemon (dashboard, log monitor, monitor, client server)
-/// exited and ray.on-daemon-exit is "exit".
-pub const DAEMON_DIED: u8 = 84;
-/// `ray start` failed, or left no gcs_server or raylet running.
-pub const RAY_START_FAILED: u8 = 85;
-/// Redis never answered within redis.startup-timeout.
-pub const REDIS_UNREACHABLE: u8 = 86;
-/// Redis rejected the credentials.
-pub const REDIS_AUTH: u8 = 87;
-/// The GCS was lost in block mode, where rayhead does not restart it.
-pub const GCS_LOST_BLOCK: u8 = 88;
-/// The command exists but cannot be executed (as a shell reports it).
-pub const CANNOT_EXECUTE: u8 = 126;
-/// The command was not found (as a shell reports it).
-pub const NOT_FOUND: u8 = 127;
 
 /// Kubernetes reads at most this much of the termination message.
 const TERMINATION_MESSAGE_MAX: usize = 4096;
 
-/// Why rayhead exits, and with what code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
-    pub code: u8,
-    /// One or two sentences for a human: it lands in `kubectl describe pod`.
-    /// Never contains a secret.
-    pub reason: String,
+/// Why rayhead exits: each decision is a variant with its code, and its
+/// text (one or two sentences for a human; it lands in `kubectl describe
+/// pod`, and never contains a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exit {
+    /// The supervised command's own status passed on (0-255, 128+N for a
+    /// death by signal N), or 0 for a requested stop of a Ray head.
+    #[error("{reason}")]
+    Status { code: u8, reason: String },
+    /// Invalid configuration, environment or command line.
+    #[error("{0}")]
+    Config(String),
+    /// rayhead itself failed: its runtime or signal handlers.
+    #[error("{0}")]
+    Internal(String),
+    /// The GCS was lost and not SERVING again before the head's reconnect
+    /// timeout less the margin.
+    #[error("{0}")]
+    GcsNotRecovered(String),
+    /// The GCS was lost without fault tolerance: the head shares its fate.
+    #[error("{0}")]
+    GcsLostWithoutFaultTolerance(String),
+    /// gcs.max-restarts consecutive in-place restarts failed.
+    #[error("{0}")]
+    GcsCrashLoop(String),
+    /// The head raylet exited.
+    #[error("{0}")]
+    RayletDied(String),
+    /// Another Ray daemon exited and ray.on-daemon-exit is "exit".
+    #[error("{0}")]
+    DaemonDied(String),
+    /// `ray start` failed, or left no gcs_server or raylet running.
+    #[error("{0}")]
+    RayStartFailed(String),
+    /// Redis did not answer within redis.startup-timeout.
+    #[error("{0}")]
+    RedisUnreachable(String),
+    /// Redis rejected the credentials.
+    #[error("{0}")]
+    RedisAuth(String),
+    /// The GCS was lost in block mode, where rayhead does not restart it.
+    #[error("{0}")]
+    GcsLostInBlockMode(String),
+    /// The command exists but cannot be executed (as a shell reports it).
+    #[error("{0}")]
+    CannotExecute(String),
+    /// The command was not found (as a shell reports it).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Exit {
-    pub fn new(code: u8, reason: impl Into<String>) -> Self {
-        Exit {
-            code,
-            reason: reason.into(),
+    /// The process exit code. rayhead's own decisions sit in the range that
+    /// sysexits(3) and shells leave to programs, away from 1 and 2 (a Ray
+    /// daemon's own failures) and from 126+; the README has the table.
+    pub fn code(&self) -> u8 {
+        match self {
+            Exit::Status { code, .. } => *code,
+            Exit::Config(_) => CONFIG,
+            Exit::Internal(_) => INTERNAL,
+            Exit::GcsNotRecovered(_) => 80,
+            Exit::GcsLostWithoutFaultTolerance(_) => 81,
+            Exit::GcsCrashLoop(_) => 82,
+            Exit::RayletDied(_) => 83,
+            Exit::DaemonDied(_) => 84,
+            Exit::RayStartFailed(_) => 85,
+            Exit::RedisUnreachable(_) => 86,
+            Exit::RedisAuth(_) => 87,
+            Exit::GcsLostInBlockMode(_) => 88,
+            Exit::CannotExecute(_) => 126,
+            Exit::NotFound(_) => 127,
         }
+    }
+
+    /// The reason, for the log and the termination message.
+    pub fn reason(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -91,6 +127,88 @@ pub fn write_termination_message(path: &Path, reason: &str) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One of each variant; the match makes a new variant a compile error
+    /// here until it is listed.
+    fn every_variant() -> Vec<Exit> {
+        let s = String::new;
+        let all = vec![
+            Exit::Status {
+                code: 0,
+                reason: s(),
+            },
+            Exit::Config(s()),
+            Exit::Internal(s()),
+            Exit::GcsNotRecovered(s()),
+            Exit::GcsLostWithoutFaultTolerance(s()),
+            Exit::GcsCrashLoop(s()),
+            Exit::RayletDied(s()),
+            Exit::DaemonDied(s()),
+            Exit::RayStartFailed(s()),
+            Exit::RedisUnreachable(s()),
+            Exit::RedisAuth(s()),
+            Exit::GcsLostInBlockMode(s()),
+            Exit::CannotExecute(s()),
+            Exit::NotFound(s()),
+        ];
+        for e in &all {
+            match e {
+                Exit::Status { .. }
+                | Exit::Config(_)
+                | Exit::Internal(_)
+                | Exit::GcsNotRecovered(_)
+                | Exit::GcsLostWithoutFaultTolerance(_)
+                | Exit::GcsCrashLoop(_)
+                | Exit::RayletDied(_)
+                | Exit::DaemonDied(_)
+                | Exit::RayStartFailed(_)
+                | Exit::RedisUnreachable(_)
+                | Exit::RedisAuth(_)
+                | Exit::GcsLostInBlockMode(_)
+                | Exit::CannotExecute(_)
+                | Exit::NotFound(_) => {}
+            }
+        }
+        all
+    }
+
+    /// The README's exit-code table lists exactly rayhead's own codes, each
+    /// once, beside the passed-on ranges.
+    #[test]
+    fn readme_exit_code_table_matches_the_enum() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Exit codes")
+            .nth(1)
+            .expect("README has an Exit codes section");
+        let mut documented: Vec<u8> = table
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect();
+        documented.sort();
+        let mut ours: Vec<u8> = every_variant()
+            .iter()
+            .filter(|e| !matches!(e, Exit::Status { .. }))
+            .map(Exit::code)
+            .collect();
+        ours.sort();
+        assert_eq!(documented, ours, "README's exit-code table vs exit::Exit");
+        assert!(table.contains("| 0-255 |") && table.contains("| 128+N |"));
+    }
+
+    #[test]
+    fn the_reason_is_the_text() {
+        let e = Exit::RayletDied("the head raylet (pid 7) was killed by SIGKILL".into());
+        assert_eq!(e.code(), 83);
+        assert_eq!(e.reason(), "the head raylet (pid 7) was killed by SIGKILL");
+        let s = Exit::Status {
+            code: 143,
+            reason: "stopped".into(),
+        };
+        assert_eq!((s.code(), s.reason().as_str()), (143, "stopped"));
+    }
 
     #[test]
     fn termination_message_is_truncated_on_a_char_boundary() {

@@ -4,6 +4,7 @@
 //! `main.rs` only calls [`cli::main`]; everything else lives here so that
 //! tests drive the same code the binary runs.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod exit;
@@ -13,3 +14,5 @@ pub mod probe;
 pub mod ray;
 pub mod redact;
 pub mod redis;
+pub mod state;
+pub mod time;

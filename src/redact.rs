@@ -108,7 +108,10 @@ mod tests {
             line("connecting to redis://u:hunter2@h:1 now"),
             "connecting to redis://u:<redacted>@h:1 now"
         );
-        assert_eq!(line("at rediss://hunter2@h:1"), "at rediss://<redacted>@h:1");
+        assert_eq!(
+            line("at rediss://hunter2@h:1"),
+            "at rediss://<redacted>@h:1"
+        );
     }
 
     #[test]

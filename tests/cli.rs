@@ -25,8 +25,7 @@ fn version_and_help_exit_0() {
         assert!(
             out.stdout
                 .lines()
-                .any(|l| l.trim_start().split_whitespace().next() == Some(sub)
-                    && l.starts_with("  ")),
+                .any(|l| l.split_whitespace().next() == Some(sub) && l.starts_with("  ")),
             "no `{sub}` line in the help\n{}",
             out.dump()
         );

@@ -142,7 +142,11 @@ fn dockerfile_facts_match_the_manifests_and_readme() {
     for h in &heads {
         assert_eq!(h["command"], entrypoint, "{h:#}");
     }
-    assert_eq!(line_value(&docker, "USER "), "ray", "keep the image's non-root user");
+    assert_eq!(
+        line_value(&docker, "USER "),
+        "ray",
+        "keep the image's non-root user"
+    );
     // The glibc claim: the build stage is bullseye (glibc 2.31), at or below
     // the Ray image's Ubuntu 22.04 (2.35).
     assert_eq!(line_value(&docker, "FROM rust:"), "1-bullseye AS build");

@@ -272,7 +272,11 @@ fn e2e_gcs_that_cannot_come_back_exits_80_before_the_head_timeout() {
     // teardown included, must be gone before.
     let gone = t.elapsed();
     out.assert_code(80).assert_no_secret(&redis.password);
-    assert!(gone < Duration::from_secs(20), "took {gone:?}\n{}", out.dump());
+    assert!(
+        gone < Duration::from_secs(20),
+        "took {gone:?}\n{}",
+        out.dump()
+    );
     assert!(
         out.termination_log.contains("not SERVING again"),
         "{}",
@@ -300,7 +304,11 @@ fn e2e_head_raylet_death_exits_83() {
     let decided = decision_after(&dir, t);
     let out = head.run.wait(Duration::from_secs(60));
     out.assert_code(83).assert_no_secret(&redis.password);
-    assert!(decided < Duration::from_secs(5), "decided after {decided:?}\n{}", out.dump());
+    assert!(
+        decided < Duration::from_secs(5),
+        "decided after {decided:?}\n{}",
+        out.dump()
+    );
     assert!(out.termination_log.contains("raylet"), "{}", out.dump());
     assert_all_dead("the head's Ray processes", &daemons);
     assert!(
@@ -346,7 +354,11 @@ fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
     let decided = decision_after(&dir, t);
     let out = head.run.wait(Duration::from_secs(60));
     out.assert_code(88).assert_no_secret(&redis.password);
-    assert!(decided < Duration::from_secs(5), "decided after {decided:?}\n{}", out.dump());
+    assert!(
+        decided < Duration::from_secs(5),
+        "decided after {decided:?}\n{}",
+        out.dump()
+    );
     assert_all_dead("the head's Ray processes", &daemons);
     assert!(out.termination_log.contains("block mode"), "{}", out.dump());
 }

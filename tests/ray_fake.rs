@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use crate::ray_util::{assert_all_dead, eventually, find_comm, ray_lock, KillByMarker, RedisServer};
+use crate::ray_util::{
+    assert_all_dead, eventually, find_comm, ray_lock, KillByMarker, RedisServer,
+};
 use crate::util::{Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);

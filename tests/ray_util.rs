@@ -293,7 +293,10 @@ pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, 
         if Instant::now() > deadline {
             let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
-            let (o, e) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+            let (o, e) = (
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+            );
             return Err(format!("{script} timed out after {timeout:?}:\n{o}\n{e}"));
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -501,7 +501,8 @@ fn tls_with_and_without_a_client_certificate() {
         .run(LIMIT);
     out.assert_code(1);
     assert!(
-        out.stdout.contains("invalid peer certificate: UnknownIssuer"),
+        out.stdout
+            .contains("invalid peer certificate: UnknownIssuer"),
         "the client's reason: an untrusted server\n{}",
         out.dump()
     );

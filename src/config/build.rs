@@ -5,41 +5,52 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::keys::*;
 use super::*;
 
-/// Typed access to the resolved values, for [`build`].
+/// Typed access to the resolved values, by key handle ([`keys`]' statics):
+/// a misspelt key is a compile error, not a silent default.
 struct Values<'a>(&'a [Resolved]);
 
 impl Values<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0
-            .iter()
-            .find(|r| r.key.name == name)
-            .and_then(|r| r.value.as_ref())
+    fn resolved(&self, key: &'static Key) -> Option<&Resolved> {
+        self.0.iter().find(|r| std::ptr::eq(r.key, key))
     }
-    fn source(&self, name: &str) -> Source {
-        self.0
-            .iter()
-            .find(|r| r.key.name == name)
+    fn get(&self, key: &'static Key) -> Option<&Value> {
+        self.resolved(key).and_then(|r| r.value.as_ref())
+    }
+    fn source(&self, key: &'static Key) -> Source {
+        self.resolved(key)
             .map_or(Source::Default, |r| r.source.clone())
     }
-    fn duration(&self, name: &str) -> Duration {
-        match self.get(name) {
+    fn duration(&self, key: &'static Key) -> Duration {
+        match self.get(key) {
             Some(Value::Duration(d)) => *d,
             _ => Duration::ZERO,
         }
     }
-    fn count(&self, name: &str) -> u64 {
-        match self.get(name) {
+    fn count(&self, key: &'static Key) -> u64 {
+        match self.get(key) {
             Some(Value::Count(n)) => *n,
             _ => 0,
         }
     }
-    fn text(&self, name: &str) -> Option<String> {
-        match self.get(name) {
+    fn text(&self, key: &'static Key) -> Option<String> {
+        match self.get(key) {
             Some(Value::Text(s)) => Some(s.clone()),
             _ => None,
         }
+    }
+    fn argv(&self, key: &'static Key) -> Option<Vec<String>> {
+        match self.get(key) {
+            Some(Value::Argv(a)) => Some(a.clone()),
+            _ => None,
+        }
+    }
+    /// A choice key's word as its enum. The word was validated against the
+    /// same enum's WORDS, so `None` means the value is missing.
+    fn choice<T>(&self, key: &'static Key, from_word: fn(&str) -> Option<T>) -> Option<T> {
+        self.text(key).as_deref().and_then(from_word)
     }
 }
 
@@ -50,88 +61,66 @@ pub(super) fn build(
     problems: &mut Vec<Problem>,
 ) -> Config {
     let v = Values(&resolved);
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            key: key.to_string(),
-            source: Some(v.source(key)),
-            message,
-        })
+    // Collected here, then reported in the registry's order.
+    let mut found: Vec<(&'static Key, Problem)> = Vec::new();
+    let mut problem = |key: &'static Key, message: String| {
+        found.push((
+            key,
+            Problem {
+                key: key.name.to_string(),
+                source: Some(v.source(key)),
+                message,
+            },
+        ))
     };
+    let path = |key: &'static Key| v.text(key).filter(|s| !s.is_empty()).map(PathBuf::from);
 
-    let forward_signals = match v.get("init.forward-signals") {
-        Some(Value::Signals(s)) => s.clone(),
-        _ => Vec::new(),
-    };
-    let stop_command = match v.get("init.stop-command") {
-        Some(Value::Argv(a)) => Some(a.clone()),
-        _ => None,
-    };
-    let termination_log = v
-        .text("init.termination-log")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
     let init = InitConfig {
-        forward_signals,
-        stop_grace: v.duration("init.stop-grace"),
-        stop_command,
-        stop_command_timeout: v.duration("init.stop-command-timeout"),
-        termination_log,
+        forward_signals: match v.get(&INIT_FORWARD_SIGNALS) {
+            Some(Value::Signals(s)) => s.clone(),
+            _ => Vec::new(),
+        },
+        stop_grace: v.duration(&INIT_STOP_GRACE),
+        stop_command: v.argv(&INIT_STOP_COMMAND),
+        stop_command_timeout: v.duration(&INIT_STOP_COMMAND_TIMEOUT),
+        termination_log: path(&INIT_TERMINATION_LOG),
     };
-    if init.stop_grace.is_zero() {
-        problem("init.stop-grace", "must be longer than 0s".into());
-    }
 
-    let level = v.text("log.level").unwrap_or_default();
+    let level = v.text(&LOG_LEVEL).unwrap_or_default();
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        problem("log.level", format!("{level:?}: {e}"));
+        problem(&LOG_LEVEL, format!("{level:?}: {e}"));
     }
     let log = LogConfig {
         level,
-        format: if v.text("log.format").as_deref() == Some("json") {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        },
+        format: v
+            .choice(&LOG_FORMAT, LogFormat::from_word)
+            .unwrap_or(LogFormat::Text),
     };
 
-    let start_command = v.text("ray.start-command").filter(|s| !s.trim().is_empty());
     let ray = RayConfig {
-        start_command,
-        mode: if v.text("ray.mode").as_deref() == Some("block") {
-            RayMode::Block
-        } else {
-            RayMode::Direct
-        },
-        gcs_port: u16::try_from(v.count("ray.gcs-port")).unwrap_or(6379),
-        reconnect_timeout: v.duration("ray.reconnect-timeout"),
-        on_daemon_exit: if v.text("ray.on-daemon-exit").as_deref() == Some("ignore") {
-            DaemonExitPolicy::Ignore
-        } else {
-            DaemonExitPolicy::Exit
-        },
-        open_files: v.count("ray.open-files"),
+        start_command: v.text(&RAY_START_COMMAND).filter(|s| !s.trim().is_empty()),
+        mode: v
+            .choice(&RAY_MODE, RayMode::from_word)
+            .unwrap_or(RayMode::Direct),
+        gcs_port: u16::try_from(v.count(&RAY_GCS_PORT)).unwrap_or(6379),
+        reconnect_timeout: v.duration(&RAY_RECONNECT_TIMEOUT),
+        on_daemon_exit: v
+            .choice(&RAY_ON_DAEMON_EXIT, DaemonExitPolicy::from_word)
+            .unwrap_or(DaemonExitPolicy::Exit),
+        open_files: v.count(&RAY_OPEN_FILES),
     };
 
     let gcs = GcsConfig {
-        health_interval: v.duration("gcs.health-interval"),
-        health_timeout: v.duration("gcs.health-timeout"),
-        unhealthy_after: v.duration("gcs.unhealthy-after"),
-        deadline_margin: v.duration("gcs.deadline-margin"),
-        max_restarts: u32::try_from(v.count("gcs.max-restarts")).unwrap_or(u32::MAX),
-        restart_window: v.duration("gcs.restart-window"),
+        health_interval: v.duration(&GCS_HEALTH_INTERVAL),
+        health_timeout: v.duration(&GCS_HEALTH_TIMEOUT),
+        unhealthy_after: v.duration(&GCS_UNHEALTHY_AFTER),
+        deadline_margin: v.duration(&GCS_DEADLINE_MARGIN),
+        max_restarts: u32::try_from(v.count(&GCS_MAX_RESTARTS)).unwrap_or(u32::MAX),
+        stable_after: v.duration(&GCS_STABLE_AFTER),
     };
-    for key in [
-        "gcs.health-interval",
-        "gcs.health-timeout",
-        "gcs.restart-window",
-    ] {
-        if v.duration(key).is_zero() {
-            problem(key, "must be longer than 0s".into());
-        }
-    }
     if gcs.unhealthy_after < gcs.health_interval {
         problem(
-            "gcs.unhealthy-after",
+            &GCS_UNHEALTHY_AFTER,
             format!(
                 "{} is shorter than gcs.health-interval ({}); expected at least one health check",
                 humantime::format_duration(gcs.unhealthy_after),
@@ -141,7 +130,7 @@ pub(super) fn build(
     }
     if gcs.deadline_margin >= ray.reconnect_timeout {
         problem(
-            "gcs.deadline-margin",
+            &GCS_DEADLINE_MARGIN,
             format!(
                 "{} leaves no time to recover within ray.reconnect-timeout ({}); expected less",
                 humantime::format_duration(gcs.deadline_margin),
@@ -150,83 +139,79 @@ pub(super) fn build(
         );
     }
 
-    let password = match v.get("redis.password") {
-        Some(Value::Secret(s)) => Some(s.clone()),
-        _ => None,
-    };
     let redis = RedisConfig {
-        address: v.text("redis.address").filter(|s| !s.trim().is_empty()),
-        username: v.text("redis.username").filter(|s| !s.is_empty()),
-        password,
-        namespace: v.text("redis.namespace").filter(|s| !s.is_empty()),
-        tls_ca_cert: v
-            .text("redis.tls-ca-cert")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
-        tls_ca_path: v
-            .text("redis.tls-ca-path")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
-        tls_client_cert: v
-            .text("redis.tls-client-cert")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
-        tls_client_key: v
-            .text("redis.tls-client-key")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
-        tls_server_name: v.text("redis.tls-server-name").filter(|s| !s.is_empty()),
-        skip_checks: match v.get("redis.skip-checks") {
-            Some(Value::Argv(a)) => a.iter().map(|s| s.to_ascii_lowercase()).collect(),
-            _ => Vec::new(),
+        address: v.text(&REDIS_ADDRESS).filter(|s| !s.trim().is_empty()),
+        username: v.text(&REDIS_USERNAME).filter(|s| !s.is_empty()),
+        password: match v.get(&REDIS_PASSWORD) {
+            Some(Value::Secret(s)) => Some(s.clone()),
+            _ => None,
         },
-        probe_interval: v.duration("redis.probe-interval"),
-        startup_timeout: v.duration("redis.startup-timeout"),
-        connect_timeout: v.duration("redis.connect-timeout"),
-        command_timeout: v.duration("redis.command-timeout"),
+        namespace: v.text(&REDIS_NAMESPACE).filter(|s| !s.is_empty()),
+        tls_ca_cert: path(&REDIS_TLS_CA_CERT),
+        tls_ca_path: path(&REDIS_TLS_CA_PATH),
+        tls_client_cert: path(&REDIS_TLS_CLIENT_CERT),
+        tls_client_key: path(&REDIS_TLS_CLIENT_KEY),
+        tls_server_name: v.text(&REDIS_TLS_SERVER_NAME).filter(|s| !s.is_empty()),
+        skip_checks: v
+            .argv(&REDIS_SKIP_CHECKS)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+        probe_interval: v.duration(&REDIS_PROBE_INTERVAL),
+        startup_timeout: v.duration(&REDIS_STARTUP_TIMEOUT),
+        connect_timeout: v.duration(&REDIS_CONNECT_TIMEOUT),
+        command_timeout: v.duration(&REDIS_COMMAND_TIMEOUT),
     };
     for c in &redis.skip_checks {
         if !["info", "config", "tables"].contains(&c.as_str()) {
             problem(
-                "redis.skip-checks",
+                &REDIS_SKIP_CHECKS,
                 format!("{c:?}: expected any of info, config, tables"),
             );
         }
     }
     if redis.tls_client_cert.is_some() != redis.tls_client_key.is_some() {
         problem(
-            "redis.tls-client-cert",
+            &REDIS_TLS_CLIENT_CERT,
             "a client certificate and a client key go together (RAY_REDIS_CLIENT_CERT and RAY_REDIS_CLIENT_KEY)".into(),
         );
     }
     if let Some(ns) = &redis.namespace {
         if ns.contains('@') {
             problem(
-                "redis.namespace",
+                &REDIS_NAMESPACE,
                 format!("{ns:?}: must not contain '@', which separates Ray's namespace from its table names"),
             );
         }
     }
+
+    let probe = ProbeConfig {
+        listen: match v.get(&PROBE_LISTEN) {
+            Some(Value::Listen(a)) => *a,
+            _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
+        },
+        stall_after: v.duration(&PROBE_STALL_AFTER),
+    };
+
+    // Durations that must not be zero: a zero interval would spin, a zero
+    // grace or timeout would give up at once.
     for key in [
-        "redis.probe-interval",
-        "redis.connect-timeout",
-        "redis.command-timeout",
+        &INIT_STOP_GRACE,
+        &GCS_HEALTH_INTERVAL,
+        &GCS_HEALTH_TIMEOUT,
+        &REDIS_PROBE_INTERVAL,
+        &REDIS_CONNECT_TIMEOUT,
+        &REDIS_COMMAND_TIMEOUT,
+        &PROBE_STALL_AFTER,
     ] {
         if v.duration(key).is_zero() {
             problem(key, "must be longer than 0s".into());
         }
     }
 
-    let probe = ProbeConfig {
-        listen: match v.get("probe.listen") {
-            Some(Value::Listen(a)) => *a,
-            _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
-        },
-        stall_after: v.duration("probe.stall-after"),
-    };
-    if probe.stall_after.is_zero() {
-        problem("probe.stall-after", "must be longer than 0s".into());
-    }
+    found.sort_by_key(|(key, _)| KEYS.iter().position(|k| std::ptr::eq(*k, *key)));
+    problems.extend(found.into_iter().map(|(_, p)| p));
 
     Config {
         init,

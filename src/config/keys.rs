@@ -82,10 +82,6 @@ impl Key {
         }
         s
     }
-
-    pub fn is_secret(&self) -> bool {
-        self.kind == Kind::Secret
-    }
 }
 
 const fn alias(name: &'static str) -> EnvAlias {
@@ -100,271 +96,335 @@ const fn alias(name: &'static str) -> EnvAlias {
 /// child should see too (the set tini and dumb-init forward).
 pub const DEFAULT_FORWARD_SIGNALS: &str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2,SIGWINCH";
 
+pub static INIT_FORWARD_SIGNALS: Key = Key {
+    name: "init.forward-signals",
+    kind: Kind::Signals,
+    default: Some(DEFAULT_FORWARD_SIGNALS),
+    aliases: &[],
+    doc: "Signals forwarded to the child's process group. SIGTERM and SIGINT also start a graceful stop.",
+};
+
+pub static INIT_STOP_GRACE: Key = Key {
+    name: "init.stop-grace",
+    kind: Kind::Duration,
+    default: Some("25s"),
+    aliases: &[],
+    doc: "How long a graceful stop waits before it SIGKILLs what remains. Keep it under the pod's terminationGracePeriodSeconds (30 s by default).",
+};
+
+pub static INIT_STOP_COMMAND: Key = Key {
+    name: "init.stop-command",
+    kind: Kind::Argv,
+    default: None,
+    aliases: &[],
+    doc: "A command run first in a graceful stop, before any signal (the Ray supervisor uses `ray stop`).",
+};
+
+pub static INIT_STOP_COMMAND_TIMEOUT: Key = Key {
+    name: "init.stop-command-timeout",
+    kind: Kind::Duration,
+    default: Some("10s"),
+    aliases: &[],
+    doc: "How long the stop command may run before it is killed and the stop goes on.",
+};
+
+pub static INIT_TERMINATION_LOG: Key = Key {
+    name: "init.termination-log",
+    kind: Kind::Text,
+    default: Some("/dev/termination-log"),
+    aliases: &[],
+    doc: "File that receives the exit reason (Kubernetes shows it in `kubectl describe pod`). Skipped when not writable; \"\" turns it off.",
+};
+
+pub static LOG_LEVEL: Key = Key {
+    name: "log.level",
+    kind: Kind::Text,
+    default: Some("info"),
+    aliases: &[alias("RAYHEAD_LOG")],
+    doc: "A tracing filter: a level (error, warn, info, debug, trace) or directives such as `rayhead=debug`.",
+};
+
+pub static LOG_FORMAT: Key = Key {
+    name: "log.format",
+    kind: Kind::Choice(super::LogFormat::WORDS),
+    default: Some("text"),
+    aliases: &[],
+    doc: "Human text, or one JSON object a line for log pipelines.",
+};
+
+pub static RAY_START_COMMAND: Key = Key {
+    name: "ray.start-command",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("KUBERAY_GEN_RAY_START_CMD")],
+    doc: "The `ray start ...` command line. `$VAR` and `${VAR}` are expanded from the environment, as KubeRay's bash would.",
+};
+
+pub static RAY_MODE: Key = Key {
+    name: "ray.mode",
+    kind: Kind::Choice(super::RayMode::WORDS),
+    default: Some("direct"),
+    aliases: &[],
+    doc: "direct: run `ray start` without --block and supervise the daemons (recovers the GCS in place). block: run it as given.",
+};
+
+pub static RAY_GCS_PORT: Key = Key {
+    name: "ray.gcs-port",
+    kind: Kind::Count { min: 1, max: 65535 },
+    default: Some("6379"),
+    aliases: &[alias("RAY_PORT")],
+    doc: "The GCS port, when the start command has no --port.",
+};
+
+pub static RAY_RECONNECT_TIMEOUT: Key = Key {
+    name: "ray.reconnect-timeout",
+    kind: Kind::Duration,
+    default: Some("60s"),
+    aliases: &[EnvAlias {
+        name: "RAY_gcs_rpc_server_reconnect_timeout_s",
+        unit: EnvUnit::Seconds,
+        empty_is_unset: true,
+    }],
+    doc: "The head's GCS reconnect timeout: the raylet exits after this long without a GCS.",
+};
+
+pub static RAY_ON_DAEMON_EXIT: Key = Key {
+    name: "ray.on-daemon-exit",
+    kind: Kind::Choice(super::DaemonExitPolicy::WORDS),
+    default: Some("exit"),
+    aliases: &[],
+    doc: "What the exit of the dashboard, log monitor, autoscaler monitor or client server does.",
+};
+
+pub static RAY_OPEN_FILES: Key = Key {
+    name: "ray.open-files",
+    kind: Kind::Count {
+        min: 1,
+        max: 1 << 30,
+    },
+    default: Some("65536"),
+    aliases: &[alias("RAY_START_ULIMIT_OPEN_FILES")],
+    doc: "The open-files limit (RLIMIT_NOFILE) set for `ray start`, as KubeRay's `ulimit -n`.",
+};
+
+pub static GCS_HEALTH_INTERVAL: Key = Key {
+    name: "gcs.health-interval",
+    kind: Kind::Duration,
+    default: Some("1s"),
+    aliases: &[],
+    doc: "How often grpc.health.v1.Health/Check is polled, beside the Watch stream.",
+};
+
+pub static GCS_HEALTH_TIMEOUT: Key = Key {
+    name: "gcs.health-timeout",
+    kind: Kind::Duration,
+    default: Some("1s"),
+    aliases: &[],
+    doc: "The timeout of one health check.",
+};
+
+pub static GCS_UNHEALTHY_AFTER: Key = Key {
+    name: "gcs.unhealthy-after",
+    kind: Kind::Duration,
+    default: Some("10s"),
+    aliases: &[],
+    doc: "A live gcs_server that is not SERVING for this long is declared lost.",
+};
+
+pub static GCS_DEADLINE_MARGIN: Key = Key {
+    name: "gcs.deadline-margin",
+    kind: Kind::Duration,
+    default: Some("5s"),
+    aliases: &[],
+    doc: "Recovery must finish this long before the head's reconnect timeout.",
+};
+
+pub static GCS_MAX_RESTARTS: Key = Key {
+    name: "gcs.max-restarts",
+    kind: Kind::Count { min: 1, max: 1000 },
+    default: Some("5"),
+    aliases: &[],
+    doc: "Consecutive failed in-place GCS restarts before rayhead gives up (exit 82). A restart fails when the new GCS never answers SERVING, or is lost again within gcs.stable-after.",
+};
+
+pub static GCS_STABLE_AFTER: Key = Key {
+    name: "gcs.stable-after",
+    kind: Kind::Duration,
+    default: Some("2s"),
+    aliases: &[],
+    doc: "A restarted GCS lost again within this long of answering SERVING counts as a failed restart.",
+};
+
+pub static REDIS_ADDRESS: Key = Key {
+    name: "redis.address",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_ADDRESS")],
+    doc: "The external Redis of GCS fault tolerance: host:port, redis://, rediss://. Unset: no fault tolerance.",
+};
+
+pub static REDIS_USERNAME: Key = Key {
+    name: "redis.username",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("REDIS_USERNAME")],
+    doc: "The Redis ACL user.",
+};
+
+pub static REDIS_PASSWORD: Key = Key {
+    name: "redis.password",
+    kind: Kind::Secret,
+    default: None,
+    aliases: &[alias("REDIS_PASSWORD")],
+    doc: "The Redis password. Never logged or shown.",
+};
+
+pub static REDIS_TLS_CA_CERT: Key = Key {
+    name: "redis.tls-ca-cert",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_CA_CERT")],
+    doc: "For rediss://: a PEM file of CA certificates to trust (else the system's).",
+};
+
+pub static REDIS_TLS_CA_PATH: Key = Key {
+    name: "redis.tls-ca-path",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_CA_PATH")],
+    doc: "For rediss://: a directory of PEM CA certificates to trust, added to tls-ca-cert.",
+};
+
+pub static REDIS_TLS_CLIENT_CERT: Key = Key {
+    name: "redis.tls-client-cert",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_CLIENT_CERT")],
+    doc: "For rediss:// with client authentication: the client certificate (PEM).",
+};
+
+pub static REDIS_TLS_CLIENT_KEY: Key = Key {
+    name: "redis.tls-client-key",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_CLIENT_KEY")],
+    doc: "For rediss:// with client authentication: the client key (PEM).",
+};
+
+pub static REDIS_TLS_SERVER_NAME: Key = Key {
+    name: "redis.tls-server-name",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_REDIS_SERVER_NAME")],
+    doc: "For rediss://: the name to verify. rayhead verifies the address's host; a different name is logged and not used yet.",
+};
+
+pub static REDIS_NAMESPACE: Key = Key {
+    name: "redis.namespace",
+    kind: Kind::Text,
+    default: None,
+    aliases: &[alias("RAY_external_storage_namespace")],
+    doc: "Ray's external storage namespace: the keys are RAY<namespace>@<TABLE>.",
+};
+
+pub static REDIS_SKIP_CHECKS: Key = Key {
+    name: "redis.skip-checks",
+    kind: Kind::Argv,
+    default: None,
+    aliases: &[],
+    doc: "Checks the probe must not run, for a managed Redis that forbids their commands: info, config, tables.",
+};
+
+pub static REDIS_PROBE_INTERVAL: Key = Key {
+    name: "redis.probe-interval",
+    kind: Kind::Duration,
+    default: Some("2s"),
+    aliases: &[],
+    doc: "How often Redis is probed while supervising.",
+};
+
+pub static REDIS_STARTUP_TIMEOUT: Key = Key {
+    name: "redis.startup-timeout",
+    kind: Kind::Duration,
+    default: Some("5m"),
+    aliases: &[],
+    doc: "How long the start gate waits for Redis before rayhead gives up.",
+};
+
+pub static REDIS_CONNECT_TIMEOUT: Key = Key {
+    name: "redis.connect-timeout",
+    kind: Kind::Duration,
+    default: Some("2s"),
+    aliases: &[],
+    doc: "The timeout of one connection attempt to Redis.",
+};
+
+pub static REDIS_COMMAND_TIMEOUT: Key = Key {
+    name: "redis.command-timeout",
+    kind: Kind::Duration,
+    default: Some("1s"),
+    aliases: &[],
+    doc: "The timeout of one Redis command.",
+};
+
+pub static PROBE_LISTEN: Key = Key {
+    name: "probe.listen",
+    kind: Kind::Listen,
+    default: Some("0.0.0.0:8099"),
+    aliases: &[],
+    doc: "Where the HTTP probe server listens (/readyz, /livez, /status, /metrics).",
+};
+
+pub static PROBE_STALL_AFTER: Key = Key {
+    name: "probe.stall-after",
+    kind: Kind::Duration,
+    default: Some("30s"),
+    aliases: &[],
+    doc: "/livez fails when the supervisor's heartbeat is older than this.",
+};
+
 /// Every key, in the order `config check` prints them.
-pub static KEYS: &[Key] = &[
-    // --- init -----------------------------------------------------------
-    Key {
-        name: "init.forward-signals",
-        kind: Kind::Signals,
-        default: Some(DEFAULT_FORWARD_SIGNALS),
-        aliases: &[],
-        doc: "Signals forwarded to the child's process group. SIGTERM and SIGINT also start a graceful stop.",
-    },
-    Key {
-        name: "init.stop-grace",
-        kind: Kind::Duration,
-        default: Some("25s"),
-        aliases: &[],
-        doc: "How long a graceful stop waits before it SIGKILLs what remains. Keep it under the pod's terminationGracePeriodSeconds (30 s by default).",
-    },
-    Key {
-        name: "init.stop-command",
-        kind: Kind::Argv,
-        default: None,
-        aliases: &[],
-        doc: "A command run first in a graceful stop, before any signal (the Ray supervisor uses `ray stop`).",
-    },
-    Key {
-        name: "init.stop-command-timeout",
-        kind: Kind::Duration,
-        default: Some("10s"),
-        aliases: &[],
-        doc: "How long the stop command may run before it is killed and the stop goes on.",
-    },
-    Key {
-        name: "init.termination-log",
-        kind: Kind::Text,
-        default: Some("/dev/termination-log"),
-        aliases: &[],
-        doc: "File that receives the exit reason (Kubernetes shows it in `kubectl describe pod`). Skipped when not writable; \"\" turns it off.",
-    },
-    // --- log ------------------------------------------------------------
-    Key {
-        name: "log.level",
-        kind: Kind::Text,
-        default: Some("info"),
-        aliases: &[alias("RAYHEAD_LOG")],
-        doc: "A tracing filter: a level (error, warn, info, debug, trace) or directives such as `rayhead=debug`.",
-    },
-    Key {
-        name: "log.format",
-        kind: Kind::Choice(&["text", "json"]),
-        default: Some("text"),
-        aliases: &[],
-        doc: "Human text, or one JSON object a line for log pipelines.",
-    },
-    // --- ray ------------------------------------------------------------
-    Key {
-        name: "ray.start-command",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("KUBERAY_GEN_RAY_START_CMD")],
-        doc: "The `ray start ...` command line. `$VAR` and `${VAR}` are expanded from the environment, as KubeRay's bash would.",
-    },
-    Key {
-        name: "ray.mode",
-        kind: Kind::Choice(&["direct", "block"]),
-        default: Some("direct"),
-        aliases: &[],
-        doc: "direct: run `ray start` without --block and supervise the daemons (recovers the GCS in place). block: run it as given.",
-    },
-    Key {
-        name: "ray.gcs-port",
-        kind: Kind::Count { min: 1, max: 65535 },
-        default: Some("6379"),
-        aliases: &[alias("RAY_PORT")],
-        doc: "The GCS port, when the start command has no --port.",
-    },
-    Key {
-        name: "ray.reconnect-timeout",
-        kind: Kind::Duration,
-        default: Some("60s"),
-        aliases: &[EnvAlias {
-            name: "RAY_gcs_rpc_server_reconnect_timeout_s",
-            unit: EnvUnit::Seconds,
-            empty_is_unset: true,
-        }],
-        doc: "The head's GCS reconnect timeout: the raylet exits after this long without a GCS.",
-    },
-    Key {
-        name: "ray.on-daemon-exit",
-        kind: Kind::Choice(&["exit", "ignore"]),
-        default: Some("exit"),
-        aliases: &[],
-        doc: "What the exit of the dashboard, log monitor, autoscaler monitor or client server does.",
-    },
-    Key {
-        name: "ray.open-files",
-        kind: Kind::Count {
-            min: 1,
-            max: 1 << 30,
-        },
-        default: Some("65536"),
-        aliases: &[alias("RAY_START_ULIMIT_OPEN_FILES")],
-        doc: "The open-files limit (RLIMIT_NOFILE) set for `ray start`, as KubeRay's `ulimit -n`.",
-    },
-    // --- gcs ------------------------------------------------------------
-    Key {
-        name: "gcs.health-interval",
-        kind: Kind::Duration,
-        default: Some("1s"),
-        aliases: &[],
-        doc: "How often grpc.health.v1.Health/Check is polled, beside the Watch stream.",
-    },
-    Key {
-        name: "gcs.health-timeout",
-        kind: Kind::Duration,
-        default: Some("1s"),
-        aliases: &[],
-        doc: "The timeout of one health check.",
-    },
-    Key {
-        name: "gcs.unhealthy-after",
-        kind: Kind::Duration,
-        default: Some("10s"),
-        aliases: &[],
-        doc: "A live gcs_server that is not SERVING for this long is declared lost.",
-    },
-    Key {
-        name: "gcs.deadline-margin",
-        kind: Kind::Duration,
-        default: Some("5s"),
-        aliases: &[],
-        doc: "Recovery must finish this long before the head's reconnect timeout.",
-    },
-    Key {
-        name: "gcs.max-restarts",
-        kind: Kind::Count { min: 0, max: 1000 },
-        default: Some("5"),
-        aliases: &[],
-        doc: "In-place GCS restarts allowed within gcs.restart-window before rayhead gives up.",
-    },
-    Key {
-        name: "gcs.restart-window",
-        kind: Kind::Duration,
-        default: Some("10m"),
-        aliases: &[],
-        doc: "The window of the crash-loop guard.",
-    },
-    // --- redis ----------------------------------------------------------
-    Key {
-        name: "redis.address",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_ADDRESS")],
-        doc: "The external Redis of GCS fault tolerance: host:port, redis://, rediss://. Unset: no fault tolerance.",
-    },
-    Key {
-        name: "redis.username",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("REDIS_USERNAME")],
-        doc: "The Redis ACL user.",
-    },
-    Key {
-        name: "redis.password",
-        kind: Kind::Secret,
-        default: None,
-        aliases: &[alias("REDIS_PASSWORD")],
-        doc: "The Redis password. Never logged or shown.",
-    },
-    Key {
-        name: "redis.tls-ca-cert",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_CA_CERT")],
-        doc: "For rediss://: a PEM file of CA certificates to trust (else the system's).",
-    },
-    Key {
-        name: "redis.tls-ca-path",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_CA_PATH")],
-        doc: "For rediss://: a directory of PEM CA certificates to trust, added to tls-ca-cert.",
-    },
-    Key {
-        name: "redis.tls-client-cert",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_CLIENT_CERT")],
-        doc: "For rediss:// with client authentication: the client certificate (PEM).",
-    },
-    Key {
-        name: "redis.tls-client-key",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_CLIENT_KEY")],
-        doc: "For rediss:// with client authentication: the client key (PEM).",
-    },
-    Key {
-        name: "redis.tls-server-name",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_REDIS_SERVER_NAME")],
-        doc: "For rediss://: the name to verify. rayhead verifies the address's host; a different name is logged and not used yet.",
-    },
-    Key {
-        name: "redis.namespace",
-        kind: Kind::Text,
-        default: None,
-        aliases: &[alias("RAY_external_storage_namespace")],
-        doc: "Ray's external storage namespace: the keys are RAY<namespace>@<TABLE>.",
-    },
-    Key {
-        name: "redis.skip-checks",
-        kind: Kind::Argv,
-        default: None,
-        aliases: &[],
-        doc: "Checks the probe must not run, for a managed Redis that forbids their commands: info, config, tables.",
-    },
-    Key {
-        name: "redis.probe-interval",
-        kind: Kind::Duration,
-        default: Some("2s"),
-        aliases: &[],
-        doc: "How often Redis is probed while supervising.",
-    },
-    Key {
-        name: "redis.startup-timeout",
-        kind: Kind::Duration,
-        default: Some("5m"),
-        aliases: &[],
-        doc: "How long the start gate waits for Redis before rayhead gives up.",
-    },
-    Key {
-        name: "redis.connect-timeout",
-        kind: Kind::Duration,
-        default: Some("2s"),
-        aliases: &[],
-        doc: "The timeout of one connection attempt to Redis.",
-    },
-    Key {
-        name: "redis.command-timeout",
-        kind: Kind::Duration,
-        default: Some("1s"),
-        aliases: &[],
-        doc: "The timeout of one Redis command.",
-    },
-    // --- probe ----------------------------------------------------------
-    Key {
-        name: "probe.listen",
-        kind: Kind::Listen,
-        default: Some("0.0.0.0:8099"),
-        aliases: &[],
-        doc: "Where the HTTP probe server listens (/readyz, /livez, /status, /metrics).",
-    },
-    Key {
-        name: "probe.stall-after",
-        kind: Kind::Duration,
-        default: Some("30s"),
-        aliases: &[],
-        doc: "/livez fails when the supervisor's heartbeat is older than this.",
-    },
+pub static KEYS: &[&Key] = &[
+    &INIT_FORWARD_SIGNALS,
+    &INIT_STOP_GRACE,
+    &INIT_STOP_COMMAND,
+    &INIT_STOP_COMMAND_TIMEOUT,
+    &INIT_TERMINATION_LOG,
+    &LOG_LEVEL,
+    &LOG_FORMAT,
+    &RAY_START_COMMAND,
+    &RAY_MODE,
+    &RAY_GCS_PORT,
+    &RAY_RECONNECT_TIMEOUT,
+    &RAY_ON_DAEMON_EXIT,
+    &RAY_OPEN_FILES,
+    &GCS_HEALTH_INTERVAL,
+    &GCS_HEALTH_TIMEOUT,
+    &GCS_UNHEALTHY_AFTER,
+    &GCS_DEADLINE_MARGIN,
+    &GCS_MAX_RESTARTS,
+    &GCS_STABLE_AFTER,
+    &REDIS_ADDRESS,
+    &REDIS_USERNAME,
+    &REDIS_PASSWORD,
+    &REDIS_TLS_CA_CERT,
+    &REDIS_TLS_CA_PATH,
+    &REDIS_TLS_CLIENT_CERT,
+    &REDIS_TLS_CLIENT_KEY,
+    &REDIS_TLS_SERVER_NAME,
+    &REDIS_NAMESPACE,
+    &REDIS_SKIP_CHECKS,
+    &REDIS_PROBE_INTERVAL,
+    &REDIS_STARTUP_TIMEOUT,
+    &REDIS_CONNECT_TIMEOUT,
+    &REDIS_COMMAND_TIMEOUT,
+    &PROBE_LISTEN,
+    &PROBE_STALL_AFTER,
 ];
 
 /// The key of that name.
 pub fn find(name: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.name == name)
+    KEYS.iter().copied().find(|k| k.name == name)
 }
 
 /// The sections, in order.

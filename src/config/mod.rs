@@ -126,24 +126,55 @@ pub struct Resolved {
     pub source: Source,
 }
 
-/// What to do when the dashboard, log monitor, monitor or client server exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DaemonExitPolicy {
-    Exit,
-    Ignore,
+/// A key whose value is one of a fixed set of words, parsed into an enum.
+/// The words live here, once: the key registry validates against
+/// `WORDS`, and `from_word` turns the validated word into the variant.
+macro_rules! choice {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+
+            pub fn from_word(word: &str) -> Option<$name> {
+                match word {
+                    $($word => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            pub fn word(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word),+
+                }
+            }
+        }
+    };
 }
 
-/// How `ray start` is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RayMode {
-    Direct,
-    Block,
+choice! {
+    /// What to do when the dashboard, log monitor, monitor or client server exits.
+    DaemonExitPolicy {
+        Exit = "exit",
+        Ignore = "ignore",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
+choice! {
+    /// How `ray start` is run.
+    RayMode {
+        Direct = "direct",
+        Block = "block",
+    }
+}
+
+choice! {
+    LogFormat {
+        Text = "text",
+        Json = "json",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +210,7 @@ pub struct GcsConfig {
     pub unhealthy_after: Duration,
     pub deadline_margin: Duration,
     pub max_restarts: u32,
-    pub restart_window: Duration,
+    pub stable_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -391,7 +422,7 @@ fn resolve(
         }
     }
     let mut out = Vec::new();
-    for key in KEYS {
+    for &key in KEYS {
         let mut chosen: Option<(Result<Value, String>, Source)> = None;
         if let Some(f) = flags.iter().rev().find(|f| f.key == key.name) {
             chosen = Some((

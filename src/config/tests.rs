@@ -257,7 +257,12 @@ fn render_lists_every_key_with_its_source() {
                 && (l.starts_with(&format!("{} = ", k.leaf()))
                     || l.starts_with(&format!("# {} is unset", k.leaf())))
         });
-        assert!(listed, "{} missing under [{}]:\n{text}", k.name, k.section());
+        assert!(
+            listed,
+            "{} missing under [{}]:\n{text}",
+            k.name,
+            k.section()
+        );
     }
     assert!(text.contains("env RAY_PORT"), "{text}");
     assert!(text.contains("flag --set init.stop-grace"), "{text}");
@@ -305,9 +310,9 @@ fn shipped_config_documents_every_key() {
         .lines()
         .map(|l| match l.strip_prefix("# ") {
             Some(rest)
-                if KEYS
-                    .iter()
-                    .any(|k| k.default.is_some() && rest.starts_with(&format!("{} = ", k.leaf()))) =>
+                if KEYS.iter().any(|k| {
+                    k.default.is_some() && rest.starts_with(&format!("{} = ", k.leaf()))
+                }) =>
             {
                 rest
             }
@@ -326,13 +331,13 @@ fn shipped_config_documents_every_key() {
     )
     .unwrap_or_else(|e| panic!("the uncommented config/rayhead.toml fails: {e}"));
     for r in &cfg.resolved {
-        if r.key.default.is_some() {
+        if let Some(d) = r.key.default {
             assert!(
                 matches!(r.source, Source::File(_)),
                 "{} was not set by the uncommented file",
                 r.key.name
             );
-            let default = value::parse_text(r.key.kind, EnvUnit::Plain, r.key.default.unwrap()).unwrap();
+            let default = value::parse_text(r.key.kind, EnvUnit::Plain, d).unwrap();
             assert_eq!(r.value.as_ref(), Some(&default), "{}", r.key.name);
         }
     }

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::InitConfig;
-use crate::exit::{self, Exit};
+use crate::exit::Exit;
+use crate::state::{ChildStatus, Phase, State};
 use reaper::{ExitStatus, Reaper};
 use stop::{StopPlan, StopReport};
 
@@ -67,41 +68,59 @@ impl Init {
     }
 }
 
+/// How often the loop proves it is alive, for `/livez`.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why the supervised command stopped running.
 enum Ended {
     Exited(ExitStatus),
     Signalled(Signal),
 }
 
-/// Runs `argv` under the init until the whole tree is gone.
-pub async fn run(cfg: &InitConfig, argv: &[String]) -> Exit {
+/// The command's name in the state snapshot.
+const COMMAND: &str = "command";
+
+/// Runs `argv` under the init until the whole tree is gone, keeping `state`
+/// (which the probe server reads) up to date: ready while the command runs
+/// and no stop is under way.
+pub async fn run(cfg: &InitConfig, argv: &[String], state: &State) -> Exit {
     let mut init = match Init::start(cfg) {
         Ok(i) => i,
-        Err(e) => return Exit::new(exit::INTERNAL, format!("cannot set up the init: {e}")),
+        Err(e) => return Exit::Internal(format!("cannot set up the init: {e}")),
     };
-    let exit = supervise(cfg, argv, &mut init).await;
+    let exit = supervise(cfg, argv, &mut init, state).await;
+    state.set_phase(Phase::Exiting, &exit.reason());
     init.shutdown().await;
     exit
 }
 
-async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init) -> Exit {
+async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &State) -> Exit {
     let line = crate::redact::command_line(argv);
     let mut child = match init.reaper.spawn(&mut spawn::command(argv), "command") {
         Ok(c) => c,
         Err(e) => {
-            let code = spawn::spawn_error_code(&e);
-            return Exit::new(code, format!("cannot start {:?}: {e}", argv[0]));
+            return spawn::spawn_error(&e, format!("cannot start {:?}: {e}", argv[0]));
         }
     };
     let pgid = child.pid;
     tracing::info!(pid = pgid.as_raw(), command = %line, "started the command");
+    state.set_child(
+        COMMAND,
+        Some(pgid.as_raw()),
+        ChildStatus::Running,
+        None,
+        true,
+    );
+    state.set_phase(Phase::Running, "the command runs");
 
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let ended = loop {
         tokio::select! {
             status = &mut child.exit => match status {
                 Ok(s) => break Ended::Exited(s),
-                Err(_) => return Exit::new(exit::INTERNAL, "the reaper stopped before the command exited"),
+                Err(_) => return Exit::Internal("the reaper stopped before the command exited".into()),
             },
+            _ = heartbeat.tick() => state.beat(),
             Some(sig) = init.signals.recv() => {
                 if stop::is_stop_signal(sig) {
                     break Ended::Signalled(sig);
@@ -127,26 +146,49 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init) -> Exit {
         forward: cfg.forward_signals.clone(),
     };
     match &ended {
-        Ended::Exited(s) => tracing::info!(status = %s, "the command ended"),
-        Ended::Signalled(sig) => tracing::info!(signal = sig.as_str(), "stopping the process tree"),
+        Ended::Exited(s) => {
+            tracing::info!(status = %s, "the command ended");
+            state.set_child(
+                COMMAND,
+                None,
+                ChildStatus::Exited,
+                Some(s.to_string()),
+                true,
+            );
+            state.set_phase(Phase::Stopping, &format!("the command {s}"));
+        }
+        Ended::Signalled(sig) => {
+            tracing::info!(signal = sig.as_str(), "stopping the process tree");
+            state.set_phase(Phase::Stopping, &format!("received {}", sig.as_str()));
+        }
     }
-    let report = stop::stop_tree(
+    let stop = stop::stop_tree(
         &init.reaper,
         &plan,
         &mut init.signals,
         &init.tracker,
         &init.cancel,
-    )
-    .await;
+    );
+    let report = state.beating(stop).await;
     let status = match ended {
         Ended::Exited(s) => s,
         // The tree is gone, so the command has been reaped.
         Ended::Signalled(_) => match child.exit.await {
             Ok(s) => s,
-            Err(_) => return Exit::new(exit::INTERNAL, "the command's status was lost"),
+            Err(_) => return Exit::Internal("the command's status was lost".into()),
         },
     };
-    Exit::new(status.code(), reason(&ended, status, &report))
+    state.set_child(
+        COMMAND,
+        None,
+        ChildStatus::Exited,
+        Some(status.to_string()),
+        true,
+    );
+    Exit::Status {
+        code: status.code(),
+        reason: reason(&ended, status, &report),
+    }
 }
 
 fn reason(ended: &Ended, status: ExitStatus, report: &StopReport) -> String {

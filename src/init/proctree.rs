@@ -5,7 +5,10 @@
 //! instead of trusting process groups.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
 use nix::unistd::Pid;
@@ -16,7 +19,6 @@ pub struct ProcInfo {
     pub pid: Pid,
     pub ppid: Pid,
     pub pgid: Pid,
-    pub sid: Pid,
     /// `R`, `S`, `Z` (zombie), ...
     pub state: char,
     /// The kernel's 15-character command name.
@@ -35,15 +37,28 @@ pub fn parse_stat(text: &str) -> Option<ProcInfo> {
     let state = rest.next()?.chars().next()?;
     let ppid: i32 = rest.next()?.parse().ok()?;
     let pgid: i32 = rest.next()?.parse().ok()?;
-    let sid: i32 = rest.next()?.parse().ok()?;
     Some(ProcInfo {
         pid: Pid::from_raw(pid),
         ppid: Pid::from_raw(ppid),
         pgid: Pid::from_raw(pgid),
-        sid: Pid::from_raw(sid),
         state,
         comm,
     })
+}
+
+/// A process's argv from `/proc/<pid>/cmdline`: the NUL-separated words,
+/// empty ones dropped. Empty for a zombie or a kernel thread.
+pub fn cmdline(pid: Pid) -> io::Result<Vec<OsString>> {
+    Ok(split_nul(&fs::read(format!("/proc/{pid}/cmdline"))?))
+}
+
+/// NUL-separated words (`cmdline`, `environ`), empty ones dropped.
+pub fn split_nul(bytes: &[u8]) -> Vec<OsString> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect()
 }
 
 /// Every process visible in `proc` (normally `/proc`). Processes that vanish
@@ -120,7 +135,6 @@ mod tests {
             pid: Pid::from_raw(pid),
             ppid: Pid::from_raw(ppid),
             pgid: Pid::from_raw(pid),
-            sid: Pid::from_raw(pid),
             state: 'S',
             comm: String::new(),
         };
@@ -139,6 +153,15 @@ mod tests {
         got.sort();
         assert_eq!(got, vec![10, 11, 12, 13]);
         assert!(descendants(&procs, Pid::from_raw(12)).is_empty());
+    }
+
+    #[test]
+    fn splits_nul_separated_words() {
+        let words = split_nul(b"python3\0-u\0\0/x/monitor.py\0");
+        assert_eq!(words, vec!["python3", "-u", "/x/monitor.py"]);
+        assert!(split_nul(b"").is_empty());
+        let me = cmdline(nix::unistd::getpid()).unwrap();
+        assert!(!me.is_empty());
     }
 
     #[test]

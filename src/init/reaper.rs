@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -100,7 +100,6 @@ struct Owner {
 
 pub struct Reaper {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Reaped>,
     idle: watch::Sender<bool>,
 }
 
@@ -109,7 +108,6 @@ impl Reaper {
     /// in place when this returns, before anything is spawned.
     pub fn start(tracker: &TaskTracker, cancel: CancellationToken) -> io::Result<Arc<Reaper>> {
         let mut sigchld = signal(SignalKind::child())?;
-        let (events, _) = broadcast::channel(1024);
         let (idle, _) = watch::channel(false);
         let reaper = Arc::new(Reaper {
             inner: Mutex::new(Inner {
@@ -117,7 +115,6 @@ impl Reaper {
                 recent: VecDeque::new(),
                 seq: 0,
             }),
-            events,
             idle,
         });
         let r = reaper.clone();
@@ -183,7 +180,6 @@ impl Reaper {
         inner.seq += 1;
         let seq = inner.seq;
         inner.recent.push_back((seq, reaped));
-        let _ = self.events.send(reaped);
     }
 
     /// Spawns `cmd` and registers `name` as the owner of its pid, under the
@@ -244,11 +240,6 @@ impl Reaper {
             );
         }
         rx
-    }
-
-    /// Every exit, as it is reaped.
-    pub fn subscribe(&self) -> broadcast::Receiver<Reaped> {
-        self.events.subscribe()
     }
 
     /// `true` while rayhead has no child left to reap (its whole tree is gone).

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use crate::exit;
+use crate::exit::Exit;
 
 /// A command ready to spawn through the reaper.
 pub fn command(argv: &[String]) -> Command {
@@ -92,12 +92,12 @@ pub fn close_inherited_fds() {
     }
 }
 
-/// The exit code a shell gives for a command that could not be started:
-/// 127 when it does not exist, 126 when it exists but cannot be executed.
-pub fn spawn_error_code(e: &io::Error) -> u8 {
+/// How a shell reports a command that could not be started: 127 when it
+/// does not exist, 126 when it exists but cannot be executed.
+pub fn spawn_error(e: &io::Error, reason: String) -> Exit {
     match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => exit::NOT_FOUND,
-        _ => exit::CANNOT_EXECUTE,
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => Exit::NotFound(reason),
+        _ => Exit::CannotExecute(reason),
     }
 }
 

@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::ray::state::{GcsHealth, Phase, Snapshot};
+use crate::state::{role_takes_writes, ChildStatus, GcsHealth, Phase, Snapshot};
 
 /// An answer, before HTTP framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +37,40 @@ impl Reply {
     }
 }
 
-/// The endpoints.
-pub const PATHS: &[&str] = &["/readyz", "/livez", "/status", "/metrics"];
+/// The endpoints: one list, for the server, its 404 and `rayhead probe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Endpoint {
+    /// GET /readyz
+    Ready,
+    /// GET /livez
+    Live,
+    /// GET /status
+    Status,
+    /// GET /metrics
+    Metrics,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Ready,
+        Endpoint::Live,
+        Endpoint::Status,
+        Endpoint::Metrics,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Ready => "/readyz",
+            Endpoint::Live => "/livez",
+            Endpoint::Status => "/status",
+            Endpoint::Metrics => "/metrics",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+}
 
 /// Routes a request. HEAD is answered as GET; the server drops the body.
 pub fn route(
@@ -49,12 +81,13 @@ pub fn route(
     stall_after: Duration,
 ) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if !PATHS.contains(&path) {
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        let paths: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
         return Reply::text(
             404,
-            format!("not found: {path}; try {}\n", PATHS.join(", ")),
+            format!("not found: {path}; try {}\n", paths.join(", ")),
         );
-    }
+    };
     if method != "GET" && method != "HEAD" {
         let mut r = Reply::text(
             405,
@@ -66,43 +99,41 @@ pub fn route(
     let verbose = query
         .split('&')
         .any(|q| q == "verbose" || q.starts_with("verbose="));
-    match path {
-        "/readyz" => readyz(snap, verbose),
-        "/livez" => livez(snap, now, stall_after),
-        "/status" => status(snap),
-        _ => metrics(snap),
+    match endpoint {
+        Endpoint::Ready => readyz(snap, verbose),
+        Endpoint::Live => livez(snap, now, stall_after),
+        Endpoint::Status => status(snap),
+        Endpoint::Metrics => metrics(snap),
     }
 }
 
-/// Every readiness check: its name, whether it passes, and why not.
+/// Every readiness check: its name, whether it passes, and why not. The
+/// phase; the GCS, when a Ray head is supervised; every process the
+/// supervisor marked required; and Redis, with fault tolerance.
 pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
-    let mut checks = vec![
-        (
-            "phase",
-            snap.phase == Phase::Running,
-            format!("phase is {}", snap.phase.as_str()),
-        ),
-        (
+    let mut checks = vec![(
+        "phase",
+        snap.phase == Phase::Running,
+        format!("phase is {}", snap.phase.as_str()),
+    )];
+    if let Some(gcs) = &snap.gcs {
+        checks.push((
             "gcs",
-            snap.gcs.health == GcsHealth::Serving,
-            format!("GCS at {} is {:?}", snap.gcs.address, snap.gcs.health).to_lowercase(),
-        ),
-        (
-            "raylet",
-            snap.daemons
-                .get("raylet")
-                .is_some_and(|d| d.state == "running"),
-            match snap.daemons.get("raylet") {
-                Some(d) => format!("head raylet is {}", d.state),
-                None => "head raylet not found yet".to_string(),
-            },
-        ),
-    ];
+            gcs.health == GcsHealth::Serving,
+            format!("GCS at {} is {:?}", gcs.address, gcs.health).to_lowercase(),
+        ));
+    }
+    for (name, d) in snap.daemons.iter().filter(|(_, d)| d.required) {
+        checks.push((
+            name,
+            d.state == ChildStatus::Running,
+            format!("{name} is {}", d.state.as_str()),
+        ));
+    }
     if let Some(r) = &snap.redis {
-        let master = r.role.as_deref().is_none_or(|role| role == "master");
         checks.push((
             "redis",
-            r.up == Some(true) && master,
+            r.up == Some(true) && role_takes_writes(r.role.as_deref()),
             match (&r.up, &r.last_error) {
                 (None, _) => format!("Redis at {} not probed yet", r.address),
                 (Some(true), _) => format!(
@@ -216,29 +247,36 @@ fn metrics(snap: &Snapshot) -> Reply {
         g.set(v);
         g
     };
-    reg.register(
-        "gcs_up",
-        "1 when the GCS answers SERVING",
-        gauge((snap.gcs.health == GcsHealth::Serving) as i64),
-    );
-    let restarts: Counter = Counter::default();
-    restarts.inc_by(snap.gcs.restarts);
-    reg.register("gcs_restarts", "In-place GCS restarts", restarts);
-    let hist = Histogram::new(RECOVERY_BUCKETS.iter().copied());
-    for r in &snap.recoveries {
-        hist.observe(*r);
-    }
-    reg.register(
-        "gcs_recovery_seconds",
-        "Time from a GCS loss to SERVING again",
-        hist,
-    );
-    if let Some(c) = snap.gcs.last_check_seconds {
+    if let Some(gcs) = &snap.gcs {
         reg.register(
-            "gcs_health_check_seconds",
-            "Round trip of the last grpc.health.v1 Check",
-            fgauge(c),
+            "gcs_up",
+            "1 when the GCS answers SERVING",
+            gauge((gcs.health == GcsHealth::Serving) as i64),
         );
+        let restarts: Counter = Counter::default();
+        restarts.inc_by(gcs.restarts);
+        reg.register("gcs_restarts", "In-place GCS restarts", restarts);
+        reg.register(
+            "gcs_restart_failures",
+            "Failed in-place GCS restarts in a row (the crash-loop guard's count)",
+            gauge(i64::from(gcs.consecutive_failures)),
+        );
+        let hist = Histogram::new(RECOVERY_BUCKETS.iter().copied());
+        for r in &snap.recoveries {
+            hist.observe(*r);
+        }
+        reg.register(
+            "gcs_recovery_seconds",
+            "Time from a GCS loss to SERVING again",
+            hist,
+        );
+        if let Some(c) = gcs.last_check_seconds {
+            reg.register(
+                "gcs_health_check_seconds",
+                "Round trip of the last grpc.health.v1 Check",
+                fgauge(c),
+            );
+        }
     }
     if let Some(r) = &snap.redis {
         reg.register(
@@ -255,13 +293,7 @@ fn metrics(snap: &Snapshot) -> Reply {
         }
     }
     let phases: Family<PhaseLabel, Gauge> = Family::default();
-    for p in [
-        Phase::Starting,
-        Phase::Running,
-        Phase::Recovering,
-        Phase::Stopping,
-        Phase::Exiting,
-    ] {
+    for p in Phase::ALL {
         phases
             .get_or_create(&PhaseLabel {
                 phase: p.as_str().into(),
@@ -275,9 +307,13 @@ fn metrics(snap: &Snapshot) -> Reply {
             .get_or_create(&DaemonLabel {
                 daemon: (*name).into(),
             })
-            .set((d.state == "running") as i64);
+            .set((d.state == ChildStatus::Running) as i64);
     }
-    reg.register("daemon_up", "1 while the Ray daemon runs", daemons);
+    reg.register(
+        "daemon_up",
+        "1 while the supervised process (command or Ray daemon) runs",
+        daemons,
+    );
     reg.register(
         "build",
         "rayhead's version",

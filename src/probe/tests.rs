@@ -4,7 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::ray::state::{GcsHealth, Phase, Snapshot, State};
+use crate::state::{ChildStatus, GcsHealth, Phase, Snapshot, State};
 
 const STALL: Duration = Duration::from_secs(30);
 
@@ -18,7 +18,7 @@ struct Server {
 async fn start(redis: bool) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = State::new(Snapshot::new(
+    let state = State::new(Snapshot::ray_head(
         "127.0.0.1:6379".into(),
         redis.then(|| "redis://redis:6379".to_string()),
     ));
@@ -58,9 +58,12 @@ impl Server {
     }
 
     fn running(&self) {
-        self.state.set_daemon("raylet", Some(10), "running", None);
         self.state
-            .set_daemon("gcs_server", Some(11), "running", None);
+            .set_child("raylet", Some(10), ChildStatus::Running, None, true);
+        self.state
+            .set_child("gcs_server", Some(11), ChildStatus::Running, None, true);
+        self.state
+            .set_child("dashboard", Some(12), ChildStatus::Running, None, false);
         self.state
             .set_gcs_health(GcsHealth::Serving, Some(Duration::from_millis(2)));
         self.state.update(|s| {
@@ -122,6 +125,80 @@ async fn readyz_follows_the_state() {
     s.stop().await;
 }
 
+/// Readiness needs every process the supervisor marked required running,
+/// and no other.
+#[tokio::test]
+async fn readyz_needs_the_required_processes_only() {
+    let s = start(true).await;
+    s.running();
+    s.state.set_child(
+        "dashboard",
+        None,
+        ChildStatus::Exited,
+        Some("exited with code 1".into()),
+        false,
+    );
+    assert_eq!(
+        s.req("GET", "/readyz").await.0,
+        200,
+        "the dashboard is not required"
+    );
+    s.state.set_child(
+        "raylet",
+        None,
+        ChildStatus::Exited,
+        Some("was killed by SIGKILL".into()),
+        true,
+    );
+    let (code, body) = s.req("GET", "/readyz").await;
+    assert_eq!((code, body.as_str()), (503, "raylet is exited\n"));
+    s.state
+        .set_child("raylet", Some(13), ChildStatus::Restarting, None, true);
+    let (code, body) = s.req("GET", "/readyz?verbose").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("[-] raylet failed: raylet is restarting"),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+/// A plain command: ready while it runs and no stop is under way; no GCS
+/// or Redis anywhere.
+#[tokio::test]
+async fn a_plain_command_is_ready_while_it_runs() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = State::new(Snapshot::command());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, state.subscribe(), STALL, stop.clone()));
+    let s = Server {
+        addr,
+        state,
+        stop,
+        task,
+    };
+    assert_eq!(s.req("GET", "/readyz").await.0, 503);
+    s.state
+        .set_child("command", Some(5), ChildStatus::Running, None, true);
+    s.state.set_phase(Phase::Running, "the command runs");
+    assert_eq!(s.req("GET", "/readyz").await, (200, "ok\n".into()));
+    let (_, body) = s.req("GET", "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["supervising"], "command");
+    assert!(v["gcs"].is_null() && v["redis"].is_null(), "{v:#}");
+    let (_, metrics) = s.req("GET", "/metrics").await;
+    assert!(!metrics.contains("rayhead_gcs_up"), "{metrics}");
+    assert!(
+        metrics.contains("rayhead_daemon_up{daemon=\"command\"} 1"),
+        "{metrics}"
+    );
+    s.state.set_phase(Phase::Stopping, "received SIGTERM");
+    assert_eq!(s.req("GET", "/readyz").await.0, 503);
+    assert_eq!(s.req("GET", "/livez").await.0, 200);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn livez_ignores_the_gcs_but_not_an_exit() {
     let s = start(false).await;
@@ -167,7 +244,7 @@ async fn metrics_cover_the_state() {
     let s = start(true).await;
     s.running();
     s.state.update(|st| {
-        st.gcs.restarts = 2;
+        st.gcs.as_mut().unwrap().restarts = 2;
         st.recoveries = vec![0.08, 0.3];
     });
     let (code, body) = s.req("GET", "/metrics").await;
@@ -199,6 +276,15 @@ async fn head_404_and_405() {
     assert!(text.contains("content-length: 3"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text:?}");
     assert_eq!(s.req("GET", "/nope").await.0, 404);
+    // Only the four paths: a near miss is not the metrics.
+    for near in ["/metricsx", "/metrics/", "/readyz/x", "/"] {
+        let (code, body) = s.req("GET", near).await;
+        assert_eq!(code, 404, "{near}: {body}");
+        assert!(
+            body.contains("/readyz, /livez, /status, /metrics"),
+            "{body}"
+        );
+    }
     let text = s
         .raw(b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .await;

@@ -1,14 +1,15 @@
-//! Ray's daemons on a head, and how to tell them apart in `/proc`, as
-//! `ray stop` does.
+//! Ray's daemons on a head: one table says how to recognise each in `/proc`
+//! (as `ray stop` does), what its exit means, and whether the head needs it.
+//! Adding a daemon is one row; the supervisor, `/status` and `/readyz` read
+//! the table.
 
 use std::fmt;
 
 use nix::unistd::Pid;
 
-use crate::init::proctree::ProcInfo;
+use crate::init::proctree::{self, ProcInfo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Daemon {
     GcsServer,
     Raylet,
@@ -18,38 +19,104 @@ pub enum Daemon {
     ClientServer,
 }
 
+/// How a daemon is recognised in `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recognise {
+    /// By the kernel's command name (a native binary).
+    Comm(&'static str),
+    /// By a word in its command line (a Python module or script).
+    Cmdline(&'static str),
+}
+
+/// What a daemon's exit means for the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The head cannot go on without it, and it cannot be replaced in place
+    /// (a new raylet would be a new node): rayhead exits 83.
+    Critical,
+    /// Restarted in place within the reconnect window: the GCS.
+    RestartInPlace,
+    /// Follows `ray.on-daemon-exit`.
+    OnDaemonExit,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub daemon: Daemon,
+    pub name: &'static str,
+    pub recognise: Recognise,
+    pub policy: Policy,
+    /// `ray start` must leave it running, and `/readyz` needs it running.
+    pub required: bool,
+}
+
+/// Every daemon, in the order they are matched: `log_monitor.py` before
+/// `monitor.py`, which it contains.
+pub static TABLE: &[Spec] = &[
+    Spec {
+        daemon: Daemon::GcsServer,
+        name: "gcs_server",
+        recognise: Recognise::Comm("gcs_server"),
+        policy: Policy::RestartInPlace,
+        required: true,
+    },
+    Spec {
+        daemon: Daemon::Raylet,
+        name: "raylet",
+        recognise: Recognise::Comm("raylet"),
+        policy: Policy::Critical,
+        required: true,
+    },
+    Spec {
+        daemon: Daemon::Dashboard,
+        name: "dashboard",
+        recognise: Recognise::Cmdline("dashboard/dashboard.py"),
+        policy: Policy::OnDaemonExit,
+        required: false,
+    },
+    Spec {
+        daemon: Daemon::LogMonitor,
+        name: "log_monitor",
+        recognise: Recognise::Cmdline("log_monitor.py"),
+        policy: Policy::OnDaemonExit,
+        required: false,
+    },
+    Spec {
+        daemon: Daemon::Monitor,
+        name: "monitor",
+        recognise: Recognise::Cmdline("monitor.py"),
+        policy: Policy::OnDaemonExit,
+        required: false,
+    },
+    Spec {
+        daemon: Daemon::ClientServer,
+        name: "client_server",
+        recognise: Recognise::Cmdline("ray.util.client.server"),
+        policy: Policy::OnDaemonExit,
+        required: false,
+    },
+];
+
 impl Daemon {
+    /// Its row of the table.
+    pub fn spec(self) -> &'static Spec {
+        TABLE.iter().find(|s| s.daemon == self).unwrap_or(&TABLE[0])
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Daemon::GcsServer => "gcs_server",
-            Daemon::Raylet => "raylet",
-            Daemon::Dashboard => "dashboard",
-            Daemon::LogMonitor => "log_monitor",
-            Daemon::Monitor => "monitor",
-            Daemon::ClientServer => "client_server",
-        }
+        self.spec().name
     }
 
     /// Identifies a daemon from its kernel name and command line.
     pub fn identify(comm: &str, cmdline: &[String]) -> Option<Daemon> {
-        match comm {
-            "gcs_server" => return Some(Daemon::GcsServer),
-            "raylet" => return Some(Daemon::Raylet),
-            _ => {}
-        }
-        let has = |needle: &str| cmdline.iter().any(|a| a.contains(needle));
-        if has("dashboard/dashboard.py") {
-            Some(Daemon::Dashboard)
-        } else if has("log_monitor.py") {
-            // Before monitor.py, which it contains.
-            Some(Daemon::LogMonitor)
-        } else if has("monitor.py") {
-            Some(Daemon::Monitor)
-        } else if has("ray.util.client.server") {
-            Some(Daemon::ClientServer)
-        } else {
-            None
-        }
+        TABLE
+            .iter()
+            .find(|s| match s.recognise {
+                Recognise::Comm(c) => comm == c,
+                Recognise::Cmdline(word) => cmdline.iter().any(|a| a.contains(word)),
+            })
+            .map(|s| s.daemon)
     }
 }
 
@@ -59,18 +126,6 @@ impl fmt::Display for Daemon {
     }
 }
 
-/// A process's argv from `/proc/<pid>/cmdline`.
-pub fn cmdline(pid: Pid) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The daemons among `procs` whose parent is `parent` (rayhead, once
 /// `ray start` has exited and they were re-parented to it; or `ray start
 /// --block`).
@@ -78,7 +133,14 @@ pub fn find(procs: &[ProcInfo], parent: Pid) -> Vec<(Daemon, Pid)> {
     let mut out: Vec<(Daemon, Pid)> = procs
         .iter()
         .filter(|p| p.ppid == parent && p.state != 'Z')
-        .filter_map(|p| Daemon::identify(&p.comm, &cmdline(p.pid)).map(|d| (d, p.pid)))
+        .filter_map(|p| {
+            let argv: Vec<String> = proctree::cmdline(p.pid)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Daemon::identify(&p.comm, &argv).map(|d| (d, p.pid))
+        })
         .collect();
     out.sort();
     out
@@ -116,5 +178,28 @@ mod tests {
             Some(Daemon::ClientServer)
         );
         assert_eq!(Daemon::identify("ray::IDLE", &[]), None);
+        // A comm is not matched as a command-line word, nor the reverse.
+        assert_eq!(Daemon::identify("python3", &v("/x/raylet")), None);
+    }
+
+    #[test]
+    fn every_daemon_has_one_row() {
+        for d in [
+            Daemon::GcsServer,
+            Daemon::Raylet,
+            Daemon::Dashboard,
+            Daemon::LogMonitor,
+            Daemon::Monitor,
+            Daemon::ClientServer,
+        ] {
+            assert_eq!(TABLE.iter().filter(|s| s.daemon == d).count(), 1, "{d:?}");
+            assert_eq!(d.spec().daemon, d);
+        }
+        let names: std::collections::BTreeSet<&str> = TABLE.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), TABLE.len());
+        // Only the critical and the restarted-in-place daemons are required.
+        for s in TABLE {
+            assert_eq!(s.required, s.policy != Policy::OnDaemonExit, "{}", s.name);
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
-use crate::init::spawn;
+use crate::init::{proctree, spawn};
 
 #[derive(Debug, Clone)]
 pub struct GcsSpec {
@@ -21,14 +21,6 @@ pub struct GcsSpec {
     cwd: PathBuf,
     stdout: Option<PathBuf>,
     stderr: Option<PathBuf>,
-}
-
-fn split_nul(bytes: Vec<u8>) -> Vec<Vec<u8>> {
-    bytes
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
 }
 
 /// Where an fd of a process points, when it is a file that can be reopened.
@@ -41,19 +33,17 @@ impl GcsSpec {
     /// Reads a running gcs_server's argv, environment, cwd and log files from
     /// `/proc`.
     pub fn capture(pid: Pid) -> io::Result<GcsSpec> {
-        let argv: Vec<OsString> = split_nul(fs::read(format!("/proc/{pid}/cmdline"))?)
-            .into_iter()
-            .map(OsString::from_vec)
-            .collect();
+        let argv = proctree::cmdline(pid)?;
         if argv.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "empty cmdline (the process exited)",
             ));
         }
-        let env = split_nul(fs::read(format!("/proc/{pid}/environ"))?)
+        let env = proctree::split_nul(&fs::read(format!("/proc/{pid}/environ"))?)
             .into_iter()
             .filter_map(|kv| {
+                let kv = kv.into_vec();
                 let eq = kv.iter().position(|b| *b == b'=')?;
                 Some((
                     OsString::from_vec(kv[..eq].to_vec()),

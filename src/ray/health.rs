@@ -15,6 +15,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use super::supervisor::machine::Event;
+
 /// What the GCS said, or why it said nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -53,11 +55,11 @@ pub struct Mode {
 pub const FAST_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs until `cancel`, reporting on `tx`.
-pub async fn monitor(
+pub(crate) async fn monitor(
     port: u16,
     check_timeout: Duration,
     mut mode: watch::Receiver<Mode>,
-    tx: mpsc::UnboundedSender<Observation>,
+    tx: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) {
     let endpoint = match Endpoint::from_shared(format!("http://127.0.0.1:{port}")) {
@@ -70,13 +72,13 @@ pub async fn monitor(
     loop {
         let m = *mode.borrow_and_update();
         let send = |health: Health, via: &'static str, latency: Option<Duration>| {
-            let _ = tx.send(Observation {
+            let _ = tx.send(Event::Health(Observation {
                 generation: m.generation,
                 health,
                 via,
                 at: Instant::now(),
                 latency,
-            });
+            }));
         };
         let channel = tokio::select! {
             c = endpoint.connect() => c,

@@ -6,17 +6,16 @@ pub mod command;
 pub mod daemons;
 pub mod gcs;
 pub mod health;
-pub mod state;
 mod supervisor;
 
 use std::time::Duration;
 
 use crate::config::{Config, Env};
-use crate::exit::{self, Exit};
+use crate::exit::Exit;
 use crate::init::Init;
 use crate::redis::Redis;
+use crate::state::{Phase, Snapshot, State};
 pub use command::{is_ray_start, StartCommand};
-use state::{Snapshot, State};
 
 /// Everything a Ray run needs, checked before anything starts.
 pub struct Plan {
@@ -27,16 +26,20 @@ pub struct Plan {
     pub stop_command: Vec<String>,
 }
 
+/// Where the start command comes from.
+pub enum StartFrom<'a> {
+    /// The argv after `--`.
+    Argv(&'a [String]),
+    /// `ray.start-command` (KUBERAY_GEN_RAY_START_CMD), expanded like bash.
+    Text(&'a str),
+}
+
 impl Plan {
-    /// Builds the plan from the config and, if given, the command after `--`
-    /// (which beats `ray.start-command`). Errors name the key at fault.
-    pub fn new(cfg: &Config, argv: Option<&[String]>, env: &dyn Env) -> Result<Plan, String> {
-        let argv = match argv {
-            Some(a) => a.to_vec(),
-            None => {
-                let text = cfg.ray.start_command.as_deref().ok_or(
-                    "nothing to run: give a command after `--`, or set ray.start-command (KUBERAY_GEN_RAY_START_CMD)",
-                )?;
+    /// Builds the plan. Errors name the key at fault.
+    pub fn new(cfg: &Config, from: StartFrom<'_>, env: &dyn Env) -> Result<Plan, String> {
+        let argv = match from {
+            StartFrom::Argv(a) => a.to_vec(),
+            StartFrom::Text(text) => {
                 let (argv, unset) = command::from_text(text, env)?;
                 for name in unset {
                     tracing::warn!(variable = %name, "ray.start-command names an unset variable; it expands to nothing");
@@ -59,39 +62,21 @@ impl Plan {
 
     /// The state snapshot this plan starts from.
     pub fn initial_state(&self) -> State {
-        State::new(Snapshot::new(
+        State::new(Snapshot::ray_head(
             format!("127.0.0.1:{}", self.start.gcs_port),
             self.redis.as_ref().map(|r| r.address.to_string()),
         ))
     }
 }
 
-/// Runs the Ray head under the init until it stops; returns why.
+/// Runs the Ray head under the init until it stops; returns why. The probe
+/// server is already serving `state`.
 pub async fn run(cfg: &Config, plan: Plan, state: State) -> Exit {
     let mut init = match Init::start(&cfg.init) {
         Ok(i) => i,
-        Err(e) => return Exit::new(exit::INTERNAL, format!("cannot set up the init: {e}")),
+        Err(e) => return Exit::Internal(format!("cannot set up the init: {e}")),
     };
     raise_open_files(cfg.ray.open_files);
-    // The probe server first: a taken port is a configuration problem, and
-    // the kubelet should see `starting` while Redis and Ray come up.
-    let listener = match tokio::net::TcpListener::bind(cfg.probe.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            init.shutdown().await;
-            return Exit::new(
-                exit::CONFIG,
-                format!("probe.listen {}: {e}", cfg.probe.listen),
-            );
-        }
-    };
-    tracing::info!(listen = %cfg.probe.listen, "probe server listening");
-    init.tracker.spawn(crate::probe::serve(
-        listener,
-        state.subscribe(),
-        cfg.probe.stall_after,
-        init.cancel.child_token(),
-    ));
     if let Some(redis) = plan.redis.clone() {
         init.tracker.spawn(probe_redis(
             redis,
@@ -104,7 +89,7 @@ pub async fn run(cfg: &Config, plan: Plan, state: State) -> Exit {
     let exit = supervisor::Supervisor::new(cfg, plan, state.clone(), &mut init)
         .run()
         .await;
-    state.set_phase(state::Phase::Exiting, &exit.reason);
+    state.set_phase(Phase::Exiting, &exit.reason());
     init.shutdown().await;
     exit
 }
@@ -196,10 +181,4 @@ fn raise_open_files(n: u64) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
     }
-}
-
-/// Exponential back-off between failed GCS start attempts.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let ms = 100u64.saturating_mul(1 << attempt.min(5));
-    Duration::from_millis(ms.min(2000))
 }

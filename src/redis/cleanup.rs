@@ -83,11 +83,12 @@ pub async fn cleanup(
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 attempt += 1;
-                if Instant::now() + backoff(attempt) >= deadline {
+                let pause = BACKOFF.delay(attempt);
+                if deadline.saturating_duration_since(Instant::now()) <= pause {
                     return Err(format!("{e} (after {} deleted)", report.deleted));
                 }
                 tracing::warn!(error = %e, attempt, "Redis cleanup step failed; retrying");
-                sleep(backoff(attempt)).await;
+                sleep(pause).await;
                 continue;
             }
             Err(_) => return Err(format!("deadline reached after {} deleted", report.deleted)),
@@ -126,9 +127,9 @@ pub async fn cleanup(
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((250u64 << attempt.min(4)).min(2000))
-}
+/// Between retries through a dropped connection.
+const BACKOFF: crate::backoff::Backoff =
+    crate::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
 
 #[cfg(test)]
 mod tests {

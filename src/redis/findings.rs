@@ -59,7 +59,7 @@ impl Findings {
     /// Reachable, authenticated and a master (or a role that could not be
     /// read: that is a note, not a failure).
     pub fn healthy(&self) -> bool {
-        self.up && self.role.as_deref().is_none_or(|r| r == "master")
+        self.up && crate::state::role_takes_writes(self.role.as_deref())
     }
 
     /// Why it is not healthy, in one line.
@@ -72,7 +72,8 @@ impl Findings {
             ));
         }
         match self.role.as_deref() {
-            Some("master") | None => None,
+            r if crate::state::role_takes_writes(r) => None,
+            None => None,
             Some(r) => Some(format!(
                 "Redis at {} is a {} (role {r}): the GCS needs a master that takes writes",
                 self.address,

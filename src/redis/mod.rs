@@ -252,7 +252,9 @@ impl Redis {
     /// Waits until Redis answers an authenticated PING, or `until`. Logs what
     /// fails every few seconds. Returns at once on a wrong password.
     pub async fn wait_ready(&self, until: Instant, purpose: &str) -> Result<Duration, PingError> {
-        let mut backoff = Duration::from_millis(50);
+        let backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut failures = 0;
         let mut last_log: Option<Instant> = None;
         loop {
             match self.ping().await {
@@ -263,11 +265,12 @@ impl Redis {
                         tracing::warn!(redis = %self.address, error = %e, purpose, "Redis is not answering yet");
                         last_log = Some(Instant::now());
                     }
-                    if Instant::now() + backoff >= until {
+                    failures += 1;
+                    let pause = backoff.delay(failures);
+                    if until.saturating_duration_since(Instant::now()) <= pause {
                         return Err(e);
                     }
-                    sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    sleep(pause).await;
                 }
             }
         }

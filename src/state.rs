@@ -1,6 +1,9 @@
 //! The shared state snapshot: what the supervisor knows, for `/status`,
-//! `/readyz` and the metrics. The supervisor is its only writer; readers
-//! borrow the latest snapshot without any I/O.
+//! `/readyz` and the metrics.
+//!
+//! It sits below both the supervisors (`init`, `ray`) and the probe server,
+//! so that the probe serves any supervisor and imports none. The supervisor
+//! is its only writer; readers borrow the latest snapshot without any I/O.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -20,6 +23,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Running,
+        Phase::Recovering,
+        Phase::Stopping,
+        Phase::Exiting,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
@@ -31,6 +42,16 @@ impl Phase {
     }
 }
 
+/// What rayhead supervises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Supervising {
+    /// A plain command under the init.
+    Command,
+    /// A Ray head.
+    RayHead,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GcsHealth {
@@ -40,13 +61,34 @@ pub enum GcsHealth {
     Unreachable,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildStatus {
+    Running,
+    Exited,
+    /// Started again in place, not yet healthy.
+    Restarting,
+}
+
+impl ChildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildStatus::Running => "running",
+            ChildStatus::Exited => "exited",
+            ChildStatus::Restarting => "restarting",
+        }
+    }
+}
+
+/// One supervised process: the command, or a Ray daemon.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DaemonState {
+pub struct ChildState {
     pub pid: Option<i32>,
-    /// `running`, `exited`, `restarting`.
-    pub state: &'static str,
+    pub state: ChildStatus,
     /// How it last ended, if it did.
     pub last_exit: Option<String>,
+    /// Whether `/readyz` requires it running (from the supervisor's table).
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +96,9 @@ pub struct GcsState {
     pub health: GcsHealth,
     pub address: String,
     pub restarts: u64,
+    /// Restarts in a row that failed (never SERVING, or lost again within
+    /// gcs.stable-after); the crash-loop guard's count.
+    pub consecutive_failures: u32,
     #[serde(serialize_with = "opt_time")]
     pub last_loss: Option<SystemTime>,
     pub last_loss_reason: Option<String>,
@@ -86,14 +131,24 @@ pub struct RedisState {
     pub notes: Vec<String>,
 }
 
+/// Whether a Redis of this role takes the GCS's writes: a master does, and
+/// so does one whose role is not known (INFO forbidden). The one rule, for
+/// the probe's findings and for `/readyz`.
+pub fn role_takes_writes(role: Option<&str>) -> bool {
+    role.is_none_or(|r| r == "master")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub phase: Phase,
     pub version: &'static str,
     #[serde(serialize_with = "time")]
     pub started_at: SystemTime,
-    pub daemons: BTreeMap<&'static str, DaemonState>,
-    pub gcs: GcsState,
+    pub supervising: Supervising,
+    /// The supervised processes, by name.
+    pub daemons: BTreeMap<&'static str, ChildState>,
+    /// The GCS, when a Ray head is supervised.
+    pub gcs: Option<GcsState>,
     pub fault_tolerant: bool,
     pub redis: Option<RedisState>,
     /// Every in-place recovery's duration, for the metrics' histogram.
@@ -106,23 +161,40 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(gcs_address: String, redis_address: Option<String>) -> Snapshot {
+    /// For a plain command.
+    pub fn command() -> Snapshot {
         Snapshot {
             phase: Phase::Starting,
             version: env!("CARGO_PKG_VERSION"),
             started_at: SystemTime::now(),
+            supervising: Supervising::Command,
             daemons: BTreeMap::new(),
-            gcs: GcsState {
+            gcs: None,
+            fault_tolerant: false,
+            redis: None,
+            recoveries: Vec::new(),
+            last_reason: None,
+            heartbeat: Instant::now(),
+        }
+    }
+
+    /// For a Ray head whose GCS is at `gcs_address`, with fault tolerance
+    /// when a Redis address (without its password) is given.
+    pub fn ray_head(gcs_address: String, redis_address: Option<String>) -> Snapshot {
+        Snapshot {
+            supervising: Supervising::RayHead,
+            gcs: Some(GcsState {
                 health: GcsHealth::Unknown,
                 address: gcs_address,
                 restarts: 0,
+                consecutive_failures: 0,
                 last_loss: None,
                 last_loss_reason: None,
                 last_recovery: None,
                 last_recovery_seconds: None,
                 deadline: None,
                 last_check_seconds: None,
-            },
+            }),
             fault_tolerant: redis_address.is_some(),
             redis: redis_address.map(|address| RedisState {
                 address,
@@ -135,9 +207,7 @@ impl Snapshot {
                 warnings: Vec::new(),
                 notes: Vec::new(),
             }),
-            recoveries: Vec::new(),
-            last_reason: None,
-            heartbeat: Instant::now(),
+            ..Snapshot::command()
         }
     }
 }
@@ -167,6 +237,15 @@ impl State {
         self.tx.send_modify(f);
     }
 
+    /// Changes the GCS's part of the snapshot, when there is one.
+    pub fn update_gcs(&self, f: impl FnOnce(&mut GcsState)) {
+        self.tx.send_modify(|s| {
+            if let Some(g) = &mut s.gcs {
+                f(g)
+            }
+        });
+    }
+
     /// Moves to `phase`, logging the transition as one structured event.
     pub fn set_phase(&self, phase: Phase, reason: &str) {
         let mut from = phase;
@@ -190,21 +269,39 @@ impl State {
         self.tx.send_modify(|s| s.heartbeat = Instant::now());
     }
 
-    pub fn set_daemon(
+    /// Runs `fut`, beating the heartbeat every second meanwhile: a long
+    /// wait (a stop within its grace) is progress, not a wedged supervisor.
+    pub async fn beating<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = tick.tick() => self.beat(),
+            }
+        }
+    }
+
+    /// Records a supervised process's pid and status. `required` says
+    /// whether readiness needs it running.
+    pub fn set_child(
         &self,
         name: &'static str,
         pid: Option<i32>,
-        state: &'static str,
+        state: ChildStatus,
         last_exit: Option<String>,
+        required: bool,
     ) {
         self.tx.send_modify(|s| {
-            let e = s.daemons.entry(name).or_insert(DaemonState {
+            let e = s.daemons.entry(name).or_insert(ChildState {
                 pid,
                 state,
                 last_exit: None,
+                required,
             });
             e.pid = pid;
             e.state = state;
+            e.required = required;
             if last_exit.is_some() {
                 e.last_exit = last_exit;
             }
@@ -213,10 +310,11 @@ impl State {
 
     pub fn set_gcs_health(&self, h: GcsHealth, check: Option<Duration>) {
         self.tx.send_if_modified(|s| {
-            let changed = s.gcs.health != h || check.is_some();
-            s.gcs.health = h;
+            let Some(g) = &mut s.gcs else { return false };
+            let changed = g.health != h || check.is_some();
+            g.health = h;
             if let Some(c) = check {
-                s.gcs.last_check_seconds = Some(c.as_secs_f64());
+                g.last_check_seconds = Some(c.as_secs_f64());
             }
             changed
         });

@@ -1,0 +1,778 @@
+//! The supervisor's decisions: one state machine that hears every event.
+//!
+//! It does no I/O. The driver (`super`) merges every source into one
+//! [`Event`] stream and carries out the [`Action`]s that [`Machine::handle`]
+//! returns; the machine only decides, and writes the state snapshot. So
+//! whatever stage it is in (at the Redis gate, backing off, waiting for a
+//! restarted GCS to answer), a raylet's death or a SIGTERM is heard at once,
+//! and the unit tests drive every path with a made-up clock in
+//! microseconds.
+//!
+//! Stages: StartGate → Launching → Adopting → Watching ⇄ Recovering, and
+//! Done once an [`Action::Finish`] has been returned.
+
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::{Config, DaemonExitPolicy, RayMode};
+use crate::exit::Exit;
+use crate::init::output::Tail;
+use crate::init::reaper::ExitStatus;
+use crate::init::stop;
+use crate::ray::daemons::{Daemon, Policy, TABLE};
+use crate::ray::health::{self, Health, Mode, Observation};
+use crate::redis::PingError;
+use crate::state::{ChildStatus, GcsHealth, Phase, State};
+use crate::time::{after, wall_after};
+
+/// Every input to the supervisor.
+#[derive(Debug)]
+pub enum Event {
+    /// A signal for rayhead.
+    Signal(Signal),
+    /// A daemon that rayhead reaps exited: the GCS, the raylet, any other.
+    DaemonExited {
+        daemon: Daemon,
+        pid: Pid,
+        status: ExitStatus,
+    },
+    /// What the GCS health monitor saw.
+    Health(Observation),
+    /// `ray start` exited: done starting (direct mode), or the head is gone
+    /// (block mode).
+    RayStartExited(ExitStatus),
+    /// `ray start` could not be run at all.
+    LaunchFailed(Exit),
+    /// A scan of `/proc` for the daemons that `ray start` left.
+    Found(Vec<(Daemon, Pid)>),
+    /// gcs_server was started again in place, or could not be; a `false`
+    /// `retry` means it never can be (its command was never captured).
+    GcsStarted(Result<Pid, StartError>),
+    /// Redis answered an authenticated PING at the gate.
+    RedisReady,
+    /// Redis did not answer at the gate before its time ran out, or
+    /// rejected the credentials.
+    RedisFailed(PingError),
+    /// The heartbeat: the loop is alive.
+    Tick,
+    /// The machine's own timer, from [`Machine::timer`].
+    TimerFired(Timer),
+}
+
+/// Why gcs_server could not be started again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    pub message: String,
+    /// Trying again may help (a transient spawn failure), or never will.
+    pub retry: bool,
+}
+
+/// What the machine waits for by the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Look in `/proc` again for the daemons `ray start` left.
+    Rescan,
+    /// The GCS has given no SERVING answer for gcs.unhealthy-after.
+    Unhealthy,
+    /// A restarted GCS has served for gcs.stable-after: its restart worked.
+    Stable,
+    /// The back-off after a failed restart is over.
+    Backoff,
+    /// The recovery's deadline: the reconnect window less the margin.
+    Deadline,
+}
+
+/// What the driver must do.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Wait for Redis to answer an authenticated PING until `until`;
+    /// report [`Event::RedisReady`] or [`Event::RedisFailed`].
+    WaitForRedis {
+        until: Instant,
+        purpose: &'static str,
+    },
+    /// Run `ray start` and the GCS health monitor; report
+    /// [`Event::RayStartExited`] or [`Event::LaunchFailed`].
+    LaunchRay,
+    /// Look in `/proc` for the daemons; report [`Event::Found`].
+    Scan,
+    /// Reap these daemons (report each exit) and capture gcs_server's
+    /// command.
+    Adopt(Vec<(Daemon, Pid)>),
+    /// Point the GCS health monitor at a generation and an interval.
+    Monitor(Mode),
+    /// SIGKILL this process; its exit comes back as an event.
+    Kill(Pid),
+    /// SIGKILL the gcs_server under `ray start --block` (which reaps it).
+    KillBlockGcs,
+    /// Start gcs_server again from its captured command; report
+    /// [`Event::GcsStarted`].
+    StartGcs,
+    /// Stop supervising: tear the head down and exit.
+    Finish(Outcome),
+}
+
+/// How supervision ends.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// A SIGTERM or SIGINT asked for a stop.
+    Stop(Signal),
+    /// rayhead decided to exit: tear down, then exit with this.
+    Fail(Exit),
+}
+
+/// How long after `ray start` exits its daemons may still be between fork
+/// and exec, unnamed in `/proc`.
+const ADOPT_WITHIN: Duration = Duration::from_secs(2);
+const RESCAN: Duration = Duration::from_millis(50);
+/// Failed GCS restarts back off from here, always within the deadline.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+
+enum Stage {
+    /// Waiting for Redis before `ray start`.
+    StartGate,
+    /// `ray start` runs (direct mode).
+    Launching,
+    /// `ray start` is done; finding its daemons.
+    Adopting {
+        give_up: Instant,
+        next_scan: Instant,
+    },
+    /// The head runs; the GCS is watched.
+    Watching(Watch),
+    /// The GCS was lost and is being restarted in place.
+    Recovering(Recovery),
+    /// An [`Action::Finish`] was returned.
+    Done,
+}
+
+struct Watch {
+    /// When watching began: the unhealthy timer's start until a SERVING.
+    since: Instant,
+    /// When a restarted GCS first answered SERVING, until gcs.stable-after
+    /// has passed: a loss before then is a failed restart.
+    probation: Option<Instant>,
+}
+
+struct Recovery {
+    t0: Instant,
+    deadline: Instant,
+    reason: String,
+    last_error: String,
+    attempts: u32,
+    step: Step,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The old gcs_server was SIGKILLed; waiting until it is reaped. Two
+    /// GCS processes must never share a Redis namespace.
+    Reaping(Pid),
+    /// Waiting for Redis: the GCS aborts without it.
+    Gate,
+    /// After a failed restart.
+    Backoff(Instant),
+    /// gcs_server is being spawned.
+    Spawning,
+    /// The new gcs_server runs; waiting for SERVING.
+    Starting(Pid),
+}
+
+pub struct Machine {
+    cfg: Config,
+    /// Redis's address without a password, when there is fault tolerance.
+    redis: Option<String>,
+    state: State,
+    tail: Tail,
+    stage: Stage,
+    /// Bumped at every loss: observations of a lost GCS must not count for
+    /// its replacement.
+    generation: u64,
+    /// When the current generation last answered SERVING.
+    last_serving: Option<Instant>,
+    /// The gcs_server that rayhead reaps (direct mode), while it lives.
+    gcs: Option<Pid>,
+    /// Failed restarts in a row: the crash-loop guard's count.
+    failures: u32,
+}
+
+impl Machine {
+    pub fn new(cfg: &Config, redis: Option<String>, state: State, tail: Tail) -> Machine {
+        Machine {
+            cfg: cfg.clone(),
+            redis,
+            state,
+            tail,
+            stage: Stage::StartGate,
+            generation: 0,
+            last_serving: None,
+            gcs: None,
+            failures: 0,
+        }
+    }
+
+    /// The first actions: the Redis start gate, or `ray start` at once.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.state
+            .set_phase(Phase::Starting, "starting the Ray head");
+        if self.redis.is_some() {
+            self.stage = Stage::StartGate;
+            tracing::info!("waiting for Redis before ray start");
+            vec![Action::WaitForRedis {
+                until: after(now, self.cfg.redis.startup_timeout),
+                purpose: "start gate",
+            }]
+        } else {
+            self.launch(now)
+        }
+    }
+
+    /// When the machine next wants [`Event::TimerFired`], and which.
+    pub fn timer(&self) -> Option<(Instant, Timer)> {
+        match &self.stage {
+            Stage::Adopting { next_scan, .. } => Some((*next_scan, Timer::Rescan)),
+            Stage::Watching(w) => {
+                let unhealthy = after(
+                    self.last_serving.unwrap_or(w.since),
+                    self.cfg.gcs.unhealthy_after,
+                );
+                let stable = w.probation.map(|p| after(p, self.cfg.gcs.stable_after));
+                match stable {
+                    Some(s) if s < unhealthy => Some((s, Timer::Stable)),
+                    _ => Some((unhealthy, Timer::Unhealthy)),
+                }
+            }
+            Stage::Recovering(r) => match r.step {
+                Step::Backoff(until) if until < r.deadline => Some((until, Timer::Backoff)),
+                _ => Some((r.deadline, Timer::Deadline)),
+            },
+            Stage::StartGate | Stage::Launching | Stage::Done => None,
+        }
+    }
+
+    /// Whether an [`Action::Finish`] was returned.
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Decides what `event`, at `now`, means.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        if self.is_done() {
+            return Vec::new();
+        }
+        let actions = match event {
+            Event::Tick => {
+                self.state.beat();
+                Vec::new()
+            }
+            Event::Signal(sig) if stop::is_stop_signal(sig) => {
+                tracing::info!(signal = sig.as_str(), "stop requested");
+                vec![Action::Finish(Outcome::Stop(sig))]
+            }
+            Event::Signal(sig) => {
+                tracing::info!(
+                    signal = sig.as_str(),
+                    "signal ignored while supervising Ray"
+                );
+                Vec::new()
+            }
+            Event::LaunchFailed(exit) => vec![Action::Finish(Outcome::Fail(exit))],
+            Event::DaemonExited {
+                daemon,
+                pid,
+                status,
+            } => self.daemon_exited(now, daemon, pid, status),
+            Event::Health(obs) => self.health(now, obs),
+            other => self.staged(now, other),
+        };
+        if actions.iter().any(|a| matches!(a, Action::Finish(_))) {
+            self.stage = Stage::Done;
+        }
+        actions
+    }
+
+    /// Events whose meaning depends on the stage alone.
+    fn staged(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match (&mut self.stage, event) {
+            (Stage::StartGate, Event::RedisReady) => {
+                tracing::info!("Redis answers");
+                self.launch(now)
+            }
+            (Stage::StartGate, Event::RedisFailed(e)) => {
+                let address = self.redis.clone().unwrap_or_default();
+                let exit = if e.is_permanent() {
+                    Exit::RedisAuth(format!(
+                        "Redis at {address} rejected the credentials ({e}); check REDIS_PASSWORD and REDIS_USERNAME"
+                    ))
+                } else {
+                    Exit::RedisUnreachable(format!(
+                        "Redis at {address} did not answer within redis.startup-timeout ({}): {e}",
+                        humantime::format_duration(self.cfg.redis.startup_timeout)
+                    ))
+                };
+                vec![Action::Finish(Outcome::Fail(exit))]
+            }
+            (Stage::Launching, Event::RayStartExited(status)) => {
+                if !status.success() {
+                    return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                        format!("ray start {status}: {}", self.tail.summary()),
+                    )))];
+                }
+                self.stage = Stage::Adopting {
+                    give_up: after(now, ADOPT_WITHIN),
+                    next_scan: after(now, RESCAN),
+                };
+                vec![Action::Scan]
+            }
+            (Stage::Adopting { .. }, Event::TimerFired(Timer::Rescan)) => vec![Action::Scan],
+            (Stage::Adopting { give_up, next_scan }, Event::Found(found)) => {
+                let missing = TABLE
+                    .iter()
+                    .filter(|s| s.required)
+                    .find(|s| !found.iter().any(|(d, _)| *d == s.daemon));
+                match missing {
+                    None => self.adopt(now, found),
+                    Some(spec) if now >= *give_up => {
+                        vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                            format!(
+                                "ray start exited 0 but no {} is running: {}",
+                                spec.name,
+                                self.tail.summary()
+                            ),
+                        )))]
+                    }
+                    Some(_) => {
+                        *next_scan = after(now, RESCAN);
+                        Vec::new()
+                    }
+                }
+            }
+            (Stage::Watching(_), Event::RayStartExited(status)) => {
+                // Block mode: `ray start --block` is the head.
+                vec![Action::Finish(Outcome::Fail(Exit::Status {
+                    code: status.code(),
+                    reason: format!("ray start --block {status}"),
+                }))]
+            }
+            (Stage::Watching(_), Event::TimerFired(Timer::Unhealthy)) => {
+                let reason = format!(
+                    "no SERVING answer from the GCS for {}",
+                    humantime::format_duration(self.cfg.gcs.unhealthy_after)
+                );
+                self.lost(now, reason)
+            }
+            (Stage::Watching(w), Event::TimerFired(Timer::Stable)) => {
+                w.probation = None;
+                if self.failures > 0 {
+                    tracing::info!(
+                        failures = self.failures,
+                        "the restarted GCS is stable: the crash-loop count is reset"
+                    );
+                }
+                self.failures = 0;
+                self.state.update_gcs(|g| g.consecutive_failures = 0);
+                Vec::new()
+            }
+            (Stage::Recovering(r), Event::RedisReady) if r.step == Step::Gate => {
+                r.step = Step::Spawning;
+                vec![Action::StartGcs]
+            }
+            (Stage::Recovering(r), Event::RedisFailed(e)) if r.step == Step::Gate => {
+                r.last_error = match &self.redis {
+                    Some(a) => format!("Redis at {a} is not answering: {e}"),
+                    None => format!("Redis is not answering: {e}"),
+                };
+                vec![self.not_recovered(now)]
+            }
+            (Stage::Recovering(r), Event::GcsStarted(started)) if r.step == Step::Spawning => {
+                match started {
+                    Ok(pid) => {
+                        r.attempts += 1;
+                        r.step = Step::Starting(pid);
+                        let attempt = r.attempts;
+                        self.gcs = Some(pid);
+                        self.state.update_gcs(|g| g.restarts += 1);
+                        self.set_child(Daemon::GcsServer, Some(pid), ChildStatus::Restarting, None);
+                        tracing::info!(
+                            attempt,
+                            pid = pid.as_raw(),
+                            "restarted gcs_server in place"
+                        );
+                        Vec::new()
+                    }
+                    Err(e) if !e.retry => {
+                        r.last_error = e.message;
+                        vec![self.not_recovered(now)]
+                    }
+                    Err(e) => {
+                        r.last_error = e.message;
+                        self.restart_failed(now)
+                    }
+                }
+            }
+            (Stage::Recovering(r), Event::TimerFired(Timer::Backoff)) => {
+                r.step = Step::Gate;
+                vec![gate(r.deadline)]
+            }
+            (Stage::Recovering(r), Event::TimerFired(Timer::Deadline)) => {
+                if let Step::Starting(_) = r.step {
+                    r.last_error = "the restarted gcs_server did not answer SERVING".into();
+                }
+                vec![self.not_recovered(now)]
+            }
+            (_, other) => {
+                tracing::debug!(event = ?other, "event not relevant now");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs `ray start`. In block mode it is the head: watching begins now.
+    fn launch(&mut self, now: Instant) -> Vec<Action> {
+        self.stage = match self.cfg.ray.mode {
+            RayMode::Direct => Stage::Launching,
+            RayMode::Block => Stage::Watching(Watch {
+                since: now,
+                probation: None,
+            }),
+        };
+        vec![
+            Action::LaunchRay,
+            Action::Monitor(Mode {
+                generation: self.generation,
+                interval: health::FAST_INTERVAL,
+            }),
+        ]
+    }
+
+    fn adopt(&mut self, now: Instant, found: Vec<(Daemon, Pid)>) -> Vec<Action> {
+        for (daemon, pid) in &found {
+            tracing::info!(
+                daemon = daemon.name(),
+                pid = pid.as_raw(),
+                "found Ray daemon"
+            );
+            self.set_child(*daemon, Some(*pid), ChildStatus::Running, None);
+            if *daemon == Daemon::GcsServer {
+                self.gcs = Some(*pid);
+            }
+        }
+        self.stage = Stage::Watching(Watch {
+            since: now,
+            probation: None,
+        });
+        let mut actions = vec![Action::Adopt(found)];
+        if self.last_serving.is_some() {
+            actions.extend(self.running());
+        }
+        actions
+    }
+
+    /// The first SERVING while watching: the head runs, and the monitor
+    /// slows to gcs.health-interval.
+    fn running(&self) -> Vec<Action> {
+        if self.state.get().phase != Phase::Starting {
+            return Vec::new();
+        }
+        self.state
+            .set_phase(Phase::Running, "the GCS answers SERVING");
+        vec![self.monitor(self.cfg.gcs.health_interval)]
+    }
+
+    fn daemon_exited(
+        &mut self,
+        now: Instant,
+        daemon: Daemon,
+        pid: Pid,
+        status: ExitStatus,
+    ) -> Vec<Action> {
+        tracing::warn!(daemon = daemon.name(), pid = pid.as_raw(), %status, "Ray daemon exited");
+        if daemon == Daemon::GcsServer {
+            return self.gcs_exited(now, pid, status);
+        }
+        self.set_child(daemon, None, ChildStatus::Exited, Some(status.to_string()));
+        match (daemon.spec().policy, self.cfg.ray.on_daemon_exit) {
+            (Policy::Critical, _) => vec![Action::Finish(Outcome::Fail(Exit::RayletDied(
+                format!("the head {daemon} (pid {pid}) {status}"),
+            )))],
+            (_, DaemonExitPolicy::Exit) => {
+                vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                    "Ray's {daemon} (pid {pid}) {status}, and ray.on-daemon-exit is \"exit\""
+                ))))]
+            }
+            (_, DaemonExitPolicy::Ignore) => Vec::new(),
+        }
+    }
+
+    fn gcs_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Vec<Action> {
+        if self.gcs != Some(pid) {
+            return Vec::new();
+        }
+        self.gcs = None;
+        self.set_child(
+            Daemon::GcsServer,
+            None,
+            ChildStatus::Exited,
+            Some(status.to_string()),
+        );
+        match &mut self.stage {
+            Stage::Watching(_) => self.lost(now, format!("gcs_server {status}")),
+            Stage::Recovering(r) => match r.step {
+                Step::Reaping(old) if old == pid => self.after_reap(now),
+                Step::Starting(new) if new == pid => {
+                    r.last_error = format!("the restarted gcs_server {status}");
+                    self.restart_failed(now)
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
+        if obs.generation != self.generation {
+            return Vec::new();
+        }
+        let h = match obs.health {
+            Health::Serving => GcsHealth::Serving,
+            Health::NotServing => GcsHealth::NotServing,
+            Health::Refused | Health::Failed(_) => GcsHealth::Unreachable,
+        };
+        self.state.set_gcs_health(h, obs.latency);
+        if let Health::Failed(why) = &obs.health {
+            tracing::debug!(why = %why, via = obs.via, "GCS health check failed");
+        }
+        match (&self.stage, &obs.health) {
+            (Stage::Recovering(r), Health::Serving) if matches!(r.step, Step::Starting(_)) => {
+                self.recovered(now)
+            }
+            (Stage::Recovering(_), _) => Vec::new(),
+            (Stage::Watching(_), Health::Serving) => {
+                self.last_serving = Some(obs.at);
+                self.running()
+            }
+            (_, Health::Serving) => {
+                // Before adoption: remembered, acted on once watching.
+                self.last_serving = Some(obs.at);
+                Vec::new()
+            }
+            (Stage::Watching(_), Health::NotServing) => {
+                self.lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
+            }
+            (Stage::Watching(_), Health::Refused) if self.last_serving.is_some() => {
+                self.lost(now, "the GCS port refuses connections".into())
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The GCS is lost: start a recovery, or decide that none can be.
+    fn lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        if let Stage::Watching(Watch {
+            probation: Some(_), ..
+        }) = self.stage
+        {
+            // Lost again within gcs.stable-after of its restart.
+            self.count_failure();
+            if let Some(finish) = self.crash_loop(&reason, "lost again soon after its restart") {
+                return vec![finish];
+            }
+        }
+        self.generation += 1;
+        self.last_serving = None;
+        let mut actions = vec![self.monitor(health::FAST_INTERVAL)];
+        tracing::warn!(event = "gcs_lost", reason = %reason, "GCS lost");
+        let window = self
+            .cfg
+            .ray
+            .reconnect_timeout
+            .saturating_sub(self.cfg.gcs.deadline_margin);
+        let deadline = after(now, window);
+        let deadline_wall = wall_after(SystemTime::now(), window);
+        self.state.update_gcs(|g| {
+            g.health = GcsHealth::Unreachable;
+            g.last_loss = Some(SystemTime::now());
+            g.last_loss_reason = Some(reason.clone());
+        });
+        self.state
+            .set_phase(Phase::Recovering, &format!("GCS lost: {reason}"));
+
+        if self.cfg.ray.mode == RayMode::Block {
+            actions.push(Action::KillBlockGcs);
+            actions.push(Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(
+                format!("GCS lost ({reason}); in block mode rayhead does not restart it"),
+            ))));
+            return actions;
+        }
+        if self.redis.is_none() {
+            actions.push(Action::Finish(Outcome::Fail(
+                Exit::GcsLostWithoutFaultTolerance(format!(
+                    "GCS lost ({reason}) without fault tolerance (no Redis): its state is gone, so the head exits"
+                )),
+            )));
+            return actions;
+        }
+        self.state.update_gcs(|g| g.deadline = Some(deadline_wall));
+        let step = match self.gcs {
+            // Never two GCS processes on one Redis namespace: the old one
+            // goes first, and is reaped before a new one starts.
+            Some(old) => {
+                tracing::warn!(
+                    pid = old.as_raw(),
+                    "killing the old gcs_server before a new one starts"
+                );
+                actions.push(Action::Kill(old));
+                Step::Reaping(old)
+            }
+            None => Step::Gate,
+        };
+        self.stage = Stage::Recovering(Recovery {
+            t0: now,
+            deadline,
+            reason,
+            last_error: "no attempt finished".into(),
+            attempts: 0,
+            step,
+        });
+        if step == Step::Gate {
+            actions.extend(self.after_reap(now));
+        }
+        actions
+    }
+
+    /// The old GCS is gone: restart at once, or after a back-off when the
+    /// last restart failed.
+    fn after_reap(&mut self, now: Instant) -> Vec<Action> {
+        let failures = self.failures;
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        if failures > 0 {
+            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
+            return Vec::new();
+        }
+        r.step = Step::Gate;
+        vec![gate(r.deadline)]
+    }
+
+    /// A restart failed: count it, then back off, or give up.
+    fn restart_failed(&mut self, now: Instant) -> Vec<Action> {
+        self.count_failure();
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        tracing::warn!(attempt = r.attempts, error = %r.last_error, "GCS restart attempt failed");
+        let reason = r.reason.clone();
+        let last = r.last_error.clone();
+        if let Some(finish) = self.crash_loop(&reason, &last) {
+            return vec![finish];
+        }
+        if let Stage::Recovering(r) = &mut self.stage {
+            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
+        }
+        Vec::new()
+    }
+
+    fn count_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let n = self.failures;
+        self.state.update_gcs(|g| g.consecutive_failures = n);
+    }
+
+    /// Exit 82 once gcs.max-restarts restarts in a row have failed.
+    fn crash_loop(&self, reason: &str, last: &str) -> Option<Action> {
+        (self.failures >= self.cfg.gcs.max_restarts).then(|| {
+            Action::Finish(Outcome::Fail(Exit::GcsCrashLoop(format!(
+                "GCS lost ({reason}) after {} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}",
+                self.failures
+            ))))
+        })
+    }
+
+    fn recovered(&mut self, now: Instant) -> Vec<Action> {
+        let Stage::Recovering(r) = &self.stage else {
+            return Vec::new();
+        };
+        let took = now.saturating_duration_since(r.t0);
+        let attempts = r.attempts;
+        let pid = self.gcs;
+        self.last_serving = Some(now);
+        self.state.update(|s| {
+            if let Some(g) = &mut s.gcs {
+                g.health = GcsHealth::Serving;
+                g.last_recovery = Some(SystemTime::now());
+                g.last_recovery_seconds = Some(took.as_secs_f64());
+                g.deadline = None;
+            }
+            s.recoveries.push(took.as_secs_f64());
+        });
+        self.set_child(Daemon::GcsServer, pid, ChildStatus::Running, None);
+        tracing::info!(
+            event = "gcs_recovered",
+            seconds = took.as_secs_f64(),
+            attempts,
+            pid = pid.map(Pid::as_raw),
+            "GCS recovered in place"
+        );
+        self.state
+            .set_phase(Phase::Running, "GCS recovered in place");
+        self.stage = Stage::Watching(Watch {
+            since: now,
+            probation: Some(now),
+        });
+        vec![self.monitor(self.cfg.gcs.health_interval)]
+    }
+
+    fn not_recovered(&self, now: Instant) -> Action {
+        let (took, reason, last) = match &self.stage {
+            Stage::Recovering(r) => (
+                now.saturating_duration_since(r.t0),
+                r.reason.as_str(),
+                r.last_error.as_str(),
+            ),
+            _ => (Duration::ZERO, "", ""),
+        };
+        Action::Finish(Outcome::Fail(Exit::GcsNotRecovered(format!(
+            "GCS lost ({reason}) and not SERVING again within {:.1}s, before the head's reconnect timeout ({}) less gcs.deadline-margin ({}); last attempt: {last}",
+            took.as_secs_f64(),
+            humantime::format_duration(self.cfg.ray.reconnect_timeout),
+            humantime::format_duration(self.cfg.gcs.deadline_margin),
+        ))))
+    }
+
+    fn monitor(&self, interval: Duration) -> Action {
+        Action::Monitor(Mode {
+            generation: self.generation,
+            interval,
+        })
+    }
+
+    fn set_child(
+        &self,
+        daemon: Daemon,
+        pid: Option<Pid>,
+        status: ChildStatus,
+        last_exit: Option<String>,
+    ) {
+        let spec = daemon.spec();
+        self.state.set_child(
+            spec.name,
+            pid.map(Pid::as_raw),
+            status,
+            last_exit,
+            spec.required,
+        );
+    }
+}
+
+/// The restart gate: Redis must answer before a GCS starts, or it aborts.
+fn gate(deadline: Instant) -> Action {
+    Action::WaitForRedis {
+        until: deadline,
+        purpose: "restart gate",
+    }
+}

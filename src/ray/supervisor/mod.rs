@@ -1,0 +1,360 @@
+//! The supervisor's event loop: every source (signals, the reaper's exits,
+//! GCS health, `ray start`, the Redis gate, the heartbeat, the machine's own
+//! timer) feeds one [`Supervisor::next_event`]; the [`Machine`] decides; this
+//! driver carries out its actions and, at the end, tears the head down.
+//!
+//! ```text
+//! signals ─┐
+//! reaper ──┤
+//! health ──┼─► next_event ─► Machine::handle ─► actions ─► (spawn, kill, ...)
+//! gate ────┤                       │
+//! timers ──┘                       └─► State snapshot ─► probe server
+//! ```
+
+pub(crate) mod machine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::daemons::{self, Daemon};
+use super::gcs::GcsSpec;
+use super::health::{self, Mode};
+use super::Plan;
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::init::output::{self, Tail};
+use crate::init::reaper::{ExitStatus, Mark};
+use crate::init::stop::{self, StopPlan};
+use crate::init::{proctree, spawn, Init};
+use crate::state::{Phase, State};
+use machine::{Action, Event, Machine, Outcome, StartError};
+
+use crate::init::HEARTBEAT;
+
+pub(super) struct Supervisor<'a> {
+    cfg: &'a Config,
+    plan: Plan,
+    state: State,
+    init: &'a mut Init,
+    machine: Machine,
+    /// Every source but signals and timers sends here.
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    /// Results of actions, handled before anything else.
+    pending: VecDeque<Event>,
+    mode_tx: watch::Sender<Mode>,
+    gcs_spec: Option<GcsSpec>,
+    /// `ray start`'s pid: its process group is the head's (block mode).
+    ray_start: Option<Pid>,
+    /// The Redis gate under way, cancelled when another replaces it.
+    gate: Option<CancellationToken>,
+    /// The reaper's mark taken before the last `/proc` scan.
+    scan_mark: Option<Mark>,
+    tail: Tail,
+}
+
+impl<'a> Supervisor<'a> {
+    pub(super) fn new(cfg: &'a Config, plan: Plan, state: State, init: &'a mut Init) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let tail = Tail::default();
+        let redis = plan.redis.as_ref().map(|r| r.address.to_string());
+        Supervisor {
+            cfg,
+            machine: Machine::new(cfg, redis, state.clone(), tail.clone()),
+            plan,
+            state,
+            init,
+            events_tx,
+            events_rx,
+            pending: VecDeque::new(),
+            mode_tx: watch::Sender::new(Mode {
+                generation: 0,
+                interval: health::FAST_INTERVAL,
+            }),
+            gcs_spec: None,
+            ray_start: None,
+            gate: None,
+            scan_mark: None,
+            tail,
+        }
+    }
+
+    pub(super) async fn run(mut self) -> Exit {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut actions = self.machine.start(Instant::now());
+        let outcome = 'run: loop {
+            for action in actions {
+                if let Some(outcome) = self.execute(action) {
+                    break 'run outcome;
+                }
+            }
+            let event = self.next_event(&mut heartbeat).await;
+            actions = self.machine.handle(Instant::now(), event);
+        };
+        if let Some(g) = self.gate.take() {
+            g.cancel();
+        }
+        match outcome {
+            Outcome::Stop(sig) => {
+                let report = self.teardown(false).await;
+                let killed = if report.killed > 0 {
+                    format!(", {} process(es) SIGKILLed", report.killed)
+                } else {
+                    String::new()
+                };
+                Exit::Status {
+                    code: 0,
+                    reason: format!(
+                        "stopped on {}: the Ray head was shut down in {:.1}s{killed}",
+                        sig.as_str(),
+                        report.elapsed.as_secs_f64(),
+                    ),
+                }
+            }
+            Outcome::Fail(exit) => {
+                tracing::error!(code = exit.code(), reason = %exit, "giving up: tearing the Ray head down");
+                self.state.update(|s| s.last_reason = Some(exit.reason()));
+                self.teardown(true).await;
+                exit
+            }
+        }
+    }
+
+    /// The next event from any source: results of actions first, then
+    /// whichever source is ready.
+    async fn next_event(&mut self, heartbeat: &mut tokio::time::Interval) -> Event {
+        if let Some(e) = self.pending.pop_front() {
+            return e;
+        }
+        let timer = self.machine.timer();
+        let wake = async {
+            match timer {
+                Some((at, t)) => {
+                    sleep_until(at).await;
+                    t
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(sig) = self.init.signals.recv() => Event::Signal(sig),
+            Some(event) = self.events_rx.recv() => event,
+            t = wake => Event::TimerFired(t),
+            _ = heartbeat.tick() => Event::Tick,
+        }
+    }
+
+    /// Carries out one action; `Some` ends the loop.
+    fn execute(&mut self, action: Action) -> Option<Outcome> {
+        match action {
+            Action::WaitForRedis { until, purpose } => self.wait_for_redis(until, purpose),
+            Action::LaunchRay => self.launch_ray(),
+            Action::Scan => {
+                let mark = self.init.reaper.mark();
+                self.scan_mark = Some(mark);
+                let found = daemons::find(&proctree::snapshot(), nix::unistd::getpid());
+                self.pending.push_back(Event::Found(found));
+            }
+            Action::Adopt(found) => self.adopt(found),
+            Action::Monitor(mode) => {
+                self.mode_tx.send_replace(mode);
+            }
+            Action::Kill(pid) => {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            Action::KillBlockGcs => {
+                let parent = self.ray_start.unwrap_or_else(nix::unistd::getpid);
+                for (d, pid) in daemons::find(&proctree::snapshot(), parent) {
+                    if d == Daemon::GcsServer {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            Action::StartGcs => {
+                let started = self.start_gcs();
+                self.pending.push_back(Event::GcsStarted(started));
+            }
+            Action::Finish(outcome) => return Some(outcome),
+        }
+        None
+    }
+
+    /// Waits for Redis in a task of its own, so the loop hears everything
+    /// else meanwhile; a newer gate cancels an older one.
+    fn wait_for_redis(&mut self, until: Instant, purpose: &'static str) {
+        let Some(redis) = self.plan.redis.clone() else {
+            self.pending.push_back(Event::RedisReady);
+            return;
+        };
+        if let Some(old) = self.gate.take() {
+            old.cancel();
+        }
+        let cancel = self.init.cancel.child_token();
+        self.gate = Some(cancel.clone());
+        let tx = self.events_tx.clone();
+        self.init.tracker.spawn(async move {
+            tokio::select! {
+                r = redis.wait_ready(until, purpose) => {
+                    let _ = tx.send(match r {
+                        Ok(_) => Event::RedisReady,
+                        Err(e) => Event::RedisFailed(e),
+                    });
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+
+    /// Starts `ray start` (its output forwarded, its exit an event) and the
+    /// GCS health monitor.
+    fn launch_ray(&mut self) {
+        let argv = &self.plan.start.argv;
+        let mut cmd = spawn::command(argv);
+        // Ray must use the reconnect timeout that rayhead's deadline assumes.
+        cmd.env(
+            "RAY_gcs_rpc_server_reconnect_timeout_s",
+            self.cfg.ray.reconnect_timeout.as_secs().max(1).to_string(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut spawned = match self.init.reaper.spawn(&mut cmd, "ray start") {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("cannot run {:?}: {e}", argv[0]);
+                self.pending
+                    .push_back(Event::LaunchFailed(spawn::spawn_error(&e, reason)));
+                return;
+            }
+        };
+        tracing::info!(pid = spawned.pid.as_raw(), command = %crate::redact::command_line(argv), mode = ?self.cfg.ray.mode, "started ray start");
+        self.ray_start = Some(spawned.pid);
+        output::forward_spawned(
+            &mut spawned,
+            &self.tail,
+            &self.init.tracker,
+            &self.init.cancel.child_token(),
+        );
+        let tx = self.events_tx.clone();
+        let exit = spawned.exit;
+        self.init.tracker.spawn(async move {
+            let status = exit.await.unwrap_or(ExitStatus::Exited(255));
+            if !status.success() {
+                // Let the output tasks catch up with the last lines, which
+                // explain the failure.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tx.send(Event::RayStartExited(status));
+        });
+        self.init.tracker.spawn(health::monitor(
+            self.plan.start.gcs_port,
+            self.cfg.gcs.health_timeout,
+            self.mode_tx.subscribe(),
+            self.events_tx.clone(),
+            self.init.cancel.child_token(),
+        ));
+    }
+
+    /// Claims the daemons' exits from the reaper, and captures gcs_server's
+    /// command so that it can be started again exactly.
+    fn adopt(&mut self, found: Vec<(Daemon, Pid)>) {
+        let mark = self.scan_mark.unwrap_or_else(|| self.init.reaper.mark());
+        for (daemon, pid) in found {
+            let rx = self.init.reaper.watch(pid, daemon.name(), mark);
+            self.forward_exit(daemon, pid, rx);
+            if daemon == Daemon::GcsServer {
+                match GcsSpec::capture(pid) {
+                    Ok(spec) => {
+                        tracing::info!(command = %spec.redacted(), "captured gcs_server's command");
+                        self.gcs_spec = Some(spec);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot capture gcs_server's command; it cannot be restarted in place")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns a daemon's exit, from the reaper, into an event.
+    fn forward_exit(
+        &self,
+        daemon: Daemon,
+        pid: Pid,
+        rx: tokio::sync::oneshot::Receiver<ExitStatus>,
+    ) {
+        let tx = self.events_tx.clone();
+        self.init.tracker.spawn(async move {
+            if let Ok(status) = rx.await {
+                let _ = tx.send(Event::DaemonExited {
+                    daemon,
+                    pid,
+                    status,
+                });
+            }
+        });
+    }
+
+    fn start_gcs(&mut self) -> Result<Pid, StartError> {
+        let Some(spec) = &self.gcs_spec else {
+            return Err(StartError {
+                message: "gcs_server's command was never captured".into(),
+                retry: false,
+            });
+        };
+        let spawned = spec
+            .command()
+            .and_then(|mut cmd| self.init.reaper.spawn(&mut cmd, "gcs_server"))
+            .map_err(|e| StartError {
+                message: format!("cannot start gcs_server: {e}"),
+                retry: true,
+            })?;
+        let pid = spawned.pid;
+        self.forward_exit(Daemon::GcsServer, pid, spawned.exit);
+        Ok(pid)
+    }
+
+    /// Stops every Ray process. A requested stop runs `ray stop`, then TERM,
+    /// grace, KILL. A failure (`fast`) skips `ray stop` and gives TERM only
+    /// half of gcs.deadline-margin: the head is broken already, and rayhead
+    /// must be gone before the head's reconnect window ends.
+    async fn teardown(&mut self, fast: bool) -> stop::StopReport {
+        self.state
+            .set_phase(Phase::Stopping, "stopping the Ray head");
+        let (stop_command, grace) = if fast {
+            let g = (self.cfg.gcs.deadline_margin / 2)
+                .max(Duration::from_secs(1))
+                .min(self.cfg.init.stop_grace);
+            (None, g)
+        } else {
+            (
+                Some(self.plan.stop_command.clone()),
+                self.cfg.init.stop_grace,
+            )
+        };
+        let plan = StopPlan {
+            stop_command,
+            stop_command_timeout: self.cfg.init.stop_command_timeout,
+            grace,
+            group: self.ray_start.map(|p| (p, Signal::SIGTERM)),
+            forward: self.cfg.init.forward_signals.clone(),
+        };
+        let stop = stop::stop_tree(
+            &self.init.reaper,
+            &plan,
+            &mut self.init.signals,
+            &self.init.tracker,
+            &self.init.cancel,
+        );
+        self.state.beating(stop).await
+    }
+}

@@ -1,0 +1,590 @@
+//! The state machine, driven by hand: made-up pids, made-up health
+//! observations and a clock that only moves when a test moves it. No
+//! process, socket or timer is involved, so every path runs in microseconds.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use super::machine::{Action, Event, Machine, Outcome, StartError, Timer};
+use crate::config::{Config, FlagValue, Inputs};
+use crate::init::output::Tail;
+use crate::init::reaper::ExitStatus;
+use crate::ray::daemons::Daemon;
+use crate::ray::health::{Health, Observation};
+use crate::redis::PingError;
+use crate::state::{ChildStatus, Phase, Snapshot, State};
+
+const GCS: i32 = 10;
+const RAYLET: i32 = 11;
+const DASHBOARD: i32 = 12;
+
+fn pid(n: i32) -> Pid {
+    Pid::from_raw(n)
+}
+
+struct H {
+    m: Machine,
+    state: State,
+    now: Instant,
+    /// The health monitor's generation, from the last Monitor action.
+    generation: u64,
+    /// The pid the next restarted gcs_server gets.
+    next_pid: i32,
+}
+
+/// Where to put the machine before the event under test.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    StartGate,
+    Launching,
+    Adopting,
+    /// Adopted, no SERVING yet.
+    Watching,
+    Running,
+    /// A hung GCS was SIGKILLed and is not reaped yet.
+    Reaping,
+    /// At the restart gate.
+    Gate,
+    /// After a failed restart.
+    Backoff,
+    /// A restarted gcs_server runs, not SERVING yet.
+    Restarting,
+}
+
+const EVERY_STAGE: [At; 9] = [
+    At::StartGate,
+    At::Launching,
+    At::Adopting,
+    At::Watching,
+    At::Running,
+    At::Reaping,
+    At::Gate,
+    At::Backoff,
+    At::Restarting,
+];
+
+fn config(sets: &[&str]) -> Config {
+    let flags = sets
+        .iter()
+        .map(|s| FlagValue::parse_set(s).unwrap())
+        .collect();
+    Config::load(
+        &Inputs { file: None, flags },
+        &[("RAY_REDIS_ADDRESS", "127.0.0.1:1")],
+    )
+    .unwrap()
+}
+
+impl H {
+    fn new(fault_tolerant: bool, sets: &[&str]) -> H {
+        let cfg = config(sets);
+        let redis = fault_tolerant.then(|| "127.0.0.1:1".to_string());
+        let state = State::new(Snapshot::ray_head("127.0.0.1:6379".into(), redis.clone()));
+        let m = Machine::new(&cfg, redis, state.clone(), Tail::default());
+        H {
+            m,
+            state,
+            now: Instant::now(),
+            generation: 0,
+            next_pid: 100,
+        }
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Action> {
+        let actions = self.m.handle(self.now, e);
+        self.note(&actions);
+        actions
+    }
+
+    fn note(&mut self, actions: &[Action]) {
+        for a in actions {
+            if let Action::Monitor(m) = a {
+                self.generation = m.generation;
+            }
+        }
+    }
+
+    /// Moves the clock to the machine's timer and fires it.
+    fn fire(&mut self) -> (Timer, Vec<Action>) {
+        let (at, t) = self.m.timer().expect("a timer");
+        self.now = self.now.max(at);
+        (t, self.ev(Event::TimerFired(t)))
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    fn health(&mut self, h: Health) -> Vec<Action> {
+        let obs = Observation {
+            generation: self.generation,
+            health: h,
+            via: "watch",
+            at: self.now,
+            latency: None,
+        };
+        self.ev(Event::Health(obs))
+    }
+
+    fn exited(&mut self, daemon: Daemon, p: i32, status: ExitStatus) -> Vec<Action> {
+        self.ev(Event::DaemonExited {
+            daemon,
+            pid: pid(p),
+            status,
+        })
+    }
+
+    fn phase(&self) -> Phase {
+        self.state.get().phase
+    }
+
+    /// Drives a fault-tolerant head to `at`.
+    fn at(at: At, sets: &[&str]) -> H {
+        let mut h = H::new(true, sets);
+        let a = h.m.start(h.now);
+        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+        if let At::StartGate = at {
+            return h;
+        }
+        let a = h.ev(Event::RedisReady);
+        assert!(a.contains(&Action::LaunchRay), "{a:?}");
+        if let At::Launching = at {
+            return h;
+        }
+        let a = h.ev(Event::RayStartExited(ExitStatus::Exited(0)));
+        assert_eq!(a, vec![Action::Scan]);
+        if let At::Adopting = at {
+            return h;
+        }
+        let a = h.ev(Event::Found(vec![
+            (Daemon::GcsServer, pid(GCS)),
+            (Daemon::Raylet, pid(RAYLET)),
+            (Daemon::Dashboard, pid(DASHBOARD)),
+        ]));
+        assert!(matches!(a[..], [Action::Adopt(_)]), "{a:?}");
+        if let At::Watching = at {
+            return h;
+        }
+        h.health(Health::Serving);
+        assert_eq!(h.phase(), Phase::Running);
+        if let At::Running = at {
+            return h;
+        }
+        // A hung GCS: NOT_SERVING while it lives.
+        let a = h.health(Health::NotServing);
+        assert!(a.contains(&Action::Kill(pid(GCS))), "{a:?}");
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::WaitForRedis { .. })),
+            "gate before the reap: {a:?}"
+        );
+        if let At::Reaping = at {
+            return h;
+        }
+        let a = h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+        if let At::Gate = at {
+            return h;
+        }
+        h.restart();
+        if let At::Restarting = at {
+            return h;
+        }
+        // At::Backoff: the restarted one crashes.
+        let p = h.next_pid - 1;
+        let a = h.exited(Daemon::GcsServer, p, ExitStatus::Exited(1));
+        assert!(a.is_empty(), "{a:?}");
+        h
+    }
+
+    /// Through the gate to a new gcs_server, running but not SERVING.
+    fn restart(&mut self) -> i32 {
+        let a = self.ev(Event::RedisReady);
+        assert_eq!(a, vec![Action::StartGcs]);
+        let p = self.next_pid;
+        self.next_pid += 1;
+        let a = self.ev(Event::GcsStarted(Ok(pid(p))));
+        assert!(a.is_empty(), "{a:?}");
+        p
+    }
+
+    /// SIGKILL of the running GCS `p`: the loss, the gate, a restart and
+    /// SERVING. Returns the new pid.
+    fn kill_and_recover(&mut self, p: i32) -> i32 {
+        let a = self.exited(Daemon::GcsServer, p, ExitStatus::Signaled(9));
+        assert!(
+            a.iter().any(|a| matches!(a, Action::WaitForRedis { .. })),
+            "{a:?}"
+        );
+        assert_eq!(self.phase(), Phase::Recovering);
+        self.advance(Duration::from_millis(5));
+        let new = self.restart();
+        self.advance(Duration::from_millis(50));
+        let a = self.health(Health::Serving);
+        assert!(finish(&a).is_none(), "{a:?}");
+        assert_eq!(self.phase(), Phase::Running);
+        new
+    }
+}
+
+fn finish(actions: &[Action]) -> Option<&Outcome> {
+    actions.iter().find_map(|a| match a {
+        Action::Finish(o) => Some(o),
+        _ => None,
+    })
+}
+
+/// The exit code an outcome ends with (a requested stop exits 0).
+fn code(actions: &[Action]) -> Option<u8> {
+    finish(actions).map(|o| match o {
+        Outcome::Stop(_) => 0,
+        Outcome::Fail(e) => e.code(),
+    })
+}
+
+#[test]
+fn recovery_succeeds_on_the_third_attempt() {
+    let mut h = H::at(At::Running, &[]);
+    h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    for attempt in 1..=2 {
+        let p = h.restart();
+        let a = h.exited(Daemon::GcsServer, p, ExitStatus::Exited(1));
+        assert!(a.is_empty(), "attempt {attempt}: {a:?}");
+        let (t, a) = h.fire();
+        assert_eq!(t, Timer::Backoff);
+        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+    }
+    let third = h.restart();
+    let a = h.health(Health::Serving);
+    assert!(finish(&a).is_none());
+    assert_eq!(h.phase(), Phase::Running);
+    let snap = h.state.get();
+    let gcs = snap.gcs.unwrap();
+    assert_eq!(gcs.restarts, 3);
+    assert_eq!(gcs.consecutive_failures, 2);
+    assert_eq!(snap.daemons["gcs_server"].pid, Some(third));
+    assert_eq!(snap.daemons["gcs_server"].state, ChildStatus::Running);
+    // Once it has served for gcs.stable-after, the count is reset.
+    let (t, a) = h.fire();
+    assert_eq!(t, Timer::Stable);
+    assert!(a.is_empty());
+    assert_eq!(h.state.get().gcs.unwrap().consecutive_failures, 0);
+}
+
+#[test]
+fn the_deadline_ends_a_recovery_with_80() {
+    let mut h = H::at(
+        At::Gate,
+        &["ray.reconnect-timeout=30s", "gcs.deadline-margin=5s"],
+    );
+    let (at, t) = h.m.timer().unwrap();
+    assert_eq!(t, Timer::Deadline);
+    let lost = h.now;
+    assert_eq!(at - lost, Duration::from_secs(25));
+    let (_, a) = h.fire();
+    assert_eq!(code(&a), Some(80), "{a:?}");
+    let Some(Outcome::Fail(e)) = finish(&a) else {
+        panic!()
+    };
+    assert!(e.reason().contains("not SERVING again"), "{e}");
+    // Done: nothing more is decided.
+    assert!(h.health(Health::Serving).is_empty());
+    assert!(h.m.is_done());
+}
+
+#[test]
+fn a_restarted_gcs_that_never_serves_is_killed_by_the_deadline() {
+    let mut h = H::at(At::Restarting, &[]);
+    let (t, a) = h.fire();
+    assert_eq!(t, Timer::Deadline);
+    let Some(Outcome::Fail(e)) = finish(&a) else {
+        panic!("{a:?}")
+    };
+    assert_eq!(e.code(), 80);
+    assert!(e.reason().contains("did not answer SERVING"), "{e}");
+}
+
+#[test]
+fn five_consecutive_failed_restarts_exit_82() {
+    let mut h = H::at(At::Running, &["ray.reconnect-timeout=10m"]);
+    h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    let mut pauses = Vec::new();
+    for n in 1..=5 {
+        let p = h.restart();
+        let a = h.exited(Daemon::GcsServer, p, ExitStatus::Exited(3));
+        if n < 5 {
+            assert!(a.is_empty(), "failure {n}: {a:?}");
+            let before = h.now;
+            let (t, _) = h.fire();
+            assert_eq!(t, Timer::Backoff);
+            pauses.push(h.now - before);
+        } else {
+            assert_eq!(code(&a), Some(82), "{a:?}");
+            let Some(Outcome::Fail(e)) = finish(&a) else {
+                panic!()
+            };
+            assert!(e.reason().contains("5 consecutive failed"), "{e}");
+            assert!(e.reason().contains("exited with code 3"), "{e}");
+        }
+    }
+    // Doubling from a small start.
+    assert_eq!(
+        pauses,
+        [50, 100, 200, 400].map(Duration::from_millis).to_vec()
+    );
+}
+
+#[test]
+fn back_off_never_passes_the_deadline() {
+    let mut h = H::at(
+        At::Running,
+        &[
+            "ray.reconnect-timeout=2s",
+            "gcs.deadline-margin=1s",
+            "gcs.max-restarts=100",
+        ],
+    );
+    h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    let deadline = h.now + Duration::from_secs(1);
+    loop {
+        let p = h.restart();
+        h.exited(Daemon::GcsServer, p, ExitStatus::Exited(3));
+        let (t, a) = h.fire();
+        assert!(h.now <= deadline, "a timer past the deadline");
+        if t == Timer::Deadline {
+            assert_eq!(code(&a), Some(80));
+            break;
+        }
+    }
+}
+
+#[test]
+fn fifty_successful_recoveries_never_end_the_head() {
+    let mut h = H::at(At::Running, &[]);
+    let mut gcs = GCS;
+    for _ in 0..50 {
+        gcs = h.kill_and_recover(gcs);
+        // Serves past gcs.stable-after, then is killed again.
+        let (t, _) = h.fire();
+        assert_eq!(t, Timer::Stable);
+        h.advance(Duration::from_millis(500));
+    }
+    let snap = h.state.get();
+    assert_eq!(snap.gcs.as_ref().unwrap().restarts, 50);
+    assert_eq!(snap.gcs.as_ref().unwrap().consecutive_failures, 0);
+    assert_eq!(snap.recoveries.len(), 50);
+    assert!(!h.m.is_done());
+}
+
+#[test]
+fn losses_soon_after_a_restart_are_failures() {
+    let mut h = H::at(At::Running, &["gcs.stable-after=2s"]);
+    let mut gcs = GCS;
+    gcs = h.kill_and_recover(gcs);
+    for n in 1..=4 {
+        // Lost again 1 s after SERVING: a failed restart, counted.
+        h.advance(Duration::from_secs(1));
+        let a = h.exited(Daemon::GcsServer, gcs, ExitStatus::Signaled(6));
+        assert!(finish(&a).is_none(), "{a:?}");
+        assert_eq!(h.state.get().gcs.unwrap().consecutive_failures, n);
+        // It backs off first.
+        let (t, _) = h.fire();
+        assert_eq!(t, Timer::Backoff);
+        gcs = h.restart();
+        h.health(Health::Serving);
+    }
+    h.advance(Duration::from_secs(1));
+    let a = h.exited(Daemon::GcsServer, gcs, ExitStatus::Signaled(6));
+    assert_eq!(code(&a), Some(82), "{a:?}");
+}
+
+#[test]
+fn a_raylet_death_ends_the_head_in_every_stage_within_one_event() {
+    for at in EVERY_STAGE {
+        let mut h = H::at(at, &[]);
+        let a = h.exited(Daemon::Raylet, RAYLET, ExitStatus::Signaled(9));
+        match at {
+            // Nothing adopted yet: rayhead does not reap a raylet there.
+            At::StartGate | At::Launching | At::Adopting => {}
+            _ => {
+                assert_eq!(code(&a), Some(83), "{at:?}: {a:?}");
+                let Some(Outcome::Fail(e)) = finish(&a) else {
+                    panic!()
+                };
+                assert!(
+                    e.reason().contains("raylet (pid 11) was killed by SIGKILL"),
+                    "{e}"
+                );
+                assert!(h.m.is_done());
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_in_every_stage() {
+    for at in EVERY_STAGE {
+        for sig in [Signal::SIGTERM, Signal::SIGINT] {
+            let mut h = H::at(at, &[]);
+            let a = h.ev(Event::Signal(sig));
+            assert_eq!(finish(&a), Some(&Outcome::Stop(sig)), "{at:?}");
+            assert_eq!(code(&a), Some(0));
+        }
+        // Other signals are not a stop.
+        let mut h = H::at(at, &[]);
+        assert!(h.ev(Event::Signal(Signal::SIGHUP)).is_empty());
+    }
+}
+
+#[test]
+fn other_daemons_follow_on_daemon_exit() {
+    let mut h = H::at(At::Running, &[]);
+    let a = h.exited(Daemon::Dashboard, DASHBOARD, ExitStatus::Exited(1));
+    assert_eq!(code(&a), Some(84), "{a:?}");
+    // At the restart gate, too, "ignore" ignores it.
+    let mut h = H::at(At::Gate, &["ray.on-daemon-exit=ignore"]);
+    let a = h.exited(Daemon::Dashboard, DASHBOARD, ExitStatus::Exited(1));
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(
+        h.state.get().daemons["dashboard"].state,
+        ChildStatus::Exited
+    );
+}
+
+#[test]
+fn the_old_gcs_is_reaped_before_a_new_one_starts() {
+    let mut h = H::at(At::Reaping, &[]);
+    // Nothing starts until the old one is reaped, whatever else happens.
+    assert!(h.ev(Event::RedisReady).is_empty());
+    assert!(h.ev(Event::Tick).is_empty());
+    // A stale exit of another pid is not it.
+    assert!(h
+        .exited(Daemon::GcsServer, 999, ExitStatus::Exited(0))
+        .is_empty());
+    let a = h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+}
+
+#[test]
+fn observations_of_a_lost_generation_do_not_count() {
+    let mut h = H::at(At::Restarting, &[]);
+    let stale = Observation {
+        generation: h.generation - 1,
+        health: Health::Serving,
+        via: "watch",
+        at: h.now,
+        latency: None,
+    };
+    assert!(h.ev(Event::Health(stale)).is_empty());
+    assert_eq!(h.phase(), Phase::Recovering);
+}
+
+#[test]
+fn unhealthy_after_declares_a_silent_gcs_lost() {
+    let mut h = H::at(At::Running, &["gcs.unhealthy-after=10s"]);
+    h.health(Health::Failed("check timed out".into()));
+    let (t, a) = h.fire();
+    assert_eq!(t, Timer::Unhealthy);
+    assert!(a.contains(&Action::Kill(pid(GCS))), "{a:?}");
+    assert!(h
+        .state
+        .get()
+        .gcs
+        .unwrap()
+        .last_loss_reason
+        .unwrap()
+        .contains("no SERVING answer"));
+    // A refused port counts only once the GCS has served.
+    let mut h = H::at(At::Watching, &[]);
+    assert!(h.health(Health::Refused).is_empty());
+    let mut h = H::at(At::Running, &[]);
+    assert!(h.health(Health::Refused).contains(&Action::Kill(pid(GCS))));
+}
+
+#[test]
+fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
+    let mut h = H::new(false, &[]);
+    h.m.start(h.now);
+    h.ev(Event::RayStartExited(ExitStatus::Exited(0)));
+    h.ev(Event::Found(vec![
+        (Daemon::GcsServer, pid(GCS)),
+        (Daemon::Raylet, pid(RAYLET)),
+    ]));
+    let a = h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    assert_eq!(code(&a), Some(81), "{a:?}");
+
+    let mut h = H::new(true, &["ray.mode=block"]);
+    h.m.start(h.now);
+    h.ev(Event::RedisReady);
+    h.health(Health::Serving);
+    assert_eq!(h.phase(), Phase::Running);
+    let a = h.health(Health::NotServing);
+    assert!(a.contains(&Action::KillBlockGcs), "{a:?}");
+    assert_eq!(code(&a), Some(88));
+    // ray start --block's own exit passes its code on.
+    let mut h = H::new(true, &["ray.mode=block"]);
+    h.m.start(h.now);
+    h.ev(Event::RedisReady);
+    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
+    assert_eq!(code(&a), Some(1));
+}
+
+#[test]
+fn start_failures_have_their_codes() {
+    let mut h = H::at(At::StartGate, &[]);
+    let a = h.ev(Event::RedisFailed(PingError::Auth("WRONGPASS".into())));
+    assert_eq!(code(&a), Some(87));
+    let mut h = H::at(At::StartGate, &[]);
+    let a = h.ev(Event::RedisFailed(PingError::Refused));
+    assert_eq!(code(&a), Some(86));
+    let mut h = H::at(At::Launching, &[]);
+    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
+    assert_eq!(code(&a), Some(85));
+    // ray start exits 0 but leaves no raylet: looked for again, then 85.
+    let mut h = H::at(At::Adopting, &[]);
+    let only_gcs = || Event::Found(vec![(Daemon::GcsServer, pid(GCS))]);
+    assert!(h.ev(only_gcs()).is_empty());
+    let mut scans = 1;
+    loop {
+        let (t, a) = h.fire();
+        assert_eq!(t, Timer::Rescan);
+        assert_eq!(a, vec![Action::Scan]);
+        scans += 1;
+        let a = h.ev(only_gcs());
+        if let Some(c) = code(&a) {
+            assert_eq!(c, 85);
+            let Some(Outcome::Fail(e)) = finish(&a) else {
+                panic!()
+            };
+            assert!(e.reason().contains("no raylet"), "{e}");
+            break;
+        }
+    }
+    assert!(scans > 10, "only {scans} scans in 2 s");
+    // A gcs_server whose command was never captured cannot be restarted.
+    let mut h = H::at(At::Gate, &[]);
+    h.ev(Event::RedisReady);
+    let a = h.ev(Event::GcsStarted(Err(StartError {
+        message: "gcs_server's command was never captured".into(),
+        retry: false,
+    })));
+    assert_eq!(code(&a), Some(80));
+}
+
+#[test]
+fn huge_durations_do_not_panic() {
+    let mut h = H::at(
+        At::Running,
+        &[
+            "ray.reconnect-timeout=584542046090years",
+            "gcs.unhealthy-after=584542046090years",
+            "gcs.stable-after=584542046090years",
+            "redis.startup-timeout=584542046090years",
+        ],
+    );
+    assert!(h.m.timer().is_some());
+    h.kill_and_recover(GCS);
+    assert!(h.m.timer().is_some());
+}
