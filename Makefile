@@ -1,8 +1,10 @@
 # The two commands of the README:
 #   make dev    set up, then run the local dev runner
 #   make test   set up, then run every test (what .ci/run calls)
+# And, by hand:
+#   make mutants  mutation testing of the pure modules with their unit tests
 
-.PHONY: setup dev test
+.PHONY: setup dev test mutants
 
 setup:
 	scripts/setup.sh
@@ -12,3 +14,13 @@ dev: setup
 
 test: setup
 	cargo test --no-fail-fast
+
+# The pure modules, each against its unit tests (--lib): a mutant that
+# survives is behaviour no test pins down. Not part of `make test`.
+MUTANT_FILES = src/config/*.rs src/redact.rs src/exit.rs src/probe/routes.rs \
+	src/redis/address.rs src/ray/command.rs src/init/proctree.rs \
+	src/ray/supervisor/machine.rs src/backoff.rs src/time.rs
+
+mutants:
+	command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
+	cargo mutants --no-shuffle $(addprefix --file ,$(MUTANT_FILES)) -- --lib

@@ -517,3 +517,70 @@ fn leftover_processes_are_stopped_after_the_child_exits() {
         out.dump()
     );
 }
+
+/// A plain command gets the probe server too: `/livez`, `/readyz` (ready
+/// while it runs) and `/status`, over HTTP and through `rayhead probe`.
+#[test]
+fn a_plain_command_serves_the_probes() {
+    let dir = Dir::new("plain-probes");
+    let port = crate::ray_util::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut run = run_sh(
+        &dir,
+        &[],
+        "touch \"$D/ready\"; while [ ! -e \"$D/quit\" ]; do sleep 0.05; done",
+    )
+    .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
+    .pid1()
+    .spawn();
+    run.wait_for_file("ready", READY);
+    let query = |path: &str| rayhead::probe::client::query(&url, path);
+    crate::ray_util::eventually(QUICK, "/readyz 200", || query("/readyz").0.then_some(()));
+    assert_eq!(query("/livez"), (true, "ok\n".to_string()));
+    let (ok, text) = query("/status");
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["supervising"], "command", "{v:#}");
+    assert_eq!(v["phase"], "running", "{v:#}");
+    assert_eq!(v["daemons"]["command"]["state"], "running", "{v:#}");
+    assert!(v["gcs"].is_null(), "{v:#}");
+    let out = dir
+        .rayhead()
+        .args(["probe", "live", "--url", &url])
+        .spawn_named("probe-")
+        .wait(QUICK);
+    out.assert_code(0);
+    // A stop under way is not ready; the run then ends as the command did.
+    dir.write("quit", "");
+    let out = run.wait(QUICK);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("probe server listening"),
+        "{}",
+        out.dump()
+    );
+    let (ok, text) = query("/livez");
+    assert!(
+        !ok && text.contains("refused"),
+        "the server outlived rayhead: {text}"
+    );
+}
+
+/// The probe port is rayhead's: a taken one is a configuration error that
+/// names the key, and the command never starts.
+#[test]
+fn a_taken_probe_port_is_a_config_error() {
+    let dir = Dir::new("probe-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = run_sh(&dir, &[], "touch \"$D/ran\"")
+        .env("RAYHEAD_PROBE_LISTEN", addr.to_string())
+        .run(QUICK);
+    out.assert_code(64);
+    assert!(
+        out.termination_log.contains("probe.listen"),
+        "{}",
+        out.dump()
+    );
+    assert!(!dir.join("ran").exists(), "the command ran");
+}

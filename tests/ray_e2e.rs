@@ -362,3 +362,94 @@ fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
     assert_all_dead("the head's Ray processes", &daemons);
     assert!(out.termination_log.contains("block mode"), "{}", out.dump());
 }
+
+/// Redis is down, so rayhead waits at the restart gate after a GCS kill;
+/// the head raylet dies there. Every wait hears every event: exit 83 at
+/// once, not 80 when the window runs out.
+#[test]
+fn e2e_raylet_killed_at_the_restart_gate_exits_83_at_once() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-gate-raylet");
+    let cleanup = KillByMarker(dir.path().display().to_string());
+    let mut redis = RedisServer::start(&dir);
+    let head = start_head(
+        &dir,
+        Some(&redis),
+        &[("RAY_gcs_rpc_server_reconnect_timeout_s", "30")],
+        "direct",
+    );
+    let daemons = head_processes(&head);
+    redis.stop();
+    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "rayhead at the restart gate",
+        || {
+            let log = dir.read("stderr");
+            (log.contains("Redis is not answering yet") && log.contains("restart gate"))
+                .then_some(())
+        },
+    );
+    let t = Instant::now();
+    kill(raylet_pid(&head), Signal::SIGKILL).unwrap();
+    let decided = decision_after(&dir, t);
+    let out = head.run.wait(Duration::from_secs(60));
+    out.assert_code(83).assert_no_secret(&redis.password);
+    assert!(
+        decided < Duration::from_secs(3),
+        "decided {decided:?} after the raylet's death\n{}",
+        out.dump()
+    );
+    assert!(out.termination_log.contains("raylet"), "{}", out.dump());
+    assert_all_dead("the head's Ray processes", &daemons);
+    assert!(
+        cleanup.pids().is_empty(),
+        "Ray processes left: {:?}",
+        cleanup.pids()
+    );
+}
+
+/// Ten SIGKILLs of gcs_server, 3 s apart: each is recovered in place, the
+/// crash-loop guard (which counts failed restarts, not recoveries) never
+/// fires, and the detached counter on the worker keeps counting.
+#[test]
+fn e2e_ten_gcs_kills_three_seconds_apart_all_recover() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-ten-kills");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = RedisServer::start(&dir);
+    let head = start_head(&dir, Some(&redis), &[], "direct");
+    let _worker = start_worker(&dir, &head);
+    let addr = format!("127.0.0.1:{}", head.ports.gcs);
+    python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    let (v, nodes) = increment(&head);
+    assert_eq!(v, 1);
+    let raylet = raylet_pid(&head);
+    for n in 1..=10 {
+        let started = Instant::now();
+        kill_gcs_and_wait(&dir, &head, Signal::SIGKILL, n, Duration::from_secs(30));
+        if n == 5 {
+            assert_eq!(increment(&head).0, 2, "after 5 kills");
+        }
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    }
+    let (v, after) = increment(&head);
+    assert_eq!(v, 3, "after 10 kills");
+    assert_eq!(after, nodes, "a node was lost or replaced");
+    assert_eq!(raylet_pid(&head), raylet, "the head raylet was restarted");
+    let (ok, status) = head.probe("/status");
+    assert!(ok, "{status}");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["phase"], "running", "{v:#}");
+    assert_eq!(v["gcs"]["restarts"], 10, "{v:#}");
+    assert_eq!(v["gcs"]["consecutive_failures"], 0, "{v:#}");
+    let log = dir.read("stderr");
+    assert_eq!(count_lines(&log, "gcs_recovered"), 10, "{log}");
+    assert!(!log.contains("crash loop"), "{log}");
+    assert!(!log.contains(&redis.password), "the password leaked");
+    head.run.signal(Signal::SIGTERM);
+    head.run
+        .wait(Duration::from_secs(60))
+        .assert_code(0)
+        .assert_no_secret(&redis.password);
+}
