@@ -18,9 +18,8 @@ test: setup
 # The pure modules, each against its unit tests (--lib): a mutant that
 # survives is behaviour no test pins down. Not part of `make test`.
 MUTANT_FILES = src/config/*.rs src/redact.rs src/exit.rs src/probe/routes.rs \
-	src/redis/address.rs src/ray/command.rs src/init/proctree.rs \
-	src/ray/supervisor/machine.rs src/backoff.rs src/time.rs
+	src/redis/address.rs src/ray/command.rs src/init/proctree.rs
 
 mutants:
 	command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
-	cargo mutants --no-shuffle $(addprefix --file ,$(MUTANT_FILES)) -- --lib
+	cargo mutants --no-shuffle --profile mutants -j 2 $(addprefix --file ,$(MUTANT_FILES)) -- --lib

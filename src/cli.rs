@@ -163,11 +163,11 @@ pub fn main() -> u8 {
     match &cli.command {
         Command::Config(ConfigCommand::Check(args)) => match cli.load(args) {
             Ok(cfg) => {
-                print!("{}", cfg.render());
+                crate::logging::out(&cfg.render());
                 0
             }
             Err(e) => {
-                eprint!("rayhead: {e}");
+                crate::logging::err(&format!("rayhead: {e}"));
                 exit::CONFIG
             }
         },
@@ -191,9 +191,12 @@ pub fn main() -> u8 {
                 }
             }
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+                crate::logging::out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&f).unwrap_or_default()
+                ));
             } else {
-                print!("{}", f.render());
+                crate::logging::out(&f.render());
             }
             f.exit_code()
         }),
@@ -201,35 +204,35 @@ pub fn main() -> u8 {
             let ns = match crate::redis::cleanup::check_namespace(cfg.redis.namespace.as_deref()) {
                 Ok(ns) => ns.to_string(),
                 Err(e) => {
-                    eprintln!("rayhead: redis-cleanup: {e}");
+                    crate::logging::err(&format!("rayhead: redis-cleanup: {e}\n"));
                     return exit::CONFIG;
                 }
             };
-            let deadline = tokio::time::Instant::now() + args.deadline;
+            let deadline = crate::time::after(tokio::time::Instant::now(), args.deadline);
             let result = crate::redis::cleanup::cleanup(&redis, &ns, args.dry_run, deadline, |k| {
-                println!("{k}")
+                crate::logging::out(&format!("{k}\n"))
             })
             .await;
             match result {
                 Ok(r) if args.dry_run => {
-                    eprintln!(
-                        "dry run: {} key(s) of namespace {ns:?} would be deleted from {}",
+                    crate::logging::err(&format!(
+                        "dry run: {} key(s) of namespace {ns:?} would be deleted from {}\n",
                         r.keys, redis.address
-                    );
+                    ));
                     0
                 }
                 Ok(r) => {
-                    eprintln!(
-                        "deleted {} key(s) of namespace {ns:?} from {}",
+                    crate::logging::err(&format!(
+                        "deleted {} key(s) of namespace {ns:?} from {}\n",
                         r.deleted, redis.address
-                    );
+                    ));
                     0
                 }
                 Err(e) => {
-                    eprintln!(
-                        "rayhead: redis-cleanup of namespace {ns:?} at {} failed: {e}",
+                    crate::logging::err(&format!(
+                        "rayhead: redis-cleanup of namespace {ns:?} at {} failed: {e}\n",
                         redis.address
-                    );
+                    ));
                     1
                 }
             }
@@ -247,7 +250,7 @@ where
     let cfg = match cli.load(args) {
         Ok(c) => c,
         Err(e) => {
-            eprint!("rayhead: {e}");
+            crate::logging::err(&format!("rayhead: {e}"));
             return exit::CONFIG;
         }
     };
@@ -255,11 +258,13 @@ where
     let redis = match crate::redis::Redis::from_config(&cfg.redis) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            eprintln!("rayhead: redis.address is unset: set RAY_REDIS_ADDRESS");
+            crate::logging::err(&format!(
+                "rayhead: redis.address is unset: set RAY_REDIS_ADDRESS\n"
+            ));
             return exit::CONFIG;
         }
         Err(e) => {
-            eprintln!("rayhead: {e}");
+            crate::logging::err(&format!("rayhead: {e}\n"));
             return exit::CONFIG;
         }
     };
@@ -269,30 +274,37 @@ where
     {
         Ok(rt) => rt.block_on(f(redis, cfg)),
         Err(e) => {
-            eprintln!("rayhead: cannot start the async runtime: {e}");
+            crate::logging::err(&format!("rayhead: cannot start the async runtime: {e}\n"));
             exit::INTERNAL
         }
     }
 }
 
+/// `--url` asks that server; otherwise the Unix socket (`probe.socket`),
+/// which no network flood can crowd out, when it answers, else
+/// `probe.listen`.
 fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
-    let base = match &args.url {
-        Some(u) => u.clone(),
+    use crate::probe::client;
+    let path = args.what.path();
+    let (ok, text) = match &args.url {
+        Some(u) => client::query(u, path),
         None => match cli.load(&args.config) {
-            Ok(cfg) => crate::probe::client::base_url(cfg.probe.listen),
+            Ok(cfg) => match &cfg.probe.socket {
+                Some(sock) if client::socket_answers(sock) => client::query_socket(sock, path),
+                _ => client::query(&client::base_url(cfg.probe.listen), path),
+            },
             Err(e) => {
-                eprint!("rayhead: {e}");
+                crate::logging::err(&format!("rayhead: {e}"));
                 return exit::CONFIG;
             }
         },
     };
-    let (ok, text) = crate::probe::client::query(&base, args.what.path());
     let text = text.trim_end();
     if ok {
-        println!("{text}");
+        crate::logging::out(&format!("{text}\n"));
         0
     } else {
-        eprintln!("{text}");
+        crate::logging::err(&format!("{text}\n"));
         1
     }
 }
@@ -302,11 +314,12 @@ fn run(cli: &Cli, args: &RunArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             let exit = Exit::Config(e.to_string().trim_end().to_string());
-            eprintln!("rayhead: {exit}");
+            crate::logging::err(&format!("rayhead: {exit}\n"));
             return exit.code();
         }
     };
     crate::logging::init(&cfg.log.level, cfg.log.format);
+    install_panic_hook(cfg.init.termination_log.clone());
     crate::init::spawn::close_inherited_fds();
     let exit = match what_to_run(&cfg, &args.command) {
         Err(exit) => exit,
@@ -325,6 +338,8 @@ fn run(cli: &Cli, args: &RunArgs) -> u8 {
 /// Serves the probes on `probe.listen` from the state that whichever
 /// supervisor runs keeps, for as long as it runs.
 async fn supervise(cfg: &Config, job: Job) -> Exit {
+    #[cfg(debug_assertions)]
+    debug_panic_trigger();
     let state = match &job {
         Job::Command(_) => State::new(Snapshot::command()),
         Job::Ray(plan) => plan.initial_state(),
@@ -336,19 +351,47 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
         Err(e) => return Exit::Config(format!("probe.listen {}: {e}", cfg.probe.listen)),
     };
     tracing::info!(listen = %cfg.probe.listen, "probe server listening");
+    let mut listeners = vec![crate::probe::Listener::Tcp(listener)];
+    // The exec probe's socket is a second way in, not a requirement: on a
+    // read-only /tmp the TCP server still serves, and `rayhead probe` falls
+    // back to it.
+    let mut socket = None;
+    if let Some(path) = cfg.probe.socket.as_deref() {
+        match crate::probe::bind_socket(path).await {
+            Ok(l) => {
+                tracing::info!(socket = %path.display(), "probe socket listening");
+                listeners.push(crate::probe::Listener::Unix(l));
+                socket = Some(path);
+            }
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
+            }
+        }
+    }
     let stop_probes = CancellationToken::new();
-    let server = tokio::spawn(crate::probe::serve(
-        listener,
-        state.subscribe(),
-        cfg.probe.stall_after,
-        stop_probes.clone(),
-    ));
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(crate::probe::serve(
+                l,
+                state.subscribe(),
+                cfg.probe.stall_after,
+                stop_probes.clone(),
+            ))
+        })
+        .collect();
     let exit = match job {
         Job::Command(argv) => crate::init::run(&cfg.init, &argv, &state).await,
         Job::Ray(plan) => crate::ray::run(cfg, *plan, state).await,
     };
     stop_probes.cancel();
-    let _ = server.await;
+    for s in servers {
+        let _ = s.await;
+    }
+    // Ours only: a socket another rayhead serves is left alone.
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     exit
 }
 
@@ -380,12 +423,9 @@ fn what_to_run(cfg: &Config, command: &[String]) -> Result<Job, Exit> {
 }
 
 /// Reports the exit: a log line on stderr, and the termination message.
+/// The termination message first (a file: it cannot block on a reader),
+/// then the log line, then a bounded wait for stderr to take it.
 fn finish(cfg: &Config, exit: &Exit) {
-    if exit.code() == 0 {
-        tracing::info!(code = exit.code(), reason = %exit, "rayhead exiting");
-    } else {
-        tracing::warn!(code = exit.code(), reason = %exit, "rayhead exiting");
-    }
     if let Some(path) = &cfg.init.termination_log {
         if let Err(e) = exit::write_termination_message(path, &exit.reason()) {
             let is_default = path.as_os_str() == exit::DEFAULT_TERMINATION_LOG;
@@ -395,5 +435,60 @@ fn finish(cfg: &Config, exit: &Exit) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
             }
         }
+    }
+    if exit.code() == 0 {
+        tracing::info!(code = exit.code(), reason = %exit, "rayhead exiting");
+    } else {
+        tracing::warn!(code = exit.code(), reason = %exit, "rayhead exiting");
+    }
+    crate::logging::last_words(
+        &format!("rayhead: exiting {}: {exit}", exit.code()),
+        LAST_WORDS,
+    );
+}
+
+/// How long the exit waits for stderr to take the last lines.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The last line of defence: a panic (a bug) must never leave Ray
+/// processes orphaned, least of all in subreaper mode, where they would
+/// outlive rayhead. The hook writes the reason to the termination log,
+/// SIGKILLs every descendant, and exits 70 (release builds abort on panic;
+/// the hook runs first).
+fn install_panic_hook(termination_log: Option<std::path::PathBuf>) {
+    std::panic::set_hook(Box::new(move |info| {
+        let reason = format!(
+            "rayhead itself failed (a bug): {}; its process tree was SIGKILLed",
+            crate::redact::line(&info.to_string().replace('\n', " "))
+        );
+        if let Some(p) = &termination_log {
+            let _ = exit::write_termination_message(p, &reason);
+        }
+        for _ in 0..3 {
+            let procs = crate::init::proctree::live_descendants_of_self();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                let _ = nix::sys::signal::kill(p.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        crate::logging::last_words(&format!("rayhead: {reason}"), LAST_WORDS);
+        std::process::exit(i32::from(exit::INTERNAL));
+    }));
+}
+
+/// Debug builds only: `RAYHEAD_DEBUG_PANIC_AFTER=1s` panics on purpose, so
+/// that the tests can prove the panic hook. Release builds have no trigger.
+#[cfg(debug_assertions)]
+fn debug_panic_trigger() {
+    let after = std::env::var("RAYHEAD_DEBUG_PANIC_AFTER")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok());
+    if let Some(after) = after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            panic!("RAYHEAD_DEBUG_PANIC_AFTER: a panic on purpose");
+        });
     }
 }

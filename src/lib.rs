@@ -11,6 +11,8 @@ pub mod exit;
 pub mod init;
 pub mod logging;
 pub mod probe;
+#[cfg(test)]
+mod proptests;
 pub mod ray;
 pub mod redact;
 pub mod redis;

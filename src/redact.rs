@@ -14,8 +14,13 @@ fn is_secret_option(name: &str) -> bool {
     SECRET_WORDS.iter().any(|w| lower.contains(w))
 }
 
-/// The argv with every secret value replaced: `--x-password=V`, `--x-password V`,
-/// and the password of any `scheme://user:pass@host` URL.
+/// Characters that may wrap a word in a shell trace or a log:
+/// `'--redis-password=x'`, `"REDIS_PASSWORD=x"`.
+const WRAPPERS: &[char] = &['\'', '"', '`', '(', '[', '{'];
+
+/// The argv with every secret value replaced: `--x-password=V`,
+/// `--x-password V`, `X_PASSWORD=V` (an environment assignment), each also
+/// when quoted, and the password of any `scheme://user:pass@host` URL.
 pub fn argv<S: AsRef<str>>(args: &[S]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut hide_next = false;
@@ -26,15 +31,15 @@ pub fn argv<S: AsRef<str>>(args: &[S]) -> Vec<String> {
             hide_next = false;
             continue;
         }
-        if let Some(opt) = a.strip_prefix('-') {
-            if let Some((name, _)) = opt.split_once('=') {
-                if is_secret_option(name) {
-                    out.push(format!("-{name}={REDACTED}"));
-                    continue;
-                }
-            } else if is_secret_option(opt) {
-                hide_next = true;
+        let bare = a.trim_start_matches(WRAPPERS);
+        let prefix = &a[..a.len() - bare.len()];
+        if let Some((name, _)) = bare.split_once('=') {
+            if is_secret_option(name) {
+                out.push(format!("{prefix}{name}={REDACTED}"));
+                continue;
             }
+        } else if bare.starts_with('-') && is_secret_option(bare) {
+            hide_next = true;
         }
         out.push(url(a));
     }
@@ -111,6 +116,21 @@ mod tests {
         assert_eq!(
             line("at rediss://hunter2@h:1"),
             "at rediss://<redacted>@h:1"
+        );
+        // Quoted whole, as `set -x` prints it; and environment assignments.
+        assert_eq!(
+            line("+ ray start '--redis-password=hunter2'"),
+            "+ ray start '--redis-password=<redacted>"
+        );
+        assert_eq!(
+            line("env REDIS_PASSWORD=hunter2 \"RAY_TOKEN=abc\" x"),
+            "env REDIS_PASSWORD=<redacted> \"RAY_TOKEN=<redacted> x"
+        );
+        assert_eq!(line("'--token' 'abc' ok"), "'--token' <redacted> ok");
+        // A non-secret assignment or option is left alone.
+        assert_eq!(
+            line("port=6379 --port=1 password"),
+            "port=6379 --port=1 password"
         );
     }
 

@@ -76,12 +76,16 @@ impl Dir {
             .env("RAYHEAD_LOG", "debug")
             // Never the default 8099: tests run side by side.
             .env("RAYHEAD_PROBE_LISTEN", "127.0.0.1:0")
+            // Never the default /tmp/rayhead-probe.sock, for the same reason.
+            .env("RAYHEAD_PROBE_SOCKET", self.join("probe.sock"))
             .env("RAYHEAD_INIT_TERMINATION_LOG", self.join("termination-log"));
         TestCommand {
             cmd,
             pid1: false,
             dir: self.path().to_path_buf(),
             stdin: None,
+            stdout: None,
+            stderr: None,
             hooks: Vec::new(),
         }
     }
@@ -95,10 +99,25 @@ pub struct TestCommand {
     pid1: bool,
     dir: PathBuf,
     stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    stderr: Option<Stdio>,
     hooks: Vec<Hook>,
 }
 
 impl TestCommand {
+    /// rayhead's stdout, instead of the `stdout` file (a pipe to close or
+    /// to leave unread).
+    pub fn stdout(mut self, s: Stdio) -> Self {
+        self.stdout = Some(s);
+        self
+    }
+
+    /// rayhead's stderr, instead of the `stderr` file.
+    pub fn stderr(mut self, s: Stdio) -> Self {
+        self.stderr = Some(s);
+        self
+    }
+
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -161,6 +180,8 @@ impl TestCommand {
             pid1,
             dir,
             stdin,
+            stdout,
+            stderr,
             hooks,
         } = self;
         let mut cmd = if pid1 {
@@ -179,8 +200,13 @@ impl TestCommand {
         } else {
             cmd
         };
-        cmd.stdout(fs::File::create(dir.join(format!("{name}stdout"))).expect("stdout file"))
-            .stderr(fs::File::create(dir.join(format!("{name}stderr"))).expect("stderr file"))
+        let file = |n: &str| -> Stdio {
+            fs::File::create(dir.join(format!("{name}{n}")))
+                .expect("output file")
+                .into()
+        };
+        cmd.stdout(stdout.unwrap_or_else(|| file("stdout")))
+            .stderr(stderr.unwrap_or_else(|| file("stderr")))
             .stdin(stdin.unwrap_or(Stdio::null()))
             // Its own process group, so the guard can kill the whole run.
             .process_group(0);

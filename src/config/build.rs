@@ -171,11 +171,17 @@ pub(super) fn build(
             );
         }
     }
-    if redis.tls_client_cert.is_some() != redis.tls_client_key.is_some() {
-        problem(
+    // The problem names the key that is set: the user set that one.
+    match (&redis.tls_client_cert, &redis.tls_client_key) {
+        (Some(_), None) => problem(
             &REDIS_TLS_CLIENT_CERT,
-            "a client certificate and a client key go together (RAY_REDIS_CLIENT_CERT and RAY_REDIS_CLIENT_KEY)".into(),
-        );
+            "a client certificate needs its client key (redis.tls-client-key, RAY_REDIS_CLIENT_KEY)".into(),
+        ),
+        (None, Some(_)) => problem(
+            &REDIS_TLS_CLIENT_KEY,
+            "a client key needs its client certificate (redis.tls-client-cert, RAY_REDIS_CLIENT_CERT)".into(),
+        ),
+        _ => {}
     }
     if let Some(ns) = &redis.namespace {
         if ns.contains('@') {
@@ -191,6 +197,7 @@ pub(super) fn build(
             Some(Value::Listen(a)) => *a,
             _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
         },
+        socket: path(&PROBE_SOCKET),
         stall_after: v.duration(&PROBE_STALL_AFTER),
     };
 

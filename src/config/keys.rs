@@ -375,6 +375,14 @@ pub static PROBE_LISTEN: Key = Key {
     doc: "Where the HTTP probe server listens (/readyz, /livez, /status, /metrics).",
 };
 
+pub static PROBE_SOCKET: Key = Key {
+    name: "probe.socket",
+    kind: Kind::Text,
+    default: Some("/tmp/rayhead-probe.sock"),
+    aliases: &[],
+    doc: "A Unix socket serving the same routes, for `rayhead probe`: no network peer can reach it, so no flood can crowd the exec probe out. \"\" turns it off.",
+};
+
 pub static PROBE_STALL_AFTER: Key = Key {
     name: "probe.stall-after",
     kind: Kind::Duration,
@@ -419,6 +427,7 @@ pub static KEYS: &[&Key] = &[
     &REDIS_CONNECT_TIMEOUT,
     &REDIS_COMMAND_TIMEOUT,
     &PROBE_LISTEN,
+    &PROBE_SOCKET,
     &PROBE_STALL_AFTER,
 ];
 

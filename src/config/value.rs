@@ -85,7 +85,7 @@ pub fn parse_text(kind: Kind, unit: EnvUnit, text: &str) -> Result<Value, String
             let secs: u64 = text.trim().parse().map_err(|_| {
                 format!("{}: expected a whole number of seconds", shown(kind, text))
             })?;
-            Ok(Value::Duration(Duration::from_secs(secs)))
+            bounded(text, Duration::from_secs(secs))
         }
         (Kind::Duration, EnvUnit::Plain) => parse_duration(text),
         (Kind::Count { min, max }, _) => {
@@ -180,10 +180,24 @@ fn shown(kind: Kind, text: &str) -> String {
     }
 }
 
+/// The longest any duration key takes. Anything longer is a mistake (and
+/// "584542046090years" would overflow a deadline), so it is an error naming
+/// the key, never a silent cap.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn parse_duration(text: &str) -> Result<Value, String> {
-    humantime::parse_duration(text.trim())
-        .map(Value::Duration)
-        .map_err(|e| format!("{text:?}: {e}; expected {}", expected(Kind::Duration)))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?}: {e}; expected {}", expected(Kind::Duration)))?;
+    bounded(text, d)
+}
+
+fn bounded(text: &str, d: Duration) -> Result<Value, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{text:?}: longer than 7 days, the most any duration key takes"
+        ));
+    }
+    Ok(Value::Duration(d))
 }
 
 fn count(n: u64, min: u64, max: u64) -> Result<Value, String> {

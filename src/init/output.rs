@@ -7,8 +7,6 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use std::io::Write;
-
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
@@ -90,12 +88,13 @@ fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: Cance
             };
             let Ok(Some(line)) = line else { return };
             let line = crate::redact::line(&line);
-            let out = format!("{line}\n");
-            // One short line: a blocking write is fine.
-            let _ = match to {
-                To::Stdout => std::io::stdout().lock().write_all(out.as_bytes()),
-                To::Stderr => std::io::stderr().lock().write_all(out.as_bytes()),
-            };
+            let out = format!("{line}\n").into_bytes();
+            // Never a blocking write: a stuck log reader must not stall
+            // the supervisor (the line is dropped and counted instead).
+            match to {
+                To::Stdout => crate::logging::to_stdout(out),
+                To::Stderr => crate::logging::to_stderr(out),
+            }
             tail.push(line);
         }
     });

@@ -15,8 +15,13 @@ use crate::exit::Exit;
 
 /// A command ready to spawn through the reaper.
 pub fn command(argv: &[String]) -> Command {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    // An empty argv cannot reach here (clap and the start command's checks
+    // refuse it); were it to, "" fails to spawn with ENOENT, a clear 127.
+    let (program, args) = argv
+        .split_first()
+        .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
     prepare(&mut cmd);
     cmd
 }

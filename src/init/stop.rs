@@ -62,7 +62,7 @@ pub async fn stop_tree(
     cancel: &CancellationToken,
 ) -> StopReport {
     let start = Instant::now();
-    let kill_at = start + plan.grace;
+    let kill_at = crate::time::after(start, plan.grace);
     let mut report = StopReport::default();
     let mut idle = reaper.idle();
     let done = |r: &mut StopReport| {
@@ -152,7 +152,7 @@ async fn run_stop_command(
     tracing::info!(command = %line, pid = spawned.pid.as_raw(), "running the stop command");
     // The forwarders end at EOF, or when rayhead shuts down.
     output::forward_spawned(&mut spawned, &output::Tail::default(), tracker, cancel);
-    let until = (Instant::now() + plan.stop_command_timeout).min(kill_at);
+    let until = crate::time::after(Instant::now(), plan.stop_command_timeout).min(kill_at);
     loop {
         tokio::select! {
             status = &mut spawned.exit => {

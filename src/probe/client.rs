@@ -5,6 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,14 +29,32 @@ pub fn base_url(listen: SocketAddr) -> String {
 /// to print: the body, or why nothing answered.
 pub fn query(base: &str, path: &str) -> (bool, String) {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    match fetch(base, path) {
+    verdict(&url, fetch_tcp(base, path))
+}
+
+/// Queries `path` over the Unix socket `socket`.
+pub fn query_socket(socket: &Path, path: &str) -> (bool, String) {
+    let url = format!("unix:{}:{path}", socket.display());
+    let answer = UnixStream::connect(socket)
+        .map_err(|e| e.to_string())
+        .and_then(|s| exchange(s, "localhost", path));
+    verdict(&url, answer)
+}
+
+/// Whether something serves `socket` now.
+pub fn socket_answers(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+fn verdict(url: &str, answer: Result<(u16, String), String>) -> (bool, String) {
+    match answer {
         Ok((200, body)) => (true, body),
         Ok((code, body)) => (false, format!("{url} answered {code}\n{body}")),
         Err(e) => (false, format!("cannot query rayhead at {url}: {e}")),
     }
 }
 
-fn fetch(base: &str, path: &str) -> Result<(u16, String), String> {
+fn fetch_tcp(base: &str, path: &str) -> Result<(u16, String), String> {
     let hostport = base
         .strip_prefix("http://")
         .ok_or_else(|| format!("{base:?}: expected an http:// URL"))?
@@ -44,13 +64,37 @@ fn fetch(base: &str, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("{hostport:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{hostport:?}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let req =
-        format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: rayhead-probe\r\n\r\n");
+    exchange(s, hostport, path)
+}
+
+/// Timeouts a stream can take: TCP and Unix sockets alike.
+trait Timeouts: Read + Write {
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl Timeouts for TcpStream {
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Timeouts for UnixStream {
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+/// One HTTP/1.0 request and its answer.
+fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String), String> {
+    s.set_timeouts(IO_TIMEOUT).map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead-probe\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.take(MAX_RESPONSE)

@@ -5,14 +5,18 @@
 //! port 0), and answers from the supervisor's state snapshot without any
 //! I/O. A slow or garbage client is bounded: headers must arrive within
 //! [`HEADER_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`], a connection lives at
-//! most [`CONNECTION_LIFETIME`], and at most [`MAX_CONNECTIONS`] are served
-//! at once.
+//! most [`CONNECTION_LIFETIME`], at most [`MAX_CONNECTIONS`] are served at
+//! once, and at most [`MAX_PER_PEER`] per TCP peer. The same routes are
+//! served on a Unix socket for `rayhead probe`, which no flood can reach.
 
 pub mod client;
 pub mod routes;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
@@ -34,76 +38,186 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 128;
 
+/// Where the probes are served.
+pub enum Listener {
+    /// `probe.listen`: the kubelet's httpGet probes and Prometheus.
+    Tcp(TcpListener),
+    /// `probe.socket`: `rayhead probe`'s exec probes. No network peer can
+    /// reach it, so no flood can crowd them out.
+    Unix(UnixListener),
+}
+
+/// The most connections one TCP peer may hold at once: a flood from one pod
+/// can never take the slots that the kubelet and Prometheus need.
+pub const MAX_PER_PEER: usize = 8;
+
 /// Serves until `shutdown`, then lets open connections finish briefly.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     state: watch::Receiver<Snapshot>,
     stall_after: Duration,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = Peers::default();
     loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "probe server cannot accept");
-                    sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            a = accept(&listener, &peers) => a,
             _ = shutdown.cancelled() => break,
+        };
+        let (io, peer) = match accepted {
+            Ok(Some(a)) => a,
+            // One peer over its share: closed at once.
+            Ok(None) => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "probe server cannot accept");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Full: close at once rather than queue.
-            drop(stream);
+            drop(io);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let reply = {
-                    let snap = state.borrow();
-                    let target = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_string();
-                    routes::route(
-                        req.method().as_str(),
-                        &target,
-                        &snap,
-                        Instant::now(),
-                        stall_after,
-                    )
-                };
-                let head = req.method() == hyper::Method::HEAD;
-                async move { Ok::<_, Infallible>(respond(reply, head)) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = sleep(CONNECTION_LIFETIME) => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                }
+            match io {
+                Io::Tcp(s) => connection(s, state, stall_after, shutdown).await,
+                Io::Unix(s) => connection(s, state, stall_after, shutdown).await,
             }
             drop(permit);
+            drop(peer);
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Open connections per TCP peer address.
+#[derive(Clone, Default)]
+struct Peers(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One peer's hold on a connection; released when dropped.
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Peers {
+    fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// The next connection, or `None` when its TCP peer has its share already.
+async fn accept(
+    listener: &Listener,
+    peers: &Peers,
+) -> std::io::Result<Option<(Io, Option<PeerSlot>)>> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, addr) = l.accept().await?;
+            let Some(slot) = peers.take(addr.ip()) else {
+                return Ok(None);
+            };
+            let _ = s.set_nodelay(true);
+            Ok(Some((Io::Tcp(s), Some(slot))))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok(Some((Io::Unix(s), None)))
+        }
+    }
+}
+
+/// Serves one connection, bounded in time.
+async fn connection<S>(
+    stream: S,
+    state: watch::Receiver<Snapshot>,
+    stall_after: Duration,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let reply = {
+            let snap = state.borrow();
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            routes::route(
+                req.method().as_str(),
+                &target,
+                &snap,
+                Instant::now(),
+                stall_after,
+            )
+        };
+        let head = req.method() == hyper::Method::HEAD;
+        async move { Ok::<_, Infallible>(respond(reply, head)) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = sleep(CONNECTION_LIFETIME) => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+/// Binds `probe.socket`: a stale socket file (a rayhead that died) is
+/// replaced; one that answers belongs to another rayhead, and is an error.
+pub async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another rayhead serves it",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
 }
 
 fn respond(reply: routes::Reply, head: bool) -> Response<Full<Bytes>> {

@@ -314,6 +314,13 @@ fn metrics(snap: &Snapshot) -> Reply {
         "1 while the supervised process (command or Ray daemon) runs",
         daemons,
     );
+    let dropped: Counter = Counter::default();
+    dropped.inc_by(crate::logging::dropped_lines());
+    reg.register(
+        "log_lines_dropped",
+        "Log and output lines lost to a blocked or closed stdout or stderr",
+        dropped,
+    );
     reg.register(
         "build",
         "rayhead's version",

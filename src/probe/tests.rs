@@ -23,7 +23,12 @@ async fn start(redis: bool) -> Server {
         redis.then(|| "redis://redis:6379".to_string()),
     ));
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, state.subscribe(), STALL, stop.clone()));
+    let task = tokio::spawn(serve(
+        Listener::Tcp(listener),
+        state.subscribe(),
+        STALL,
+        stop.clone(),
+    ));
     Server {
         addr,
         state,
@@ -171,7 +176,12 @@ async fn a_plain_command_is_ready_while_it_runs() {
     let addr = listener.local_addr().unwrap();
     let state = State::new(Snapshot::command());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, state.subscribe(), STALL, stop.clone()));
+    let task = tokio::spawn(serve(
+        Listener::Tcp(listener),
+        state.subscribe(),
+        STALL,
+        stop.clone(),
+    ));
     let s = Server {
         addr,
         state,
