@@ -258,9 +258,7 @@ where
     let redis = match crate::redis::Redis::from_config(&cfg.redis) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            crate::logging::err(&format!(
-                "rayhead: redis.address is unset: set RAY_REDIS_ADDRESS\n"
-            ));
+            crate::logging::err("rayhead: redis.address is unset: set RAY_REDIS_ADDRESS\n");
             return exit::CONFIG;
         }
         Err(e) => {

@@ -93,7 +93,7 @@ proptest! {
     }
 
     #[test]
-    fn no_secret_survives_redaction(words in prop::collection::vec("[a-z=/:-]{0,12}", 0..6), pw in secret(), opt in "(redis[-_]password|passwd|token|secret|x-credential)", form in 0..6u8, quote in "['\"]?") {
+    fn no_secret_survives_redaction(words in prop::collection::vec("[a-z=/:-]{0,12}", 0..6), pw in secret(), opt in "(redis[-_]password|passwd|token|secret|x-credential)", form in 0..7u8, quote in "['\"]?") {
         let mut argv: Vec<String> = words.clone();
         match form {
             0 => argv.push(format!("{quote}--{opt}={pw}{quote}")),
@@ -101,6 +101,7 @@ proptest! {
             2 => argv.push(format!("{quote}redis://user:{pw}@h:1/0{quote}")),
             3 => argv.push(format!("rediss://{pw}@h:6379")),
             4 => argv.push(format!("{quote}{}={pw}{quote}", opt.to_uppercase().replace('-', "_"))),
+            5 => argv.push(format!("--worker_command=python w.py --{opt}={pw} -Dray.{opt}={pw} x")),
             _ => argv.push(format!("-{opt}={pw}")),
         }
         let line = argv.join(" ");

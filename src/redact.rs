@@ -33,13 +33,24 @@ pub fn argv<S: AsRef<str>>(args: &[S]) -> Vec<String> {
         }
         let bare = a.trim_start_matches(WRAPPERS);
         let prefix = &a[..a.len() - bare.len()];
-        if let Some((name, _)) = bare.split_once('=') {
+        if let Some((name, value)) = bare.split_once('=') {
             if is_secret_option(name) {
                 out.push(format!("{prefix}{name}={REDACTED}"));
                 continue;
             }
+            // A whole command as one argument: the raylet's
+            // `--python_worker_command=... --redis-password=x` and
+            // `--java_worker_command=... -Dray.redis.password=x`.
+            if value.contains(char::is_whitespace) {
+                out.push(format!("{prefix}{name}={}", line(value)));
+                continue;
+            }
         } else if bare.starts_with('-') && is_secret_option(bare) {
             hide_next = true;
+        }
+        if a.contains(char::is_whitespace) {
+            out.push(line(a));
+            continue;
         }
         out.push(url(a));
     }
@@ -54,7 +65,7 @@ pub fn command_line<S: AsRef<str>>(args: &[S]) -> String {
 /// A line of free text (a program's output) with secret options and URL
 /// passwords redacted, word by word. Quotes around a value do not save it.
 pub fn line(text: &str) -> String {
-    let words: Vec<&str> = text.split(' ').collect();
+    let words: Vec<&str> = text.split([' ', '\t', '\n']).collect();
     let lowered = text.to_ascii_lowercase();
     if !SECRET_WORDS.iter().any(|w| lowered.contains(w)) && !text.contains("://") {
         return text.to_string();
@@ -101,6 +112,26 @@ mod tests {
         assert!(!line.contains("hunter2") && !line.contains("abc"), "{line}");
         assert!(line.contains("--redis_password=<redacted>"));
         assert!(line.contains("--gcs_server_port=6379"));
+    }
+
+    /// The raylet's argv carries whole commands as single arguments, with
+    /// the password inside.
+    #[test]
+    fn redacts_commands_inside_arguments() {
+        let got = command_line(&[
+            "/x/raylet",
+            "--python_worker_command=/x/python3 w.py --redis-address=h:1 --redis-password=hunter2 --x=1",
+            "--java_worker_command=java -Dray.redis.password=hunter2 -Dray.node-ip=1",
+            "--node_manager_port=0",
+        ]);
+        assert!(!got.contains("hunter2"), "{got}");
+        assert!(got.contains("--redis-password=<redacted>"), "{got}");
+        assert!(got.contains("-Dray.redis.password=<redacted>"), "{got}");
+        assert!(
+            got.contains("--python_worker_command=/x/python3 w.py"),
+            "{got}"
+        );
+        assert!(got.contains("--node_manager_port=0"), "{got}");
     }
 
     #[test]

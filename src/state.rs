@@ -87,8 +87,33 @@ pub struct ChildState {
     pub state: ChildStatus,
     /// How it last ended, if it did.
     pub last_exit: Option<String>,
-    /// Whether `/readyz` requires it running (from the supervisor's table).
+    /// Whether `/readyz` requires it running and healthy.
     pub required: bool,
+    /// The last health check's verdict (`None`: not checked).
+    pub healthy: Option<bool>,
+    /// What answered the last check, or why it failed.
+    pub health: Option<String>,
+    /// Since when its checks fail.
+    #[serde(serialize_with = "opt_time")]
+    pub unhealthy_since: Option<SystemTime>,
+    /// In-place restarts.
+    pub restarts: u64,
+    /// Since when its checks fail, on the monotonic clock.
+    #[serde(skip)]
+    pub unhealthy_at: Option<Instant>,
+    /// How long it may fail its checks before `/readyz` fails.
+    #[serde(skip)]
+    pub unready_after: Duration,
+}
+
+impl ChildState {
+    /// Whether, at `now`, it counts as unhealthy for readiness: failing for
+    /// longer than its threshold.
+    pub fn unhealthy_at(&self, now: Instant) -> Option<Duration> {
+        let since = self.unhealthy_at?;
+        let failing = now.saturating_duration_since(since);
+        (failing >= self.unready_after).then_some(failing)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -298,6 +323,12 @@ impl State {
                 state,
                 last_exit: None,
                 required,
+                healthy: None,
+                health: None,
+                unhealthy_since: None,
+                restarts: 0,
+                unhealthy_at: None,
+                unready_after: Duration::ZERO,
             });
             e.pid = pid;
             e.state = state;

@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::init::proctree;
 
-use crate::util::Dir;
+use crate::util::{count_lines, Dir, Running};
 
 static RAY_LOCK: Mutex<()> = Mutex::new(());
 
@@ -344,4 +344,154 @@ pub fn find_comm(root: Pid, comm: &str) -> Vec<Pid> {
         .filter(|p| p.comm == comm && p.state != 'Z')
         .map(|p| p.pid)
         .collect()
+}
+
+// --- A head under rayhead, and a worker node: shared by the Ray suites. ---
+
+pub const START: Duration = Duration::from_secs(180);
+pub const ACTOR: Duration = Duration::from_secs(120);
+
+pub struct Head {
+    pub run: Running,
+    pub ports: NodePorts,
+    pub namespace: String,
+    pub probe: String,
+}
+
+impl Head {
+    /// `rayhead probe`'s client: (answered 200, text).
+    pub fn probe(&self, path: &str) -> (bool, String) {
+        rayhead::probe::client::query(&self.probe, path)
+    }
+}
+
+pub fn start_head(
+    dir: &Dir,
+    redis: Option<&RedisServer>,
+    extra: &[(&str, &str)],
+    mode: &str,
+) -> Head {
+    let ports = NodePorts::new();
+    let namespace = "e2e-ns".to_string();
+    let probe_port = free_port();
+    let mut cmd = dir
+        .rayhead()
+        .env("PATH", path_with_venv())
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .env(
+            "KUBERAY_GEN_RAY_START_CMD",
+            head_start_command(&ports, &dir.join("head"), redis.is_some()),
+        )
+        .env("RAYHEAD_RAY_MODE", mode)
+        .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{probe_port}"));
+    if let Some(r) = redis {
+        cmd = cmd
+            .env("RAY_REDIS_ADDRESS", r.address())
+            .env("REDIS_PASSWORD", &r.password)
+            .env("RAY_external_storage_namespace", &namespace);
+    }
+    for (k, v) in extra {
+        cmd = cmd.env(k, v);
+    }
+    let run = cmd.args(["run"]).spawn();
+    eventually(START, "the head to run", || {
+        let err = dir.read("stderr");
+        assert!(!err.contains("rayhead exiting"), "rayhead exited:\n{err}");
+        err.contains("to=\"running\"").then_some(())
+    });
+    Head {
+        run,
+        ports,
+        namespace,
+        probe: format!("http://127.0.0.1:{probe_port}"),
+    }
+}
+
+/// A worker node with the reconnect timeout KubeRay gives workers.
+pub fn start_worker(dir: &Dir, head: &Head) -> Running {
+    let p = NodePorts::new();
+    dir.command(venv_bin().join("ray"))
+        .env("PATH", path_with_venv())
+        .env("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .args([
+            "start",
+            "--block",
+            &format!("--address=127.0.0.1:{}", head.ports.gcs),
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            &format!("--temp-dir={}", dir.join("worker").display()),
+            &format!("--dashboard-agent-listen-port={}", p.agent),
+            &format!("--metrics-export-port={}", p.metrics),
+            "--disable-usage-stats",
+        ])
+        .spawn_named("worker")
+}
+
+pub fn gcs_pid(head: &Head) -> Pid {
+    let root = head.run.rayhead_pid();
+    eventually(Duration::from_secs(30), "a gcs_server", || {
+        find_comm(root, "gcs_server").first().copied()
+    })
+}
+
+/// Every process of the head's tree now (rayhead's descendants): recorded
+/// before rayhead exits, checked dead after.
+pub fn head_processes(head: &Head) -> Vec<Pid> {
+    let root = head.run.rayhead_pid();
+    let procs = rayhead::init::proctree::descendants(&rayhead::init::proctree::snapshot(), root);
+    assert!(!procs.is_empty(), "the head has no processes");
+    procs.into_iter().map(|p| p.pid).collect()
+}
+
+/// How long after `t` rayhead logged its decision to give up.
+pub fn decision_after(dir: &Dir, t: Instant) -> Duration {
+    eventually(Duration::from_secs(60), "rayhead to give up", || {
+        dir.read("stderr").contains("giving up").then_some(())
+    });
+    t.elapsed()
+}
+
+pub fn raylet_pid(head: &Head) -> Pid {
+    find_comm(head.run.rayhead_pid(), "raylet")[0]
+}
+
+/// Increments the counter; returns its value and the alive nodes' ids.
+pub fn increment(head: &Head) -> (u64, Vec<String>) {
+    let addr = format!("127.0.0.1:{}", head.ports.gcs);
+    let out = python("increment_counter.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    let value = out
+        .lines()
+        .find_map(|l| l.strip_prefix("counter "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no counter in:\n{out}"));
+    let mut nodes: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("node "))
+        .map(String::from)
+        .collect();
+    nodes.sort();
+    (value, nodes)
+}
+
+/// Kills the GCS with `sig` and waits for the recovery count to reach
+/// `n`; returns the time from the kill until rayhead logged the recovery.
+pub fn kill_gcs_and_wait(
+    dir: &Dir,
+    head: &Head,
+    sig: Signal,
+    n: usize,
+    limit: Duration,
+) -> Duration {
+    let pid = gcs_pid(head);
+    let t = Instant::now();
+    kill(pid, sig).unwrap();
+    eventually(limit, &format!("recovery #{n} after {sig}"), || {
+        (count_lines(&dir.read("stderr"), "gcs_recovered") >= n).then_some(())
+    });
+    let took = t.elapsed();
+    if sig == Signal::SIGSTOP {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    took
 }

@@ -346,10 +346,11 @@ impl Running {
         }
     }
 
-    /// Waits for the run to end within `limit`; past it, the watchdog kills
-    /// the run and the test fails with its output.
+    /// Waits for the run to end within `limit` from now (not from the
+    /// spawn: a long test's last wait gets its whole limit); past it, the
+    /// watchdog kills the run and the test fails with its output.
     pub fn wait(mut self, limit: Duration) -> Output {
-        let deadline = self.started + limit;
+        let deadline = Instant::now() + limit;
         loop {
             let child = self.child.as_mut().expect("running");
             match child.try_wait() {

@@ -106,9 +106,37 @@ pub(super) fn build(
         reconnect_timeout: v.duration(&RAY_RECONNECT_TIMEOUT),
         on_daemon_exit: v
             .choice(&RAY_ON_DAEMON_EXIT, DaemonExitPolicy::from_word)
-            .unwrap_or(DaemonExitPolicy::Exit),
+            .unwrap_or(DaemonExitPolicy::Restart),
+        health_interval: v.duration(&RAY_HEALTH_INTERVAL),
+        health_timeout: v.duration(&RAY_HEALTH_TIMEOUT),
+        raylet_unhealthy_after: v.duration(&RAY_RAYLET_UNHEALTHY_AFTER),
+        raylet_hung_after: v.duration(&RAY_RAYLET_HUNG_AFTER),
+        daemon_unhealthy_after: v.duration(&RAY_DAEMON_UNHEALTHY_AFTER),
+        ready_requires: v.argv(&RAY_READY_REQUIRES).unwrap_or_default(),
         open_files: v.count(&RAY_OPEN_FILES),
     };
+    for name in &ray.ready_requires {
+        if !crate::ray::daemons::TABLE.iter().any(|d| d.name == name) {
+            let names: Vec<&str> = crate::ray::daemons::TABLE.iter().map(|d| d.name).collect();
+            problem(
+                &RAY_READY_REQUIRES,
+                format!(
+                    "{name:?}: not a daemon; expected any of {}",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    if ray.raylet_hung_after < ray.raylet_unhealthy_after {
+        problem(
+            &RAY_RAYLET_HUNG_AFTER,
+            format!(
+                "{} is shorter than ray.raylet-unhealthy-after ({}): a hang would end the head before it costs readiness",
+                humantime::format_duration(ray.raylet_hung_after),
+                humantime::format_duration(ray.raylet_unhealthy_after)
+            ),
+        );
+    }
 
     let gcs = GcsConfig {
         health_interval: v.duration(&GCS_HEALTH_INTERVAL),
@@ -207,6 +235,8 @@ pub(super) fn build(
         &INIT_STOP_GRACE,
         &GCS_HEALTH_INTERVAL,
         &GCS_HEALTH_TIMEOUT,
+        &RAY_HEALTH_INTERVAL,
+        &RAY_HEALTH_TIMEOUT,
         &REDIS_PROBE_INTERVAL,
         &REDIS_CONNECT_TIMEOUT,
         &REDIS_COMMAND_TIMEOUT,

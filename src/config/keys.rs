@@ -191,9 +191,57 @@ pub static RAY_RECONNECT_TIMEOUT: Key = Key {
 pub static RAY_ON_DAEMON_EXIT: Key = Key {
     name: "ray.on-daemon-exit",
     kind: Kind::Choice(super::DaemonExitPolicy::WORDS),
-    default: Some("exit"),
+    default: Some("restart"),
     aliases: &[],
-    doc: "What the exit of the dashboard, log monitor, autoscaler monitor or client server does.",
+    doc: "What the exit, or a hang past ray.daemon-unhealthy-after, of the dashboard, log monitor, autoscaler monitor or client server does: restart it in place, exit (84), or ignore it.",
+};
+
+pub static RAY_HEALTH_INTERVAL: Key = Key {
+    name: "ray.health-interval",
+    kind: Kind::Duration,
+    default: Some("2s"),
+    aliases: &[],
+    doc: "How often each daemon but the GCS is checked: the raylet's grpc.health.v1 Check, the dashboard's /api/version, and every daemon's /proc state.",
+};
+
+pub static RAY_HEALTH_TIMEOUT: Key = Key {
+    name: "ray.health-timeout",
+    kind: Kind::Duration,
+    default: Some("1s"),
+    aliases: &[],
+    doc: "The timeout of one daemon health check.",
+};
+
+pub static RAY_RAYLET_UNHEALTHY_AFTER: Key = Key {
+    name: "ray.raylet-unhealthy-after",
+    kind: Kind::Duration,
+    default: Some("10s"),
+    aliases: &[],
+    doc: "/readyz fails once the head raylet has failed its checks for this long (KubeRay's default readiness probe takes about 50 s).",
+};
+
+pub static RAY_RAYLET_HUNG_AFTER: Key = Key {
+    name: "ray.raylet-hung-after",
+    kind: Kind::Duration,
+    default: Some("2m"),
+    aliases: &[],
+    doc: "A head raylet that has failed its checks for this long is SIGKILLed and rayhead exits 83: a new raylet would be a new node, so it cannot be replaced in place. A shorter hang costs readiness only.",
+};
+
+pub static RAY_DAEMON_UNHEALTHY_AFTER: Key = Key {
+    name: "ray.daemon-unhealthy-after",
+    kind: Kind::Duration,
+    default: Some("10s"),
+    aliases: &[],
+    doc: "/readyz fails once a required dashboard has failed its checks for this long; then a hung dashboard, log monitor, autoscaler monitor or client server meets ray.on-daemon-exit (restarted in place, by default).",
+};
+
+pub static RAY_READY_REQUIRES: Key = Key {
+    name: "ray.ready-requires",
+    kind: Kind::Argv,
+    default: Some("raylet dashboard"),
+    aliases: &[],
+    doc: "The daemons /readyz needs running and healthy, beside the GCS: any of raylet, dashboard, log_monitor, monitor, client_server. One that the head does not run (--include-dashboard=false) is not waited for.",
 };
 
 pub static RAY_OPEN_FILES: Key = Key {
@@ -405,6 +453,12 @@ pub static KEYS: &[&Key] = &[
     &RAY_GCS_PORT,
     &RAY_RECONNECT_TIMEOUT,
     &RAY_ON_DAEMON_EXIT,
+    &RAY_HEALTH_INTERVAL,
+    &RAY_HEALTH_TIMEOUT,
+    &RAY_RAYLET_UNHEALTHY_AFTER,
+    &RAY_RAYLET_HUNG_AFTER,
+    &RAY_DAEMON_UNHEALTHY_AFTER,
+    &RAY_READY_REQUIRES,
     &RAY_OPEN_FILES,
     &GCS_HEALTH_INTERVAL,
     &GCS_HEALTH_TIMEOUT,

@@ -157,6 +157,7 @@ macro_rules! choice {
 choice! {
     /// What to do when the dashboard, log monitor, monitor or client server exits.
     DaemonExitPolicy {
+        Restart = "restart",
         Exit = "exit",
         Ignore = "ignore",
     }
@@ -200,6 +201,13 @@ pub struct RayConfig {
     pub gcs_port: u16,
     pub reconnect_timeout: Duration,
     pub on_daemon_exit: DaemonExitPolicy,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub raylet_unhealthy_after: Duration,
+    pub raylet_hung_after: Duration,
+    pub daemon_unhealthy_after: Duration,
+    /// Daemon names (from the daemon table) that `/readyz` needs.
+    pub ready_requires: Vec<String>,
     pub open_files: u64,
 }
 

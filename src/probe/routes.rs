@@ -100,9 +100,9 @@ pub fn route(
         .split('&')
         .any(|q| q == "verbose" || q.starts_with("verbose="));
     match endpoint {
-        Endpoint::Ready => readyz(snap, verbose),
+        Endpoint::Ready => readyz(snap, now, verbose),
         Endpoint::Live => livez(snap, now, stall_after),
-        Endpoint::Status => status(snap),
+        Endpoint::Status => status(snap, now),
         Endpoint::Metrics => metrics(snap),
     }
 }
@@ -110,7 +110,7 @@ pub fn route(
 /// Every readiness check: its name, whether it passes, and why not. The
 /// phase; the GCS, when a Ray head is supervised; every process the
 /// supervisor marked required; and Redis, with fault tolerance.
-pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
+pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, String)> {
     let mut checks = vec![(
         "phase",
         snap.phase == Phase::Running,
@@ -124,11 +124,19 @@ pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
         ));
     }
     for (name, d) in snap.daemons.iter().filter(|(_, d)| d.required) {
-        checks.push((
-            name,
-            d.state == ChildStatus::Running,
-            format!("{name} is {}", d.state.as_str()),
-        ));
+        let (pass, why) = match (d.state, d.unhealthy_at(now)) {
+            (ChildStatus::Running, None) => (true, String::new()),
+            (ChildStatus::Running, Some(failing)) => (
+                false,
+                format!(
+                    "{name} has failed its health checks for {:.1}s: {}",
+                    failing.as_secs_f64(),
+                    d.health.as_deref().unwrap_or("no answer")
+                ),
+            ),
+            (state, _) => (false, format!("{name} is {}", state.as_str())),
+        };
+        checks.push((name, pass, why));
     }
     if let Some(r) = &snap.redis {
         checks.push((
@@ -149,8 +157,8 @@ pub fn ready_checks(snap: &Snapshot) -> Vec<(&'static str, bool, String)> {
     checks
 }
 
-fn readyz(snap: &Snapshot, verbose: bool) -> Reply {
-    let checks = ready_checks(snap);
+fn readyz(snap: &Snapshot, now: Instant, verbose: bool) -> Reply {
+    let checks = ready_checks(snap, now);
     let ok = checks.iter().all(|(_, pass, _)| *pass);
     let mut body = String::new();
     if verbose {
@@ -203,7 +211,7 @@ fn livez(snap: &Snapshot, now: Instant, stall_after: Duration) -> Reply {
     Reply::text(200, "ok\n".into())
 }
 
-fn status(snap: &Snapshot) -> Reply {
+fn status(snap: &Snapshot, now: Instant) -> Reply {
     let mut v = match serde_json::to_value(snap) {
         Ok(v) => v,
         Err(e) => return Reply::text(500, format!("cannot encode the status: {e}\n")),
@@ -213,7 +221,7 @@ fn status(snap: &Snapshot) -> Reply {
         .unwrap_or_default()
         .as_secs_f64();
     v["uptime_seconds"] = serde_json::json!((uptime * 1000.0).round() / 1000.0);
-    v["ready"] = serde_json::json!(ready_checks(snap).iter().all(|c| c.1));
+    v["ready"] = serde_json::json!(ready_checks(snap, now).iter().all(|c| c.1));
     Reply {
         status: 200,
         content_type: "application/json",
@@ -313,6 +321,34 @@ fn metrics(snap: &Snapshot) -> Reply {
         "daemon_up",
         "1 while the supervised process (command or Ray daemon) runs",
         daemons,
+    );
+    let healthy: Family<DaemonLabel, Gauge> = Family::default();
+    for (name, d) in &snap.daemons {
+        if let Some(h) = d.healthy {
+            healthy
+                .get_or_create(&DaemonLabel {
+                    daemon: (*name).into(),
+                })
+                .set(h as i64);
+        }
+    }
+    reg.register(
+        "daemon_healthy",
+        "1 when the Ray daemon passed its last health check",
+        healthy,
+    );
+    let restarts: Family<DaemonLabel, Counter> = Family::default();
+    for (name, d) in snap.daemons.iter().filter(|(_, d)| d.restarts > 0) {
+        restarts
+            .get_or_create(&DaemonLabel {
+                daemon: (*name).into(),
+            })
+            .inc_by(d.restarts);
+    }
+    reg.register(
+        "daemon_restarts",
+        "In-place restarts of a Ray daemon other than the GCS",
+        restarts,
     );
     let dropped: Counter = Counter::default();
     dropped.inc_by(crate::logging::dropped_lines());

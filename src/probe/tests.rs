@@ -168,6 +168,43 @@ async fn readyz_needs_the_required_processes_only() {
     s.stop().await;
 }
 
+/// A required daemon failing its checks costs readiness only after its
+/// threshold, with the reason; /status and /metrics show its health.
+#[tokio::test]
+async fn readiness_follows_daemon_health_past_its_threshold() {
+    let s = start(true).await;
+    s.running();
+    let fail = |ago: Duration| {
+        s.state.update(|st| {
+            let d = st.daemons.get_mut("raylet").unwrap();
+            d.healthy = Some(false);
+            d.health = Some("stopped (SIGSTOP, or a debugger)".into());
+            d.unhealthy_at = Some(Instant::now() - ago);
+            d.unready_after = Duration::from_secs(10);
+        })
+    };
+    fail(Duration::from_secs(3));
+    assert_eq!(s.req("GET", "/readyz").await.0, 200, "within the threshold");
+    fail(Duration::from_secs(12));
+    let (code, body) = s.req("GET", "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.starts_with("raylet has failed its health checks for 12.")
+            && body.contains("stopped (SIGSTOP"),
+        "{body}"
+    );
+    let (_, v) = s.req("GET", "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["daemons"]["raylet"]["healthy"], false, "{v:#}");
+    assert_eq!(v["ready"], false);
+    let (_, m) = s.req("GET", "/metrics").await;
+    assert!(
+        m.contains("rayhead_daemon_healthy{daemon=\"raylet\"} 0"),
+        "{m}"
+    );
+    s.stop().await;
+}
+
 /// A plain command: ready while it runs and no stop is under way; no GCS
 /// or Redis anywhere.
 #[tokio::test]

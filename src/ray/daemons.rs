@@ -40,6 +40,22 @@ pub enum Policy {
     OnDaemonExit,
 }
 
+/// How a daemon's health is checked, beside its `/proc` state (a stopped
+/// process is hung, whatever else answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Its own monitor: the GCS's grpc.health.v1 Watch and Check
+    /// (`health.rs`).
+    Gcs,
+    /// grpc.health.v1 Check on its listening ports, found from its sockets.
+    Grpc,
+    /// An HTTP GET that does not need the GCS (so a GCS recovery is not a
+    /// dashboard failure), on the `--host` and `--port` of its argv.
+    Http { path: &'static str },
+    /// The `/proc` state alone.
+    Process,
+}
+
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {
@@ -47,7 +63,8 @@ pub struct Spec {
     pub name: &'static str,
     pub recognise: Recognise,
     pub policy: Policy,
-    /// `ray start` must leave it running, and `/readyz` needs it running.
+    pub check: Check,
+    /// `ray start` must leave it running.
     pub required: bool,
 }
 
@@ -59,6 +76,7 @@ pub static TABLE: &[Spec] = &[
         name: "gcs_server",
         recognise: Recognise::Comm("gcs_server"),
         policy: Policy::RestartInPlace,
+        check: Check::Gcs,
         required: true,
     },
     Spec {
@@ -66,6 +84,7 @@ pub static TABLE: &[Spec] = &[
         name: "raylet",
         recognise: Recognise::Comm("raylet"),
         policy: Policy::Critical,
+        check: Check::Grpc,
         required: true,
     },
     Spec {
@@ -73,6 +92,9 @@ pub static TABLE: &[Spec] = &[
         name: "dashboard",
         recognise: Recognise::Cmdline("dashboard/dashboard.py"),
         policy: Policy::OnDaemonExit,
+        check: Check::Http {
+            path: "/api/version",
+        },
         required: false,
     },
     Spec {
@@ -80,6 +102,7 @@ pub static TABLE: &[Spec] = &[
         name: "log_monitor",
         recognise: Recognise::Cmdline("log_monitor.py"),
         policy: Policy::OnDaemonExit,
+        check: Check::Process,
         required: false,
     },
     Spec {
@@ -87,6 +110,7 @@ pub static TABLE: &[Spec] = &[
         name: "monitor",
         recognise: Recognise::Cmdline("monitor.py"),
         policy: Policy::OnDaemonExit,
+        check: Check::Process,
         required: false,
     },
     Spec {
@@ -94,6 +118,7 @@ pub static TABLE: &[Spec] = &[
         name: "client_server",
         recognise: Recognise::Cmdline("ray.util.client.server"),
         policy: Policy::OnDaemonExit,
+        check: Check::Process,
         required: false,
     },
 ];
@@ -197,9 +222,16 @@ mod tests {
         }
         let names: std::collections::BTreeSet<&str> = TABLE.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), TABLE.len());
-        // Only the critical and the restarted-in-place daemons are required.
+        // Only the critical and the restarted-in-place daemons are required
+        // at start; only the GCS has a check of its own.
         for s in TABLE {
             assert_eq!(s.required, s.policy != Policy::OnDaemonExit, "{}", s.name);
+            assert_eq!(
+                s.check == Check::Gcs,
+                s.daemon == Daemon::GcsServer,
+                "{}",
+                s.name
+            );
         }
     }
 }

@@ -2,9 +2,10 @@
 //! GCS, recover it in place within the head's reconnect window, and stop
 //! everything cleanly.
 
+pub mod capture;
 pub mod command;
+pub mod daemon_health;
 pub mod daemons;
-pub mod gcs;
 pub mod health;
 mod supervisor;
 

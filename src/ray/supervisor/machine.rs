@@ -11,6 +11,7 @@
 //! Stages: StartGate → Launching → Adopting → Watching ⇄ Recovering, and
 //! Done once an [`Action::Finish`] has been returned.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -49,9 +50,16 @@ pub enum Event {
     LaunchFailed(Exit),
     /// A scan of `/proc` for the daemons that `ray start` left.
     Found(Vec<(Daemon, Pid)>),
-    /// gcs_server was started again in place, or could not be; a `false`
-    /// `retry` means it never can be (its command was never captured).
-    GcsStarted(Result<Pid, StartError>),
+    /// A daemon was started again in place, or could not be.
+    Started(Daemon, Result<Pid, StartError>),
+    /// A daemon's health check (every daemon but the GCS).
+    DaemonHealth {
+        daemon: Daemon,
+        pid: Pid,
+        healthy: bool,
+        /// What answered, or why it failed.
+        detail: String,
+    },
     /// Redis answered an authenticated PING at the gate.
     RedisReady,
     /// Redis did not answer at the gate before its time ran out, or
@@ -84,6 +92,8 @@ pub enum Timer {
     Backoff,
     /// The recovery's deadline: the reconnect window less the margin.
     Deadline,
+    /// A daemon's back-off after a failed restart is over.
+    DaemonBackoff(Daemon),
 }
 
 /// What the driver must do.
@@ -100,18 +110,23 @@ pub enum Action {
     LaunchRay,
     /// Look in `/proc` for the daemons; report [`Event::Found`].
     Scan,
-    /// Reap these daemons (report each exit) and capture gcs_server's
-    /// command.
+    /// Reap these daemons (report each exit), capture their commands, and
+    /// check the health of each but the GCS.
     Adopt(Vec<(Daemon, Pid)>),
+    /// Check the health of a daemon started again.
+    WatchHealth(Daemon, Pid),
     /// Point the GCS health monitor at a generation and an interval.
     Monitor(Mode),
     /// SIGKILL this process; its exit comes back as an event.
     Kill(Pid),
+    /// SIGKILL this process and its descendants (the dashboard's
+    /// forkserver modules), as last seen; its exit comes back as an event.
+    KillTree(Pid),
     /// SIGKILL the gcs_server under `ray start --block` (which reaps it).
     KillBlockGcs,
-    /// Start gcs_server again from its captured command; report
-    /// [`Event::GcsStarted`].
-    StartGcs,
+    /// Start a daemon again from its captured command; report
+    /// [`Event::Started`].
+    StartDaemon(Daemon),
     /// Stop supervising: tear the head down and exit.
     Finish(Outcome),
 }
@@ -198,6 +213,34 @@ pub struct Machine {
     gcs: Option<Pid>,
     /// Failed restarts in a row: the crash-loop guard's count.
     failures: u32,
+    /// Every adopted daemon but the GCS: its health, and its restarts.
+    watched: BTreeMap<Daemon, Watched>,
+}
+
+/// A daemon other than the GCS, as the machine follows it.
+struct Watched {
+    /// The live process, while there is one.
+    pid: Option<Pid>,
+    /// Since when its checks fail.
+    unhealthy_since: Option<Instant>,
+    /// Failed in-place restarts in a row.
+    failures: u32,
+    step: DaemonStep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DaemonStep {
+    /// Running; `restarted` while a restart is on probation
+    /// (gcs.stable-after).
+    Running {
+        restarted: Option<Instant>,
+    },
+    /// SIGKILLed (hung), or exited: waiting for its reap to start it again.
+    Reaping(Pid),
+    Backoff(Instant),
+    Spawning,
+    /// Exited and not restarted (ray.on-daemon-exit "ignore").
+    Gone,
 }
 
 impl Machine {
@@ -212,6 +255,7 @@ impl Machine {
             last_serving: None,
             gcs: None,
             failures: 0,
+            watched: BTreeMap::new(),
         }
     }
 
@@ -233,6 +277,17 @@ impl Machine {
 
     /// When the machine next wants [`Event::TimerFired`], and which.
     pub fn timer(&self) -> Option<(Instant, Timer)> {
+        let daemons = self.watched.iter().filter_map(|(d, w)| match w.step {
+            DaemonStep::Backoff(until) => Some((until, Timer::DaemonBackoff(*d))),
+            _ => None,
+        });
+        self.stage_timer()
+            .into_iter()
+            .chain(daemons)
+            .min_by_key(|(at, _)| *at)
+    }
+
+    fn stage_timer(&self) -> Option<(Instant, Timer)> {
         match &self.stage {
             Stage::Adopting { next_scan, .. } => Some((*next_scan, Timer::Rescan)),
             Stage::Watching(w) => {
@@ -287,6 +342,16 @@ impl Machine {
                 status,
             } => self.daemon_exited(now, daemon, pid, status),
             Event::Health(obs) => self.health(now, obs),
+            Event::DaemonHealth {
+                daemon,
+                pid,
+                healthy,
+                detail,
+            } => self.daemon_health(now, daemon, pid, healthy, detail),
+            Event::Started(daemon, started) if daemon != Daemon::GcsServer => {
+                self.daemon_started(now, daemon, started)
+            }
+            Event::TimerFired(Timer::DaemonBackoff(daemon)) => self.start_daemon(now, daemon),
             other => self.staged(now, other),
         };
         if actions.iter().any(|a| matches!(a, Action::Finish(_))) {
@@ -379,7 +444,7 @@ impl Machine {
             }
             (Stage::Recovering(r), Event::RedisReady) if r.step == Step::Gate => {
                 r.step = Step::Spawning;
-                vec![Action::StartGcs]
+                vec![Action::StartDaemon(Daemon::GcsServer)]
             }
             (Stage::Recovering(r), Event::RedisFailed(e)) if r.step == Step::Gate => {
                 r.last_error = match &self.redis {
@@ -388,7 +453,9 @@ impl Machine {
                 };
                 vec![self.not_recovered(now)]
             }
-            (Stage::Recovering(r), Event::GcsStarted(started)) if r.step == Step::Spawning => {
+            (Stage::Recovering(r), Event::Started(Daemon::GcsServer, started))
+                if r.step == Step::Spawning =>
+            {
                 match started {
                     Ok(pid) => {
                         r.attempts += 1;
@@ -459,6 +526,16 @@ impl Machine {
             self.set_child(*daemon, Some(*pid), ChildStatus::Running, None);
             if *daemon == Daemon::GcsServer {
                 self.gcs = Some(*pid);
+            } else {
+                self.watched.insert(
+                    *daemon,
+                    Watched {
+                        pid: Some(*pid),
+                        unhealthy_since: None,
+                        failures: 0,
+                        step: DaemonStep::Running { restarted: None },
+                    },
+                );
             }
         }
         self.stage = Stage::Watching(Watch {
@@ -494,17 +571,240 @@ impl Machine {
         if daemon == Daemon::GcsServer {
             return self.gcs_exited(now, pid, status);
         }
+        let step = match self.watched.get_mut(&daemon) {
+            Some(w) if w.pid == Some(pid) => {
+                w.pid = None;
+                w.unhealthy_since = None;
+                w.step
+            }
+            _ => return Vec::new(),
+        };
         self.set_child(daemon, None, ChildStatus::Exited, Some(status.to_string()));
-        match (daemon.spec().policy, self.cfg.ray.on_daemon_exit) {
-            (Policy::Critical, _) => vec![Action::Finish(Outcome::Fail(Exit::RayletDied(
+        let stable_after = self.cfg.gcs.stable_after;
+        let Some(w) = self.watched.get_mut(&daemon) else {
+            return Vec::new();
+        };
+        match (daemon.spec().policy, self.cfg.ray.on_daemon_exit, step) {
+            (Policy::Critical, _, _) => vec![Action::Finish(Outcome::Fail(Exit::RayletDied(
                 format!("the head {daemon} (pid {pid}) {status}"),
             )))],
-            (_, DaemonExitPolicy::Exit) => {
+            // rayhead killed it (hung): start it again.
+            (_, _, DaemonStep::Reaping(old)) if old == pid => self.start_daemon(now, daemon),
+            (_, DaemonExitPolicy::Exit, _) => {
                 vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
                     "Ray's {daemon} (pid {pid}) {status}, and ray.on-daemon-exit is \"exit\""
                 ))))]
             }
+            (_, DaemonExitPolicy::Ignore, _) => {
+                w.step = DaemonStep::Gone;
+                Vec::new()
+            }
+            (_, DaemonExitPolicy::Restart, step) => {
+                if let DaemonStep::Running {
+                    restarted: Some(at),
+                } = step
+                {
+                    if now.saturating_duration_since(at) < stable_after {
+                        w.failures = w.failures.saturating_add(1);
+                    }
+                }
+                if let Some(finish) = self.daemon_crash_loop(daemon, &format!("it {status}")) {
+                    return vec![finish];
+                }
+                tracing::warn!(daemon = daemon.name(), "restarting it in place");
+                // Its own children (the dashboard's forkserver modules) go
+                // first, then it starts again.
+                let mut actions = vec![Action::KillTree(pid)];
+                actions.extend(self.start_daemon(now, daemon));
+                actions
+            }
+        }
+    }
+
+    /// Starts a daemon again, at once or after its back-off.
+    fn start_daemon(&mut self, now: Instant, daemon: Daemon) -> Vec<Action> {
+        let Some(w) = self.watched.get_mut(&daemon) else {
+            return Vec::new();
+        };
+        match w.step {
+            // The back-off is over.
+            DaemonStep::Backoff(_) => {}
+            _ if w.failures > 0 => {
+                w.step = DaemonStep::Backoff(after(now, RESTART_BACKOFF.delay(w.failures)));
+                return Vec::new();
+            }
+            _ => {}
+        }
+        w.step = DaemonStep::Spawning;
+        vec![Action::StartDaemon(daemon)]
+    }
+
+    fn daemon_started(
+        &mut self,
+        now: Instant,
+        daemon: Daemon,
+        started: Result<Pid, StartError>,
+    ) -> Vec<Action> {
+        let Some(w) = self.watched.get_mut(&daemon) else {
+            return Vec::new();
+        };
+        match started {
+            Ok(pid) => {
+                w.pid = Some(pid);
+                w.unhealthy_since = None;
+                w.step = DaemonStep::Running {
+                    restarted: Some(now),
+                };
+                self.set_child(daemon, Some(pid), ChildStatus::Running, None);
+                self.state.update(|s| {
+                    if let Some(c) = s.daemons.get_mut(daemon.name()) {
+                        c.restarts += 1;
+                        c.healthy = None;
+                        c.unhealthy_at = None;
+                        c.unhealthy_since = None;
+                    }
+                });
+                tracing::info!(
+                    event = "daemon_restarted",
+                    daemon = daemon.name(),
+                    pid = pid.as_raw(),
+                    "restarted {daemon} in place"
+                );
+                vec![Action::WatchHealth(daemon, pid)]
+            }
+            Err(e) if !e.retry => vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                "Ray's {daemon} is gone and cannot be started again: {}",
+                e.message
+            ))))],
+            Err(e) => {
+                w.failures = w.failures.saturating_add(1);
+                w.step = DaemonStep::Gone;
+                if let Some(finish) = self.daemon_crash_loop(daemon, &e.message) {
+                    return vec![finish];
+                }
+                self.start_daemon(now, daemon)
+            }
+        }
+    }
+
+    /// Exit 84 once gcs.max-restarts restarts of one daemon in a row failed.
+    fn daemon_crash_loop(&self, daemon: Daemon, last: &str) -> Option<Action> {
+        let failures = self.watched.get(&daemon).map_or(0, |w| w.failures);
+        (failures >= self.cfg.gcs.max_restarts).then(|| {
+            Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                "Ray's {daemon}: {failures} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}"
+            ))))
+        })
+    }
+
+    /// A daemon's health check: readiness follows it, and past its bound a
+    /// hung raylet ends the head, a hung restartable daemon is replaced.
+    fn daemon_health(
+        &mut self,
+        now: Instant,
+        daemon: Daemon,
+        pid: Pid,
+        healthy: bool,
+        detail: String,
+    ) -> Vec<Action> {
+        let stable_after = self.cfg.gcs.stable_after;
+        let policy = self.cfg.ray.on_daemon_exit;
+        let (unready_after, hung_after) = match daemon.spec().policy {
+            Policy::Critical => (
+                self.cfg.ray.raylet_unhealthy_after,
+                self.cfg.ray.raylet_hung_after,
+            ),
+            _ => (
+                self.cfg.ray.daemon_unhealthy_after,
+                self.cfg.ray.daemon_unhealthy_after,
+            ),
+        };
+        let Some(w) = self.watched.get_mut(&daemon) else {
+            return Vec::new();
+        };
+        if w.pid != Some(pid) {
+            return Vec::new();
+        }
+        if healthy {
+            if w.unhealthy_since.take().is_some() {
+                tracing::info!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon healthy again");
+            }
+            if let DaemonStep::Running {
+                restarted: Some(at),
+            } = w.step
+            {
+                if now.saturating_duration_since(at) >= stable_after {
+                    w.step = DaemonStep::Running { restarted: None };
+                    w.failures = 0;
+                }
+            }
+        } else if w.unhealthy_since.is_none() {
+            w.unhealthy_since = Some(now);
+            tracing::warn!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon failed its health check");
+        }
+        let since = w.unhealthy_since;
+        let running = matches!(w.step, DaemonStep::Running { .. });
+        let on_probation = matches!(w.step, DaemonStep::Running { restarted: Some(_) });
+        self.state.update(|s| {
+            if let Some(c) = s.daemons.get_mut(daemon.name()) {
+                c.healthy = Some(healthy);
+                c.health = Some(detail.clone());
+                c.unhealthy_at = since;
+                c.unhealthy_since =
+                    since.map(|t| SystemTime::now() - now.saturating_duration_since(t));
+                c.unready_after = unready_after;
+            }
+        });
+        let Some(since) = since else {
+            return Vec::new();
+        };
+        let hung_for = now.saturating_duration_since(since);
+        if hung_for < hung_after || !running {
+            return Vec::new();
+        }
+        let hung = format!(
+            "failed its health checks for {:.1}s ({detail})",
+            hung_for.as_secs_f64()
+        );
+        match (daemon.spec().policy, policy) {
+            (Policy::Critical, _) => {
+                tracing::error!(
+                    daemon = daemon.name(),
+                    pid = pid.as_raw(),
+                    "the head raylet is hung: SIGKILL"
+                );
+                vec![
+                    Action::Kill(pid),
+                    Action::Finish(Outcome::Fail(Exit::RayletDied(format!(
+                        "the head {daemon} (pid {pid}) {hung}, past ray.raylet-hung-after ({}); it was SIGKILLed: a new raylet would be a new node",
+                        humantime::format_duration(hung_after)
+                    )))),
+                ]
+            }
             (_, DaemonExitPolicy::Ignore) => Vec::new(),
+            (_, DaemonExitPolicy::Exit) => vec![
+                Action::KillTree(pid),
+                Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                    "Ray's {daemon} (pid {pid}) {hung}, and ray.on-daemon-exit is \"exit\""
+                )))),
+            ],
+            (_, DaemonExitPolicy::Restart) => {
+                if let Some(w) = self.watched.get_mut(&daemon) {
+                    if on_probation {
+                        w.failures = w.failures.saturating_add(1);
+                    }
+                    w.step = DaemonStep::Reaping(pid);
+                }
+                if let Some(finish) = self.daemon_crash_loop(daemon, &hung) {
+                    return vec![finish];
+                }
+                tracing::warn!(
+                    daemon = daemon.name(),
+                    pid = pid.as_raw(),
+                    "the {daemon} is hung: killing it to start it again"
+                );
+                vec![Action::KillTree(pid)]
+            }
         }
     }
 
@@ -751,6 +1051,8 @@ impl Machine {
         })
     }
 
+    /// Records a daemon in the snapshot; `/readyz` needs the GCS and those
+    /// named in ray.ready-requires.
     fn set_child(
         &self,
         daemon: Daemon,
@@ -758,14 +1060,11 @@ impl Machine {
         status: ChildStatus,
         last_exit: Option<String>,
     ) {
-        let spec = daemon.spec();
-        self.state.set_child(
-            spec.name,
-            pid.map(Pid::as_raw),
-            status,
-            last_exit,
-            spec.required,
-        );
+        let name = daemon.name();
+        let required =
+            daemon == Daemon::GcsServer || self.cfg.ray.ready_requires.iter().any(|r| r == name);
+        self.state
+            .set_child(name, pid.map(Pid::as_raw), status, last_exit, required);
     }
 }
 

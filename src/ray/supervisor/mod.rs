@@ -15,7 +15,7 @@ pub(crate) mod machine;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::capture::DaemonSpec;
+use super::daemon_health::{self, http_target, Families, Target};
 use super::daemons::{self, Daemon};
-use super::gcs::GcsSpec;
 use super::health::{self, Mode};
 use super::Plan;
 use crate::config::Config;
@@ -52,7 +53,11 @@ pub(super) struct Supervisor<'a> {
     /// Results of actions, handled before anything else.
     pending: VecDeque<Event>,
     mode_tx: watch::Sender<Mode>,
-    gcs_spec: Option<GcsSpec>,
+    /// Each adopted daemon's command, captured so that it can be started
+    /// again in place.
+    specs: HashMap<Daemon, DaemonSpec>,
+    /// Each watched daemon's descendants, as its health checks last saw.
+    families: Families,
     /// `ray start`'s pid: its process group is the head's (block mode).
     ray_start: Option<Pid>,
     /// The Redis gate under way, cancelled when another replaces it.
@@ -80,7 +85,8 @@ impl<'a> Supervisor<'a> {
                 generation: 0,
                 interval: health::FAST_INTERVAL,
             }),
-            gcs_spec: None,
+            specs: HashMap::new(),
+            families: Families::default(),
             ray_start: None,
             gate: None,
             scan_mark: None,
@@ -166,6 +172,19 @@ impl<'a> Supervisor<'a> {
                 self.pending.push_back(Event::Found(found));
             }
             Action::Adopt(found) => self.adopt(found),
+            Action::WatchHealth(daemon, pid) => self.watch_health(daemon, pid),
+            Action::KillTree(pid) => {
+                let mut pids = self.families.take(pid);
+                pids.extend(
+                    proctree::descendants(&proctree::snapshot(), pid)
+                        .into_iter()
+                        .map(|p| p.pid),
+                );
+                let _ = kill(pid, Signal::SIGKILL);
+                for p in pids {
+                    let _ = kill(p, Signal::SIGKILL);
+                }
+            }
             Action::Monitor(mode) => {
                 self.mode_tx.send_replace(mode);
             }
@@ -180,9 +199,9 @@ impl<'a> Supervisor<'a> {
                     }
                 }
             }
-            Action::StartGcs => {
-                let started = self.start_gcs();
-                self.pending.push_back(Event::GcsStarted(started));
+            Action::StartDaemon(daemon) => {
+                let started = self.start_daemon(daemon);
+                self.pending.push_back(Event::Started(daemon, started));
             }
             Action::Finish(outcome) => return Some(outcome),
         }
@@ -264,25 +283,46 @@ impl<'a> Supervisor<'a> {
         ));
     }
 
-    /// Claims the daemons' exits from the reaper, and captures gcs_server's
-    /// command so that it can be started again exactly.
+    /// Claims the daemons' exits from the reaper, captures their commands
+    /// so that they can be started again exactly, and checks the health of
+    /// each but the GCS (which has its own monitor).
     fn adopt(&mut self, found: Vec<(Daemon, Pid)>) {
         let mark = self.scan_mark.unwrap_or_else(|| self.init.reaper.mark());
         for (daemon, pid) in found {
             let rx = self.init.reaper.watch(pid, daemon.name(), mark);
             self.forward_exit(daemon, pid, rx);
-            if daemon == Daemon::GcsServer {
-                match GcsSpec::capture(pid) {
-                    Ok(spec) => {
-                        tracing::info!(command = %spec.redacted(), "captured gcs_server's command");
-                        self.gcs_spec = Some(spec);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot capture gcs_server's command; it cannot be restarted in place")
-                    }
+            match DaemonSpec::capture(pid) {
+                Ok(spec) => {
+                    tracing::info!(daemon = daemon.name(), command = %spec.redacted(), "captured the daemon's command");
+                    self.specs.insert(daemon, spec);
+                }
+                Err(e) => {
+                    tracing::warn!(daemon = daemon.name(), error = %e, "cannot capture the daemon's command; it cannot be restarted in place")
                 }
             }
+            if daemon != Daemon::GcsServer {
+                self.watch_health(daemon, pid);
+            }
         }
+    }
+
+    /// Checks a daemon's health every ray.health-interval, until it is gone.
+    fn watch_health(&self, daemon: Daemon, pid: Pid) {
+        let spec = self.specs.get(&daemon);
+        let target = Target {
+            daemon,
+            pid,
+            check: daemon.spec().check,
+            http: spec.and_then(|s| http_target(s.arg("--host"), s.arg("--port"))),
+        };
+        self.init.tracker.spawn(daemon_health::watch(
+            target,
+            self.cfg.ray.health_interval,
+            self.cfg.ray.health_timeout,
+            self.events_tx.clone(),
+            self.families.clone(),
+            self.init.cancel.child_token(),
+        ));
     }
 
     /// Turns a daemon's exit, from the reaper, into an event.
@@ -304,22 +344,24 @@ impl<'a> Supervisor<'a> {
         });
     }
 
-    fn start_gcs(&mut self) -> Result<Pid, StartError> {
-        let Some(spec) = &self.gcs_spec else {
+    /// Starts a daemon again from its captured command; its exit becomes an
+    /// event.
+    fn start_daemon(&mut self, daemon: Daemon) -> Result<Pid, StartError> {
+        let Some(spec) = self.specs.get(&daemon) else {
             return Err(StartError {
-                message: "gcs_server's command was never captured".into(),
+                message: format!("{daemon}'s command was never captured"),
                 retry: false,
             });
         };
         let spawned = spec
             .command()
-            .and_then(|mut cmd| self.init.reaper.spawn(&mut cmd, "gcs_server"))
+            .and_then(|mut cmd| self.init.reaper.spawn(&mut cmd, daemon.name()))
             .map_err(|e| StartError {
-                message: format!("cannot start gcs_server: {e}"),
+                message: format!("cannot start {daemon}: {e}"),
                 retry: true,
             })?;
         let pid = spawned.pid;
-        self.forward_exit(Daemon::GcsServer, pid, spawned.exit);
+        self.forward_exit(daemon, pid, spawned.exit);
         Ok(pid)
     }
 

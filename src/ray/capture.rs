@@ -1,7 +1,8 @@
-//! gcs_server as it ran, captured so that it can be started again exactly:
-//! the same argv, environment, working directory and log files. This is what
-//! Ray's own fault-tolerance tests do (`kill_gcs_server()` then
-//! `start_gcs_server()`).
+//! A daemon as it ran, captured from `/proc` so that it can be started again
+//! exactly: the same argv, environment, working directory and log files.
+//! This is what Ray's own fault-tolerance tests do for the GCS
+//! (`kill_gcs_server()` then `start_gcs_server()`), and it works as well for
+//! the dashboard, the monitors and the client server.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -15,7 +16,7 @@ use nix::unistd::Pid;
 use crate::init::{proctree, spawn};
 
 #[derive(Debug, Clone)]
-pub struct GcsSpec {
+pub struct DaemonSpec {
     argv: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
@@ -29,10 +30,10 @@ fn file_of(pid: Pid, fd: i32) -> Option<PathBuf> {
     (target.is_absolute() && target.is_file()).then_some(target)
 }
 
-impl GcsSpec {
-    /// Reads a running gcs_server's argv, environment, cwd and log files from
+impl DaemonSpec {
+    /// Reads a running daemon's argv, environment, cwd and log files from
     /// `/proc`.
-    pub fn capture(pid: Pid) -> io::Result<GcsSpec> {
+    pub fn capture(pid: Pid) -> io::Result<DaemonSpec> {
         let argv = proctree::cmdline(pid)?;
         if argv.is_empty() {
             return Err(io::Error::new(
@@ -52,7 +53,7 @@ impl GcsSpec {
             })
             .collect();
         let cwd = fs::read_link(format!("/proc/{pid}/cwd"))?;
-        Ok(GcsSpec {
+        Ok(DaemonSpec {
             argv,
             env,
             cwd,
@@ -81,6 +82,14 @@ impl GcsSpec {
         Ok(cmd)
     }
 
+    /// The value of `--name=value` in the argv, if given that way.
+    pub fn arg(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.argv
+            .iter()
+            .find_map(|a| a.to_str()?.strip_prefix(&prefix).map(String::from))
+    }
+
     /// The argv for a log line, with the Redis password redacted.
     pub fn redacted(&self) -> String {
         let args: Vec<String> = self
@@ -99,7 +108,7 @@ mod tests {
     #[test]
     fn captures_this_process() {
         let me = nix::unistd::getpid();
-        let spec = GcsSpec::capture(me).unwrap();
+        let spec = DaemonSpec::capture(me).unwrap();
         assert!(!spec.argv.is_empty());
         assert_eq!(spec.cwd, std::env::current_dir().unwrap());
         assert!(spec.env.iter().any(|(k, _)| k == "PATH"));

@@ -1,0 +1,270 @@
+//! The health of every head daemon but the GCS (which has its own watch in
+//! `health.rs`), checked on an interval with a timeout, as events for the
+//! supervisor.
+//!
+//! Existence alone says nothing of a hung process: a SIGSTOPped raylet is
+//! alive and answers nothing. So each check reads the `/proc` state first (a
+//! stopped or traced process is hung, whatever else would answer), then asks
+//! the daemon itself where it can: the raylet's grpc.health.v1 Check on its
+//! listening ports (found from its socket inodes: its argv says
+//! `--node_manager_port=0`), the dashboard's `GET /api/version`, which needs
+//! no GCS. Each check also records the daemon's descendants (the
+//! dashboard's forkserver modules), so that a restart can kill them first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::daemons::{Check, Daemon};
+use super::supervisor::machine::Event;
+use crate::init::proctree;
+
+/// Each watched daemon's descendants, as last seen.
+#[derive(Clone, Default)]
+pub struct Families(Arc<Mutex<HashMap<Pid, Vec<Pid>>>>);
+
+impl Families {
+    fn record(&self, pid: Pid, kids: Vec<Pid>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, kids);
+    }
+
+    /// The descendants last seen of `pid`, forgotten.
+    pub fn take(&self, pid: Pid) -> Vec<Pid> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid)
+            .unwrap_or_default()
+    }
+}
+
+/// Where to ask: what the table says, with what the argv tells.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub daemon: Daemon,
+    pub pid: Pid,
+    pub check: Check,
+    /// For HTTP: the `--host` and `--port` of its argv.
+    pub http: Option<(String, u16)>,
+}
+
+/// Checks `target` every `interval` until it is gone or `cancel`.
+pub async fn watch(
+    target: Target,
+    interval: Duration,
+    check_timeout: Duration,
+    tx: mpsc::UnboundedSender<Event>,
+    families: Families,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let procs = proctree::snapshot();
+        let Some(me) = procs.iter().find(|p| p.pid == target.pid) else {
+            return;
+        };
+        if matches!(me.state, 'Z' | 'X') {
+            return;
+        }
+        let kids = proctree::descendants(&procs, target.pid)
+            .into_iter()
+            .map(|p| p.pid)
+            .collect();
+        families.record(target.pid, kids);
+        let verdict = if matches!(me.state, 'T' | 't') {
+            Err("stopped (SIGSTOP, or a debugger)".to_string())
+        } else {
+            let ask = ask(&target, check_timeout);
+            match timeout(check_timeout, ask).await {
+                Ok(v) => v,
+                Err(_) => Err(format!("no answer within {check_timeout:?}")),
+            }
+        };
+        let event = Event::DaemonHealth {
+            daemon: target.daemon,
+            pid: target.pid,
+            healthy: verdict.is_ok(),
+            detail: verdict.unwrap_or_else(|e| e),
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks the daemon itself, by its kind; `Ok` with a word on what answered.
+async fn ask(target: &Target, check_timeout: Duration) -> Result<String, String> {
+    match target.check {
+        Check::Gcs | Check::Process => Ok("running".into()),
+        Check::Grpc => grpc(target.pid, check_timeout).await,
+        Check::Http { path } => match &target.http {
+            Some((host, port)) => http(host, *port, path).await,
+            None => Ok("running (no --port to ask)".into()),
+        },
+    }
+}
+
+/// grpc.health.v1 Check on each listening port of `pid`: SERVING on any is
+/// healthy.
+async fn grpc(pid: Pid, check_timeout: Duration) -> Result<String, String> {
+    let ports = listening_ports(pid);
+    if ports.is_empty() {
+        return Err("no listening port found".into());
+    }
+    let mut last = String::new();
+    for port in &ports {
+        let Ok(endpoint) = Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+            continue;
+        };
+        let endpoint = endpoint.connect_timeout(check_timeout);
+        let answer = async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let mut client = HealthClient::new(channel);
+            let r = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(|s| s.message().to_string())?;
+            Ok::<i32, String>(r.into_inner().status)
+        };
+        match timeout(check_timeout, answer).await {
+            Ok(Ok(s)) if s == ServingStatus::Serving as i32 => {
+                return Ok(format!("SERVING on port {port}"))
+            }
+            Ok(Ok(s)) => last = format!("port {port} answered status {s}"),
+            Ok(Err(e)) => last = format!("port {port}: {e}"),
+            Err(_) => last = format!("port {port}: no answer within {check_timeout:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// `GET path` over HTTP/1.0: 200 is healthy.
+async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    match line.split_whitespace().nth(1) {
+        Some("200") => Ok(format!("{path} answered 200")),
+        Some(code) => Err(format!("{path} answered {code}")),
+        None => Err(format!("{path}: no HTTP answer")),
+    }
+}
+
+/// Where the dashboard serves, from its argv: `--host` (a wildcard is asked
+/// through loopback) and `--port`.
+pub fn http_target(host: Option<String>, port: Option<String>) -> Option<(String, u16)> {
+    let port = port?.parse().ok()?;
+    let host = match host.as_deref() {
+        None | Some("") | Some("0.0.0.0") | Some("::") | Some("localhost") => "127.0.0.1".into(),
+        Some(h) => h.to_string(),
+    };
+    Some((host, port))
+}
+
+/// The TCP ports `pid` listens on: its socket inodes (`/proc/<pid>/fd`)
+/// matched against the LISTEN rows of its namespace's `/proc/net/tcp{,6}`.
+pub fn listening_ports(pid: Pid) -> Vec<u16> {
+    let inodes: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        ports.extend(listening_in(&text, &inodes));
+    }
+    ports.into_iter().collect()
+}
+
+/// The local ports of the LISTEN (`0A`) rows of a `/proc/net/tcp` table
+/// whose inode is in `inodes`.
+fn listening_in(table: &str, inodes: &BTreeSet<u64>) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != "0A" || !inodes.contains(&inode.parse().ok()?) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_listening_ports_by_inode() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F93 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0
+   1: 0100007F:1F94 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1 0 100 0 0 10 0
+   2: 0100007F:1F95 0100007F:D0A4 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0
+   3: garbage";
+        let mine: BTreeSet<u64> = [111, 333].into();
+        assert_eq!(listening_in(table, &mine), vec![0x1F93]);
+        assert!(listening_in("", &mine).is_empty());
+    }
+
+    #[tokio::test]
+    async fn finds_this_process_listening() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_ports(nix::unistd::getpid()).contains(&port));
+    }
+
+    #[test]
+    fn the_dashboard_is_asked_through_loopback() {
+        let t = |h: Option<&str>, p: Option<&str>| {
+            http_target(h.map(String::from), p.map(String::from))
+        };
+        assert_eq!(
+            t(Some("0.0.0.0"), Some("8265")),
+            Some(("127.0.0.1".into(), 8265))
+        );
+        assert_eq!(
+            t(Some("127.0.0.1"), Some("1")),
+            Some(("127.0.0.1".into(), 1))
+        );
+        assert_eq!(t(Some("10.1.2.3"), Some("1")), Some(("10.1.2.3".into(), 1)));
+        assert_eq!(t(None, Some("x")), None);
+        assert_eq!(t(None, None), None);
+    }
+}
