@@ -342,3 +342,61 @@ fn shipped_config_documents_every_key() {
         }
     }
 }
+
+/// The empty-variable rules, each pinned: an empty KubeRay variable is
+/// unset (whatever its key's kind); an empty RAYHEAD_* variable is an error
+/// for a key that is not free text, and an empty value for one that is.
+#[test]
+fn empty_variables_follow_their_rules() {
+    // KubeRay's names: unset, so the default stands.
+    let cfg = load(None, &[("RAY_PORT", ""), ("REDIS_USERNAME", "")], &[]).unwrap();
+    assert_eq!(cfg.ray.gcs_port, 6379);
+    assert_eq!(cfg.redis.username, None);
+    // RAYHEAD_* for a number: an error that says "empty".
+    let err = load(None, &[("RAYHEAD_RAY_GCS_PORT", "")], &[]).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.0[0].message.starts_with("empty; expected"), "{err}");
+    // RAYHEAD_* for free text and a secret: allowed, and empty.
+    let cfg = load(
+        None,
+        &[
+            ("RAYHEAD_REDIS_NAMESPACE", ""),
+            ("RAYHEAD_REDIS_PASSWORD", ""),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.redis.namespace, None);
+    let pw = cfg
+        .resolved
+        .iter()
+        .find(|r| r.key.name == "redis.password")
+        .unwrap();
+    assert!(matches!(pw.source, Source::Env(ref n) if n == "RAYHEAD_REDIS_PASSWORD"));
+}
+
+/// `RAYHEAD_CONFIG=""` means no file, not a file named "".
+#[test]
+fn an_empty_config_variable_reads_no_file() {
+    let cfg = load(None, &[("RAYHEAD_CONFIG", "")], &[]).unwrap();
+    assert!(cfg.file.is_none());
+}
+
+/// An unknown key's hint lists its own section's keys, and only those.
+#[test]
+fn an_unknown_key_lists_its_sections_keys() {
+    let err = load(Some("[init]\nstop-grase = \"1s\"\n"), &NO_ENV, &[]).unwrap_err();
+    let msg = &err.0[0].message;
+    assert!(
+        msg.contains("[init] has forward-signals, stop-grace"),
+        "{msg}"
+    );
+    assert!(!msg.contains("gcs-port"), "{msg}");
+    let err = load(None, &NO_ENV, &["nosuch.key=1"]).unwrap_err();
+    assert!(
+        err.0[0]
+            .message
+            .contains("known keys are init.forward-signals"),
+        "{err}"
+    );
+}
