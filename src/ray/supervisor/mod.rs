@@ -265,8 +265,12 @@ impl<'a> Supervisor<'a> {
         );
         let tx = self.events_tx.clone();
         let exit = spawned.exit;
+        let cancel = self.init.cancel.child_token();
         self.init.tracker.spawn(async move {
-            let status = exit.await.unwrap_or(ExitStatus::Exited(255));
+            let status = tokio::select! {
+                s = exit => s.unwrap_or(ExitStatus::Exited(255)),
+                _ = cancel.cancelled() => return,
+            };
             if !status.success() {
                 // Let the output tasks catch up with the last lines, which
                 // explain the failure.
@@ -333,13 +337,19 @@ impl<'a> Supervisor<'a> {
         rx: tokio::sync::oneshot::Receiver<ExitStatus>,
     ) {
         let tx = self.events_tx.clone();
+        // Shutdown ends the wait: rayhead's exit must never hang on a
+        // process that survived the stop.
+        let cancel = self.init.cancel.child_token();
         self.init.tracker.spawn(async move {
-            if let Ok(status) = rx.await {
-                let _ = tx.send(Event::DaemonExited {
-                    daemon,
-                    pid,
-                    status,
-                });
+            tokio::select! {
+                r = rx => if let Ok(status) = r {
+                    let _ = tx.send(Event::DaemonExited {
+                        daemon,
+                        pid,
+                        status,
+                    });
+                },
+                _ = cancel.cancelled() => {}
             }
         });
     }
