@@ -495,3 +495,38 @@ pub fn kill_gcs_and_wait(
     }
     took
 }
+
+/// The KubeRay guide's cluster: Redis, a head under rayhead, a worker, and
+/// the detached counter at 1.
+pub fn start_guide(dir: &Dir, extra: &[(&str, &str)]) -> (RedisServer, Head, Running) {
+    let redis = RedisServer::start(dir);
+    let head = start_head(dir, Some(&redis), extra, "direct");
+    let worker = start_worker(dir, &head);
+    let addr = format!("127.0.0.1:{}", head.ports.gcs);
+    python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(increment(&head).0, 1);
+    (redis, head, worker)
+}
+
+/// rayhead ended the head with `code`, decided within `bound` of the event,
+/// with `why` in the termination message and no secret anywhere; every
+/// process of the head (recorded before) and of the test is gone.
+pub fn assert_head_ended(
+    out: &crate::util::Output,
+    code: i32,
+    (decided, bound): (Duration, Duration),
+    why: &str,
+    daemons: &[Pid],
+    cleanup: &KillByMarker,
+    secret: &str,
+) {
+    out.assert_code(code).assert_no_secret(secret);
+    assert!(decided < bound, "decided after {decided:?}\n{}", out.dump());
+    assert!(out.termination_log.contains(why), "{}", out.dump());
+    assert_all_dead("the head's Ray processes", daemons);
+    assert!(
+        cleanup.pids().is_empty(),
+        "Ray processes left: {:?}",
+        cleanup.pids()
+    );
+}

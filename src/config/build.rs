@@ -130,10 +130,11 @@ pub(super) fn build(
     if ray.raylet_hung_after < ray.raylet_unhealthy_after {
         problem(
             &RAY_RAYLET_HUNG_AFTER,
-            format!(
-                "{} is shorter than ray.raylet-unhealthy-after ({}): a hang would end the head before it costs readiness",
-                humantime::format_duration(ray.raylet_hung_after),
-                humantime::format_duration(ray.raylet_unhealthy_after)
+            shorter(
+                ray.raylet_hung_after,
+                &RAY_RAYLET_UNHEALTHY_AFTER,
+                ray.raylet_unhealthy_after,
+                "a hang would end the head before it costs readiness",
             ),
         );
     }
@@ -149,10 +150,11 @@ pub(super) fn build(
     if gcs.unhealthy_after < gcs.health_interval {
         problem(
             &GCS_UNHEALTHY_AFTER,
-            format!(
-                "{} is shorter than gcs.health-interval ({}); expected at least one health check",
-                humantime::format_duration(gcs.unhealthy_after),
-                humantime::format_duration(gcs.health_interval)
+            shorter(
+                gcs.unhealthy_after,
+                &GCS_HEALTH_INTERVAL,
+                gcs.health_interval,
+                "expected at least one health check",
             ),
         );
     }
@@ -260,4 +262,14 @@ pub(super) fn build(
         file,
         resolved,
     }
+}
+
+/// "`d` is shorter than `other` (its value): why".
+fn shorter(d: Duration, other: &Key, other_value: Duration, why: &str) -> String {
+    format!(
+        "{} is shorter than {} ({}): {why}",
+        humantime::format_duration(d),
+        other.name,
+        humantime::format_duration(other_value)
+    )
 }

@@ -16,12 +16,18 @@ struct Server {
 }
 
 async fn start(redis: bool) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = State::new(Snapshot::ray_head(
+    serving(Snapshot::ray_head(
         "127.0.0.1:6379".into(),
         redis.then(|| "redis://redis:6379".to_string()),
-    ));
+    ))
+    .await
+}
+
+/// A server on a port-0 listener, answering from `snap`.
+async fn serving(snap: Snapshot) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = State::new(snap);
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(
         Listener::Tcp(listener),
@@ -209,22 +215,7 @@ async fn readiness_follows_daemon_health_past_its_threshold() {
 /// or Redis anywhere.
 #[tokio::test]
 async fn a_plain_command_is_ready_while_it_runs() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = State::new(Snapshot::command());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(
-        Listener::Tcp(listener),
-        state.subscribe(),
-        STALL,
-        stop.clone(),
-    ));
-    let s = Server {
-        addr,
-        state,
-        stop,
-        task,
-    };
+    let s = serving(Snapshot::command()).await;
     assert_eq!(s.req("GET", "/readyz").await.0, 503);
     s.state
         .set_child("command", Some(5), ChildStatus::Running, None, true);
