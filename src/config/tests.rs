@@ -400,3 +400,97 @@ fn an_unknown_key_lists_its_sections_keys() {
         "{err}"
     );
 }
+
+/// Each cross-key and list check, on both sides of its line.
+#[test]
+fn every_check_holds_on_both_sides() {
+    let ok = |flags: &[&str]| load(None, &NO_ENV, flags).unwrap();
+    let err_keys = |flags: &[&str]| -> Vec<String> {
+        load(None, &NO_ENV, flags)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    };
+    // ray.ready-requires names daemons of the table.
+    assert_eq!(
+        ok(&["ray.ready-requires=raylet monitor"])
+            .ray
+            .ready_requires,
+        ["raylet", "monitor"]
+    );
+    assert_eq!(
+        err_keys(&["ray.ready-requires=raylet nosuch"]),
+        ["ray.ready-requires"]
+    );
+    // A hang bound at the readiness threshold is fine; below it is not.
+    ok(&[
+        "ray.raylet-hung-after=10s",
+        "ray.raylet-unhealthy-after=10s",
+    ]);
+    assert_eq!(
+        err_keys(&["ray.raylet-hung-after=9s", "ray.raylet-unhealthy-after=10s"]),
+        ["ray.raylet-hung-after"]
+    );
+    // gcs.unhealthy-after may equal gcs.health-interval, not undercut it.
+    ok(&["gcs.unhealthy-after=1s", "gcs.health-interval=1s"]);
+    assert_eq!(
+        err_keys(&["gcs.unhealthy-after=999ms", "gcs.health-interval=1s"]),
+        ["gcs.unhealthy-after"]
+    );
+    // redis.skip-checks takes its three words only.
+    assert_eq!(
+        ok(&["redis.skip-checks=INFO config tables"])
+            .redis
+            .skip_checks,
+        ["info", "config", "tables"]
+    );
+    assert_eq!(
+        err_keys(&["redis.skip-checks=info bogus"]),
+        ["redis.skip-checks"]
+    );
+    // A client certificate and key go together; the problem names the one set.
+    assert_eq!(
+        err_keys(&["redis.tls-client-cert=/c"]),
+        ["redis.tls-client-cert"]
+    );
+    assert_eq!(
+        err_keys(&["redis.tls-client-key=/k"]),
+        ["redis.tls-client-key"]
+    );
+    let both = ok(&["redis.tls-client-cert=/c", "redis.tls-client-key=/k"]);
+    assert!(both.redis.tls_client_cert.is_some() && both.redis.tls_client_key.is_some());
+    // Empty text is no value; a value is kept.
+    let cfg = ok(&["redis.username=", "redis.tls-server-name="]);
+    assert_eq!(
+        (cfg.redis.username, cfg.redis.tls_server_name),
+        (None, None)
+    );
+    let cfg = ok(&["redis.username=alice", "redis.tls-server-name=redis.svc"]);
+    assert_eq!(cfg.redis.username.as_deref(), Some("alice"));
+    assert_eq!(cfg.redis.tls_server_name.as_deref(), Some("redis.svc"));
+    // probe.listen is read, not defaulted.
+    assert_eq!(
+        ok(&["probe.listen=127.0.0.1:9"]).probe.listen,
+        "127.0.0.1:9".parse().unwrap()
+    );
+}
+
+/// The process environment is read as it is; a map is read as it is.
+#[test]
+fn environments_answer_what_they_hold() {
+    let path = ProcessEnv.var("PATH").unwrap();
+    assert!(
+        path.is_some_and(|p| p.contains('/')),
+        "PATH is set in any test run"
+    );
+    assert_eq!(
+        ProcessEnv.var("RAYHEAD_TEST_SURELY_UNSET_9F2C").unwrap(),
+        None
+    );
+    let mut map = std::collections::HashMap::new();
+    map.insert("A".to_string(), "1".to_string());
+    assert_eq!(map.var("A").unwrap().as_deref(), Some("1"));
+    assert_eq!(map.var("B").unwrap(), None);
+}
