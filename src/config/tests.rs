@@ -494,3 +494,37 @@ fn environments_answer_what_they_hold() {
     assert_eq!(map.var("A").unwrap().as_deref(), Some("1"));
     assert_eq!(map.var("B").unwrap(), None);
 }
+
+/// A secret formats as `<redacted>` however it is printed; a value's Debug
+/// is its TOML; errors say what was expected; a count takes its bounds.
+#[test]
+fn formats_and_bounds() {
+    let s = Secret::new("hunter2");
+    assert_eq!(format!("{s}"), "<redacted>");
+    assert_eq!(format!("{s:?}"), "<redacted>");
+    assert_eq!(format!("{:?}", Value::Secret(s)), "\"<redacted>\"");
+    assert_eq!(format!("{:?}", Value::Count(7)), "7");
+    let err = load(None, &[("RAYHEAD_INIT_STOP_GRACE", "")], &[]).unwrap_err();
+    assert!(
+        err.0[0].message == "empty; expected a duration such as \"25s\" or \"1m30s\"",
+        "{err}"
+    );
+    assert_eq!(
+        load(None, &NO_ENV, &["ray.gcs-port=65535"])
+            .unwrap()
+            .ray
+            .gcs_port,
+        65535
+    );
+    assert_eq!(
+        load(None, &NO_ENV, &["ray.gcs-port=1"])
+            .unwrap()
+            .ray
+            .gcs_port,
+        1
+    );
+    for bad in ["65536", "0"] {
+        let err = load(None, &NO_ENV, &[&format!("ray.gcs-port={bad}")]).unwrap_err();
+        assert!(err.0[0].message.contains("from 1 to 65535"), "{err}");
+    }
+}
