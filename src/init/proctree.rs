@@ -78,6 +78,37 @@ pub fn snapshot_at(proc: &Path) -> Vec<ProcInfo> {
         .collect()
 }
 
+/// One process, from `/proc/<pid>/stat`; `None` once it is gone.
+pub fn stat(pid: Pid) -> Option<ProcInfo> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The descendants of `pid`, walked down through each thread's
+/// `/proc/<pid>/task/<tid>/children`: a few small reads, where a whole
+/// `/proc` snapshot reads every process on the machine.
+pub fn descendants_of(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.filter_map(|t| t.ok()) {
+            let Ok(text) = fs::read_to_string(t.path().join("children")) else {
+                continue;
+            };
+            for kid in text.split_whitespace().filter_map(|k| k.parse().ok()) {
+                let kid = Pid::from_raw(kid);
+                if !out.contains(&kid) && out.len() < 10_000 {
+                    out.push(kid);
+                    queue.push(kid);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every process visible in `/proc`.
 pub fn snapshot() -> Vec<ProcInfo> {
     snapshot_at(Path::new("/proc"))
@@ -162,6 +193,64 @@ mod tests {
         assert!(split_nul(b"").is_empty());
         let me = cmdline(nix::unistd::getpid()).unwrap();
         assert!(!me.is_empty());
+    }
+
+    #[test]
+    fn walks_down_through_children() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let mut under = Vec::new();
+        for _ in 0..500 {
+            under = descendants_of(pid);
+            if !under.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let found = descendants_of(nix::unistd::getpid());
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        for p in &under {
+            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{found:?}");
+        assert_eq!(under.len(), 1, "the sleep under sh: {under:?}");
+        assert!(stat(nix::unistd::getpid()).is_some());
+    }
+
+    /// A live child is a live descendant; an exited, unreaped one (a
+    /// zombie) is not.
+    #[test]
+    fn live_descendants_leave_out_zombies() {
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let (live_pid, dead_pid) = (
+            Pid::from_raw(live.id() as i32),
+            Pid::from_raw(dead.id() as i32),
+        );
+        // Until `true` has exited and is a zombie.
+        for _ in 0..500 {
+            if stat(dead_pid).is_some_and(|p| p.state == 'Z') {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let got: Vec<Pid> = live_descendants_of_self().iter().map(|p| p.pid).collect();
+        let _ = live.kill();
+        let _ = live.wait();
+        let _ = dead.wait();
+        assert!(got.contains(&live_pid), "{got:?}");
+        assert!(
+            !got.contains(&dead_pid),
+            "a zombie counted as live: {got:?}"
+        );
     }
 
     #[test]

@@ -301,6 +301,28 @@ async fn metrics_cover_the_state() {
     ] {
         assert!(body.contains(want), "missing {want}:\n{body}");
     }
+    assert!(
+        !body.contains("rayhead_daemon_restarts_total"),
+        "no restarts yet:\n{body}"
+    );
+    // Down, and a daemon restarted twice: the zeroes and the counts.
+    s.state.update(|st| {
+        st.redis.as_mut().unwrap().up = Some(false);
+        st.daemons.get_mut("dashboard").unwrap().restarts = 2;
+    });
+    s.state.set_gcs_health(GcsHealth::NotServing, None);
+    let (_, body) = s.req("GET", "/metrics").await;
+    for want in [
+        "rayhead_gcs_up 0",
+        "rayhead_redis_up 0",
+        "rayhead_daemon_restarts_total{daemon=\"dashboard\"} 2",
+    ] {
+        assert!(body.contains(want), "missing {want}:\n{body}");
+    }
+    assert!(
+        !body.contains("rayhead_daemon_restarts_total{daemon=\"raylet\"}"),
+        "{body}"
+    );
     s.stop().await;
 }
 

@@ -20,12 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::daemons::{Check, Daemon};
+use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
 use crate::init::proctree;
 
@@ -61,7 +61,10 @@ pub struct Target {
     pub http: Option<(String, u16)>,
 }
 
-/// Checks `target` every `interval` until it is gone or `cancel`.
+/// Checks `target` every `interval` until it is gone or `cancel`. Each
+/// check is cheap enough to run every second or two for the life of the
+/// head: one `stat` read, a walk down its own children, and one request to
+/// a port found once and a connection kept.
 pub async fn watch(
     target: Target,
     interval: Duration,
@@ -70,27 +73,30 @@ pub async fn watch(
     families: Families,
     cancel: CancellationToken,
 ) {
+    let mut grpc = GrpcPorts::default();
+    // Only a daemon restarted in place needs its family (to kill it first),
+    // and it changes rarely: every fifth check, from the first.
+    let restartable = target.daemon.spec().policy == Policy::OnDaemonExit;
+    let mut checks: u64 = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = cancel.cancelled() => return,
         }
-        let procs = proctree::snapshot();
-        let Some(me) = procs.iter().find(|p| p.pid == target.pid) else {
+        let Some(me) = proctree::stat(target.pid) else {
             return;
         };
         if matches!(me.state, 'Z' | 'X') {
             return;
         }
-        let kids = proctree::descendants(&procs, target.pid)
-            .into_iter()
-            .map(|p| p.pid)
-            .collect();
-        families.record(target.pid, kids);
+        if restartable && checks % 5 == 0 {
+            families.record(target.pid, proctree::descendants_of(target.pid));
+        }
+        checks += 1;
         let verdict = if matches!(me.state, 'T' | 't') {
             Err("stopped (SIGSTOP, or a debugger)".to_string())
         } else {
-            let ask = ask(&target, check_timeout);
+            let ask = ask(&target, check_timeout, &mut grpc);
             match timeout(check_timeout, ask).await {
                 Ok(v) => v,
                 Err(_) => Err(format!("no answer within {check_timeout:?}")),
@@ -109,10 +115,14 @@ pub async fn watch(
 }
 
 /// Asks the daemon itself, by its kind; `Ok` with a word on what answered.
-async fn ask(target: &Target, check_timeout: Duration) -> Result<String, String> {
+async fn ask(
+    target: &Target,
+    check_timeout: Duration,
+    grpc: &mut GrpcPorts,
+) -> Result<String, String> {
     match target.check {
         Check::Gcs | Check::Process => Ok("running".into()),
-        Check::Grpc => grpc(target.pid, check_timeout).await,
+        Check::Grpc => grpc.check(target.pid, check_timeout).await,
         Check::Http { path } => match &target.http {
             Some((host, port)) => http(host, *port, path).await,
             None => Ok("running (no --port to ask)".into()),
@@ -120,40 +130,46 @@ async fn ask(target: &Target, check_timeout: Duration) -> Result<String, String>
     }
 }
 
-/// grpc.health.v1 Check on each listening port of `pid`: SERVING on any is
-/// healthy.
-async fn grpc(pid: Pid, check_timeout: Duration) -> Result<String, String> {
-    let ports = listening_ports(pid);
-    if ports.is_empty() {
-        return Err("no listening port found".into());
-    }
-    let mut last = String::new();
-    for port in &ports {
-        let Ok(endpoint) = Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
-            continue;
-        };
-        let endpoint = endpoint.connect_timeout(check_timeout);
-        let answer = async {
-            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-            let mut client = HealthClient::new(channel);
-            let r = client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map_err(|s| s.message().to_string())?;
-            Ok::<i32, String>(r.into_inner().status)
-        };
-        match timeout(check_timeout, answer).await {
-            Ok(Ok(s)) if s == ServingStatus::Serving as i32 => {
-                return Ok(format!("SERVING on port {port}"))
+/// The raylet's gRPC ports and a kept connection to each: found from its
+/// sockets once, and found again only when none of them answers.
+#[derive(Default)]
+struct GrpcPorts {
+    clients: Vec<(u16, HealthClient<Channel>)>,
+}
+
+impl GrpcPorts {
+    /// grpc.health.v1 Check on each port: SERVING on any is healthy.
+    async fn check(&mut self, pid: Pid, check_timeout: Duration) -> Result<String, String> {
+        if self.clients.is_empty() {
+            for port in listening_ports(pid) {
+                let Ok(e) = Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+                    continue;
+                };
+                let channel = e.connect_timeout(check_timeout).connect_lazy();
+                self.clients.push((port, HealthClient::new(channel)));
             }
-            Ok(Ok(s)) => last = format!("port {port} answered status {s}"),
-            Ok(Err(e)) => last = format!("port {port}: {e}"),
-            Err(_) => last = format!("port {port}: no answer within {check_timeout:?}"),
         }
+        if self.clients.is_empty() {
+            return Err("no listening port found".into());
+        }
+        let mut last = String::new();
+        for (port, client) in &mut self.clients {
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            match timeout(check_timeout, client.check(request)).await {
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                    return Ok(format!("SERVING on port {port}"))
+                }
+                Ok(Ok(r)) => last = format!("port {port} answered status {}", r.get_ref().status),
+                Ok(Err(s)) => last = format!("port {port}: {}", s.message()),
+                Err(_) => last = format!("port {port}: no answer within {check_timeout:?}"),
+            }
+        }
+        // None answered: look for the ports again next time.
+        self.clients.clear();
+        Err(last)
     }
-    Err(last)
 }
 
 /// `GET path` over HTTP/1.0: 200 is healthy.
