@@ -89,7 +89,7 @@ pub async fn watch(
         if matches!(me.state, 'Z' | 'X') {
             return;
         }
-        if restartable && checks % 5 == 0 {
+        if restartable && checks.is_multiple_of(5) {
             families.record(target.pid, proctree::descendants_of(target.pid));
         }
         checks += 1;

@@ -1,0 +1,253 @@
+//! The GCS: its health, its loss, and its recovery in place within the
+//! head's reconnect window.
+
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use super::*;
+
+impl Machine {
+    pub(super) fn gcs_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Vec<Action> {
+        if self.gcs != Some(pid) {
+            return Vec::new();
+        }
+        self.gcs = None;
+        self.set_child(
+            Daemon::GcsServer,
+            None,
+            ChildStatus::Exited,
+            Some(status.to_string()),
+        );
+        match &mut self.stage {
+            Stage::Watching(_) => self.lost(now, format!("gcs_server {status}")),
+            Stage::Recovering(r) => match r.step {
+                Step::Reaping(old) if old == pid => self.after_reap(now),
+                Step::Starting(new) if new == pid => {
+                    r.last_error = format!("the restarted gcs_server {status}");
+                    self.restart_failed(now)
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
+        if obs.generation != self.generation {
+            return Vec::new();
+        }
+        let h = match obs.health {
+            Health::Serving => GcsHealth::Serving,
+            Health::NotServing => GcsHealth::NotServing,
+            Health::Refused | Health::Failed(_) => GcsHealth::Unreachable,
+        };
+        self.state.set_gcs_health(h, obs.latency);
+        if let Health::Failed(why) = &obs.health {
+            tracing::debug!(why = %why, via = obs.via, "GCS health check failed");
+        }
+        match (&self.stage, &obs.health) {
+            (Stage::Recovering(r), Health::Serving) if matches!(r.step, Step::Starting(_)) => {
+                self.recovered(now)
+            }
+            (Stage::Recovering(_), _) => Vec::new(),
+            (Stage::Watching(_), Health::Serving) => {
+                self.last_serving = Some(obs.at);
+                self.running()
+            }
+            (_, Health::Serving) => {
+                // Before adoption: remembered, acted on once watching.
+                self.last_serving = Some(obs.at);
+                Vec::new()
+            }
+            (Stage::Watching(_), Health::NotServing) => {
+                self.lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
+            }
+            (Stage::Watching(_), Health::Refused) if self.last_serving.is_some() => {
+                self.lost(now, "the GCS port refuses connections".into())
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The GCS is lost: start a recovery, or decide that none can be.
+    pub(super) fn lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        if let Stage::Watching(Watch {
+            probation: Some(_), ..
+        }) = self.stage
+        {
+            // Lost again within gcs.stable-after of its restart.
+            self.count_failure();
+            if let Some(finish) = self.crash_loop(&reason, "lost again soon after its restart") {
+                return vec![finish];
+            }
+        }
+        self.generation += 1;
+        self.last_serving = None;
+        let mut actions = vec![self.monitor(health::FAST_INTERVAL)];
+        tracing::warn!(event = "gcs_lost", reason = %reason, "GCS lost");
+        let window = self
+            .cfg
+            .ray
+            .reconnect_timeout
+            .saturating_sub(self.cfg.gcs.deadline_margin);
+        let deadline = after(now, window);
+        let deadline_wall = wall_after(SystemTime::now(), window);
+        self.state.update_gcs(|g| {
+            g.health = GcsHealth::Unreachable;
+            g.last_loss = Some(SystemTime::now());
+            g.last_loss_reason = Some(reason.clone());
+        });
+        self.state
+            .set_phase(Phase::Recovering, &format!("GCS lost: {reason}"));
+
+        if self.cfg.ray.mode == RayMode::Block {
+            actions.push(Action::KillBlockGcs);
+            actions.push(Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(
+                format!("GCS lost ({reason}); in block mode rayhead does not restart it"),
+            ))));
+            return actions;
+        }
+        if self.redis.is_none() {
+            actions.push(Action::Finish(Outcome::Fail(
+                Exit::GcsLostWithoutFaultTolerance(format!(
+                    "GCS lost ({reason}) without fault tolerance (no Redis): its state is gone, so the head exits"
+                )),
+            )));
+            return actions;
+        }
+        self.state.update_gcs(|g| g.deadline = Some(deadline_wall));
+        let step = match self.gcs {
+            // Never two GCS processes on one Redis namespace: the old one
+            // goes first, and is reaped before a new one starts.
+            Some(old) => {
+                tracing::warn!(
+                    pid = old.as_raw(),
+                    "killing the old gcs_server before a new one starts"
+                );
+                actions.push(Action::Kill(old));
+                Step::Reaping(old)
+            }
+            None => Step::Gate,
+        };
+        self.stage = Stage::Recovering(Recovery {
+            t0: now,
+            deadline,
+            reason,
+            last_error: "no attempt finished".into(),
+            attempts: 0,
+            step,
+        });
+        if step == Step::Gate {
+            actions.extend(self.after_reap(now));
+        }
+        actions
+    }
+
+    /// The old GCS is gone: restart at once, or after a back-off when the
+    /// last restart failed.
+    pub(super) fn after_reap(&mut self, now: Instant) -> Vec<Action> {
+        let failures = self.failures;
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        if failures > 0 {
+            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
+            return Vec::new();
+        }
+        r.step = Step::Gate;
+        vec![gate(r.deadline)]
+    }
+
+    /// A restart failed: count it, then back off, or give up.
+    pub(super) fn restart_failed(&mut self, now: Instant) -> Vec<Action> {
+        self.count_failure();
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        tracing::warn!(attempt = r.attempts, error = %r.last_error, "GCS restart attempt failed");
+        let reason = r.reason.clone();
+        let last = r.last_error.clone();
+        if let Some(finish) = self.crash_loop(&reason, &last) {
+            return vec![finish];
+        }
+        if let Stage::Recovering(r) = &mut self.stage {
+            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
+        }
+        Vec::new()
+    }
+
+    pub(super) fn count_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let n = self.failures;
+        self.state.update_gcs(|g| g.consecutive_failures = n);
+    }
+
+    /// Exit 82 once gcs.max-restarts restarts in a row have failed.
+    pub(super) fn crash_loop(&self, reason: &str, last: &str) -> Option<Action> {
+        (self.failures >= self.cfg.gcs.max_restarts).then(|| {
+            Action::Finish(Outcome::Fail(Exit::GcsCrashLoop(format!(
+                "GCS lost ({reason}) after {} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}",
+                self.failures
+            ))))
+        })
+    }
+
+    pub(super) fn recovered(&mut self, now: Instant) -> Vec<Action> {
+        let Stage::Recovering(r) = &self.stage else {
+            return Vec::new();
+        };
+        let took = now.saturating_duration_since(r.t0);
+        let attempts = r.attempts;
+        let pid = self.gcs;
+        self.last_serving = Some(now);
+        self.state.update(|s| {
+            if let Some(g) = &mut s.gcs {
+                g.health = GcsHealth::Serving;
+                g.last_recovery = Some(SystemTime::now());
+                g.last_recovery_seconds = Some(took.as_secs_f64());
+                g.deadline = None;
+            }
+            s.recoveries.push(took.as_secs_f64());
+        });
+        self.set_child(Daemon::GcsServer, pid, ChildStatus::Running, None);
+        tracing::info!(
+            event = "gcs_recovered",
+            seconds = took.as_secs_f64(),
+            attempts,
+            pid = pid.map(Pid::as_raw),
+            "GCS recovered in place"
+        );
+        self.state
+            .set_phase(Phase::Running, "GCS recovered in place");
+        self.stage = Stage::Watching(Watch {
+            since: now,
+            probation: Some(now),
+        });
+        vec![self.monitor(self.cfg.gcs.health_interval)]
+    }
+
+    pub(super) fn not_recovered(&self, now: Instant) -> Action {
+        let (took, reason, last) = match &self.stage {
+            Stage::Recovering(r) => (
+                now.saturating_duration_since(r.t0),
+                r.reason.as_str(),
+                r.last_error.as_str(),
+            ),
+            _ => (Duration::ZERO, "", ""),
+        };
+        Action::Finish(Outcome::Fail(Exit::GcsNotRecovered(format!(
+            "GCS lost ({reason}) and not SERVING again within {:.1}s, before the head's reconnect timeout ({}) less gcs.deadline-margin ({}); last attempt: {last}",
+            took.as_secs_f64(),
+            humantime::format_duration(self.cfg.ray.reconnect_timeout),
+            humantime::format_duration(self.cfg.gcs.deadline_margin),
+        ))))
+    }
+}
+
+/// The restart gate: Redis must answer before a GCS starts, or it aborts.
+pub(super) fn gate(deadline: Instant) -> Action {
+    Action::WaitForRedis {
+        until: deadline,
+        purpose: "restart gate",
+    }
+}
