@@ -433,6 +433,11 @@ fn every_check_holds_on_both_sides() {
         err_keys(&["ray.raylet-hung-after=9s", "ray.raylet-unhealthy-after=10s"]),
         ["ray.raylet-hung-after"]
     );
+    let err = load(None, &NO_ENV, &["ray.raylet-hung-after=9s"]).unwrap_err();
+    assert_eq!(
+        err.0[0].message,
+        "9s is shorter than ray.raylet-unhealthy-after (10s): a hang would end the head before it costs readiness"
+    );
     // gcs.unhealthy-after may equal gcs.health-interval, not undercut it.
     ok(&["gcs.unhealthy-after=1s", "gcs.health-interval=1s"]);
     assert_eq!(
