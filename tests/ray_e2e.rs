@@ -161,20 +161,8 @@ fn e2e_head_raylet_death_exits_83() {
     let redis = RedisServer::start(&dir);
     let head = start_head(&dir, Some(&redis), &[], "direct");
     let daemons = head_processes(&head);
-    let t = Instant::now();
-    kill(raylet_pid(&head), Signal::SIGKILL).unwrap();
-    let decided = decision_after(&dir, t);
-    let out = head.run.wait(Duration::from_secs(60));
     let bound = Duration::from_secs(5);
-    assert_head_ended(
-        &out,
-        83,
-        (decided, bound),
-        "raylet",
-        &daemons,
-        &cleanup,
-        &redis.password,
-    );
+    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &cleanup, &redis.password);
 }
 
 #[test]
@@ -249,20 +237,8 @@ fn e2e_raylet_killed_at_the_restart_gate_exits_83_at_once() {
                 .then_some(())
         },
     );
-    let t = Instant::now();
-    kill(raylet_pid(&head), Signal::SIGKILL).unwrap();
-    let decided = decision_after(&dir, t);
-    let out = head.run.wait(Duration::from_secs(60));
     let bound = Duration::from_secs(3);
-    assert_head_ended(
-        &out,
-        83,
-        (decided, bound),
-        "raylet",
-        &daemons,
-        &cleanup,
-        &redis.password,
-    );
+    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &cleanup, &redis.password);
 }
 
 /// Ten SIGKILLs of gcs_server, 3 s apart: each is recovered in place, the
@@ -303,4 +279,30 @@ fn e2e_ten_gcs_kills_three_seconds_apart_all_recover() {
         .wait(Duration::from_secs(60))
         .assert_code(0)
         .assert_no_secret(&redis.password);
+}
+
+/// SIGKILLs the head raylet: rayhead decides within `bound` (the raylet's
+/// death is one event, whatever it was waiting for) and exits 83, leaving
+/// nothing behind.
+fn kill_the_raylet_and_expect_83(
+    dir: &Dir,
+    head: Head,
+    bound: Duration,
+    daemons: &[nix::unistd::Pid],
+    cleanup: &KillByMarker,
+    secret: &str,
+) {
+    let t = Instant::now();
+    kill(raylet_pid(&head), Signal::SIGKILL).unwrap();
+    let decided = decision_after(dir, t);
+    let out = head.run.wait(Duration::from_secs(60));
+    assert_head_ended(
+        &out,
+        83,
+        (decided, bound),
+        "raylet",
+        daemons,
+        cleanup,
+        secret,
+    );
 }
