@@ -314,6 +314,13 @@ impl Machine {
         }
     }
 
+    /// Whether rayhead knows a gcs_server alive (tests check that none is
+    /// ever started beside it).
+    #[cfg(test)]
+    pub fn gcs_alive(&self) -> bool {
+        self.gcs.is_some()
+    }
+
     /// Whether an [`Action::Finish`] was returned.
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)

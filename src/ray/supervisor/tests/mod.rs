@@ -595,3 +595,112 @@ fn the_longest_durations_do_not_panic() {
 }
 
 mod daemons;
+
+/// Random event sequences, from every stage: the machine never panics,
+/// never starts a gcs_server while it knows one alive (two GCS processes
+/// must never share a Redis namespace), and decides nothing after it has
+/// decided to finish.
+mod random {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn event(kind: u8, p: i32, gen_back: bool, h: &H) -> Event {
+        let daemon = [
+            Daemon::GcsServer,
+            Daemon::Raylet,
+            Daemon::Dashboard,
+            Daemon::Monitor,
+        ][(p % 4) as usize];
+        let pid = pid([GCS, RAYLET, DASHBOARD, 100, 101, 102, 50][(p % 7) as usize]);
+        let generation = if gen_back {
+            h.generation.saturating_sub(1)
+        } else {
+            h.generation
+        };
+        let obs = |health| {
+            Event::Health(Observation {
+                generation,
+                health,
+                via: "watch",
+                at: h.now,
+                latency: None,
+            })
+        };
+        match kind % 16 {
+            0 => Event::Tick,
+            1 => Event::Signal(Signal::SIGHUP),
+            2 => Event::DaemonExited {
+                daemon,
+                pid,
+                status: ExitStatus::Signaled(9),
+            },
+            3 => obs(Health::Serving),
+            4 => obs(Health::NotServing),
+            5 => obs(Health::Refused),
+            6 => obs(Health::Failed("timeout".into())),
+            7 => Event::RedisReady,
+            8 => Event::RedisFailed(PingError::Refused),
+            9 => Event::Started(daemon, Ok(pid)),
+            10 => Event::Started(
+                daemon,
+                Err(StartError {
+                    message: "no".into(),
+                    retry: p % 2 == 0,
+                }),
+            ),
+            11 => Event::DaemonHealth {
+                daemon,
+                pid,
+                healthy: p % 2 == 0,
+                detail: "x".into(),
+            },
+            12 => Event::RayStartExited(ExitStatus::Exited(p % 2)),
+            13 => Event::Found(vec![
+                (Daemon::GcsServer, pid),
+                (Daemon::Raylet, super::pid(RAYLET)),
+            ]),
+            14 => match h.m.timer() {
+                Some((_, t)) => Event::TimerFired(t),
+                None => Event::Tick,
+            },
+            _ => Event::DaemonExited {
+                daemon: Daemon::GcsServer,
+                pid,
+                status: ExitStatus::Exited(1),
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_events_keep_the_invariants(
+            start in 0..EVERY_STAGE.len(),
+            steps in prop::collection::vec((0u8..16, 0i32..1000, any::<bool>(), 0u64..20_000), 1..60),
+        ) {
+            let mut h = H::at(EVERY_STAGE[start], &[]);
+            let mut finished = false;
+            for (kind, p, back, ms) in steps {
+                h.advance(Duration::from_millis(ms));
+                if kind % 16 == 14 {
+                    if let Some((at, _)) = h.m.timer() {
+                        h.now = h.now.max(at);
+                    }
+                }
+                let alive_before = h.m.gcs_alive();
+                let e = event(kind, p, back, &h);
+                let a = h.ev(e);
+                if finished {
+                    prop_assert!(a.is_empty(), "decided after finishing: {a:?}");
+                }
+                if a.contains(&Action::StartDaemon(Daemon::GcsServer)) {
+                    prop_assert!(!alive_before, "a gcs_server started beside a live one: {a:?}");
+                }
+                finished |= finish(&a).is_some();
+                prop_assert_eq!(finished, h.m.is_done());
+            }
+        }
+    }
+}
