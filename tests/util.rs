@@ -76,7 +76,7 @@ impl Dir {
             .env("RAYHEAD_LOG", "debug")
             // Never the default 8099: tests run side by side.
             .env("RAYHEAD_PROBE_LISTEN", "127.0.0.1:0")
-            // Never the default /tmp/rayhead-probe.sock, for the same reason.
+            // Never the default /tmp/rayhead-probe-<port>.sock: port 0 is shared.
             .env("RAYHEAD_PROBE_SOCKET", self.join("probe.sock"))
             .env("RAYHEAD_INIT_TERMINATION_LOG", self.join("termination-log"));
         TestCommand {

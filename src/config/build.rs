@@ -222,12 +222,22 @@ pub(super) fn build(
         }
     }
 
+    let listen = match v.get(&PROBE_LISTEN) {
+        Some(Value::Listen(a)) => *a,
+        _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
+    };
     let probe = ProbeConfig {
-        listen: match v.get(&PROBE_LISTEN) {
-            Some(Value::Listen(a)) => *a,
-            _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
+        listen,
+        // "auto": named after the TCP port, which two rayheads on one
+        // machine cannot share either, so neither's exec probe asks the
+        // other.
+        socket: match v.text(&PROBE_SOCKET).as_deref() {
+            Some("auto") => Some(PathBuf::from(format!(
+                "/tmp/rayhead-probe-{}.sock",
+                listen.port()
+            ))),
+            _ => path(&PROBE_SOCKET),
         },
-        socket: path(&PROBE_SOCKET),
         stall_after: v.duration(&PROBE_STALL_AFTER),
     };
 

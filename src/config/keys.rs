@@ -426,9 +426,9 @@ pub static PROBE_LISTEN: Key = Key {
 pub static PROBE_SOCKET: Key = Key {
     name: "probe.socket",
     kind: Kind::Text,
-    default: Some("/tmp/rayhead-probe.sock"),
+    default: Some("auto"),
     aliases: &[],
-    doc: "A Unix socket serving the same routes, for `rayhead probe`: no network peer can reach it, so no flood can crowd the exec probe out. \"\" turns it off.",
+    doc: "A Unix socket serving the same routes, for `rayhead probe`: no network peer can reach it, so no flood can crowd the exec probe out. \"auto\" is /tmp/rayhead-probe-<probe.listen's port>.sock, so that two rayheads on one machine never share one; \"\" turns it off.",
 };
 
 pub static PROBE_STALL_AFTER: Key = Key {

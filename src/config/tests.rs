@@ -475,10 +475,21 @@ fn every_check_holds_on_both_sides() {
     let cfg = ok(&["redis.username=alice", "redis.tls-server-name=redis.svc"]);
     assert_eq!(cfg.redis.username.as_deref(), Some("alice"));
     assert_eq!(cfg.redis.tls_server_name.as_deref(), Some("redis.svc"));
-    // probe.listen is read, not defaulted.
+    // probe.listen is read, not defaulted; the socket follows its port.
+    let cfg = ok(&["probe.listen=127.0.0.1:9"]);
+    assert_eq!(cfg.probe.listen, "127.0.0.1:9".parse().unwrap());
     assert_eq!(
-        ok(&["probe.listen=127.0.0.1:9"]).probe.listen,
-        "127.0.0.1:9".parse().unwrap()
+        cfg.probe.socket.as_deref(),
+        Some(std::path::Path::new("/tmp/rayhead-probe-9.sock"))
+    );
+    assert_eq!(
+        ok(&[]).probe.socket.as_deref(),
+        Some(std::path::Path::new("/tmp/rayhead-probe-8099.sock"))
+    );
+    assert_eq!(ok(&["probe.socket="]).probe.socket, None);
+    assert_eq!(
+        ok(&["probe.socket=/run/x.sock"]).probe.socket.as_deref(),
+        Some(std::path::Path::new("/run/x.sock"))
     );
 }
 
