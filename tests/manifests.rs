@@ -80,6 +80,20 @@ fn shipped_manifests_validate_and_match_rayhead() {
             assert_eq!(h["message_policy"], "FallbackToLogsOnError");
             assert!(h["redis"].is_string(), "GCS fault tolerance is on: {h:#}");
             assert!(h["image"].as_str().unwrap().ends_with(":2.60.0"), "{h:#}");
+            // The head and every worker carry Ray's client check interval at
+            // rayhead's default: workers are not rayhead's children, and
+            // `kubectl exec` drivers take the container's env, not rayhead's.
+            let var = "RAY_grpc_client_check_connection_status_interval_milliseconds";
+            let ms = humantime::parse_duration(default_of("ray.client-check-interval"))
+                .unwrap()
+                .as_millis()
+                .to_string();
+            assert_eq!(h["head"][var], ms.as_str(), "{h:#}");
+            let workers = h["workers"].as_array().unwrap();
+            assert!(!workers.is_empty(), "{h:#}");
+            for w in workers {
+                assert_eq!(w[var], ms.as_str(), "{h:#}");
+            }
         }
     }
     kinds.sort();

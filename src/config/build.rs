@@ -104,6 +104,7 @@ pub(super) fn build(
             .unwrap_or(RayMode::Direct),
         gcs_port: u16::try_from(v.count(&RAY_GCS_PORT)).unwrap_or(6379),
         reconnect_timeout: v.duration(&RAY_RECONNECT_TIMEOUT),
+        client_check_interval: v.duration(&RAY_CLIENT_CHECK_INTERVAL),
         on_daemon_exit: v
             .choice(&RAY_ON_DAEMON_EXIT, DaemonExitPolicy::from_word)
             .unwrap_or(DaemonExitPolicy::Restart),
@@ -126,6 +127,25 @@ pub(super) fn build(
                 ),
             );
         }
+    }
+    // Ray reads whole milliseconds; 0 would make every client spin.
+    if ray.client_check_interval < Duration::from_millis(1) {
+        problem(
+            &RAY_CLIENT_CHECK_INTERVAL,
+            format!(
+                "{}: expected at least 1ms, as Ray counts it in whole milliseconds",
+                humantime::format_duration(ray.client_check_interval)
+            ),
+        );
+    } else if ray.client_check_interval > ray.reconnect_timeout {
+        problem(
+            &RAY_CLIENT_CHECK_INTERVAL,
+            format!(
+                "{} is longer than ray.reconnect-timeout ({}): clients would not re-check within the window",
+                humantime::format_duration(ray.client_check_interval),
+                humantime::format_duration(ray.reconnect_timeout)
+            ),
+        );
     }
     if ray.raylet_hung_after < ray.raylet_unhealthy_after {
         problem(

@@ -35,6 +35,8 @@ pub enum EnvUnit {
     Plain,
     /// A whole number of seconds (Ray's `*_timeout_s` variables).
     Seconds,
+    /// A whole number of milliseconds (Ray's `*_milliseconds` variables).
+    Milliseconds,
 }
 
 /// An environment variable that sets a key, beside the derived `RAYHEAD_*` name.
@@ -186,6 +188,18 @@ pub static RAY_RECONNECT_TIMEOUT: Key = Key {
         empty_is_unset: true,
     }],
     doc: "The head's GCS reconnect timeout: the raylet exits after this long without a GCS.",
+};
+
+pub static RAY_CLIENT_CHECK_INTERVAL: Key = Key {
+    name: "ray.client-check-interval",
+    kind: Kind::Duration,
+    default: Some("100ms"),
+    aliases: &[EnvAlias {
+        name: "RAY_grpc_client_check_connection_status_interval_milliseconds",
+        unit: EnvUnit::Milliseconds,
+        empty_is_unset: true,
+    }],
+    doc: "How often every Ray process that `ray start` spawns re-checks a failing GCS channel. Exported to Ray as RAY_grpc_client_check_connection_status_interval_milliseconds; Ray's own default of 1s makes drivers see a GCS restart about 1 s late.",
 };
 
 pub static RAY_ON_DAEMON_EXIT: Key = Key {
@@ -452,6 +466,7 @@ pub static KEYS: &[&Key] = &[
     &RAY_MODE,
     &RAY_GCS_PORT,
     &RAY_RECONNECT_TIMEOUT,
+    &RAY_CLIENT_CHECK_INTERVAL,
     &RAY_ON_DAEMON_EXIT,
     &RAY_HEALTH_INTERVAL,
     &RAY_HEALTH_TIMEOUT,

@@ -200,6 +200,9 @@ pub struct RayConfig {
     pub mode: RayMode,
     pub gcs_port: u16,
     pub reconnect_timeout: Duration,
+    /// Exported to `ray start`: how often Ray's GCS clients re-check a
+    /// failing channel, which bounds how late applications see a recovery.
+    pub client_check_interval: Duration,
     pub on_daemon_exit: DaemonExitPolicy,
     pub health_interval: Duration,
     pub health_timeout: Duration,

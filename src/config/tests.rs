@@ -37,6 +37,7 @@ fn defaults_are_valid_and_documented() {
     assert_eq!(cfg.init.forward_signals.len(), 7);
     assert_eq!(cfg.ray.mode, RayMode::Direct);
     assert_eq!(cfg.ray.reconnect_timeout, Duration::from_secs(60));
+    assert_eq!(cfg.ray.client_check_interval, Duration::from_millis(100));
     assert_eq!(cfg.gcs.max_restarts, 5);
     assert_eq!(cfg.probe.listen.port(), 8099);
     assert!(!cfg.fault_tolerant());
@@ -438,6 +439,28 @@ fn every_check_holds_on_both_sides() {
         err.0[0].message,
         "9s is shorter than ray.raylet-unhealthy-after (10s): a hang would end the head before it costs readiness"
     );
+    // Ray's client check interval: whole milliseconds from 1ms to the
+    // reconnect window, and Ray's own variable (in milliseconds) wins.
+    ok(&["ray.client-check-interval=1ms"]);
+    ok(&["ray.client-check-interval=60s"]);
+    let err = load(None, &NO_ENV, &["ray.client-check-interval=0s"]).unwrap_err();
+    assert_eq!(
+        err.0[0].message,
+        "0s: expected at least 1ms, as Ray counts it in whole milliseconds"
+    );
+    let err = load(None, &NO_ENV, &["ray.client-check-interval=61s"]).unwrap_err();
+    assert_eq!(
+        err.0[0].message,
+        "1m 1s is longer than ray.reconnect-timeout (1m): clients would not re-check within the window"
+    );
+    let var = "RAY_grpc_client_check_connection_status_interval_milliseconds";
+    let cfg = load(None, &[(var, "250")], &[]).unwrap();
+    assert_eq!(cfg.ray.client_check_interval, Duration::from_millis(250));
+    let cfg = load(None, &[(var, "")], &[]).unwrap();
+    assert_eq!(cfg.ray.client_check_interval, Duration::from_millis(100));
+    let err = load(None, &[(var, "0.5s")], &[]).unwrap_err();
+    assert_eq!(err.0[0].key, "ray.client-check-interval");
+    assert!(err.0[0].message.contains("whole number of milliseconds"), "{}", err.0[0].message);
     // gcs.unhealthy-after may equal gcs.health-interval, not undercut it.
     ok(&["gcs.unhealthy-after=1s", "gcs.health-interval=1s"]);
     assert_eq!(

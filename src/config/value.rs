@@ -87,6 +87,12 @@ pub fn parse_text(kind: Kind, unit: EnvUnit, text: &str) -> Result<Value, String
             })?;
             bounded(text, Duration::from_secs(secs))
         }
+        (Kind::Duration, EnvUnit::Milliseconds) => {
+            let ms: u64 = text.trim().parse().map_err(|_| {
+                format!("{}: expected a whole number of milliseconds", shown(kind, text))
+            })?;
+            bounded(text, Duration::from_millis(ms))
+        }
         (Kind::Duration, EnvUnit::Plain) => parse_duration(text),
         (Kind::Count { min, max }, _) => {
             let n: u64 = text
@@ -366,6 +372,12 @@ mod tests {
             Value::Duration(Duration::from_secs(600))
         );
         assert!(parse_text(Kind::Duration, EnvUnit::Seconds, "10s").is_err());
+        assert_eq!(
+            parse_text(Kind::Duration, EnvUnit::Milliseconds, "250").unwrap(),
+            Value::Duration(Duration::from_millis(250))
+        );
+        let e = parse_text(Kind::Duration, EnvUnit::Milliseconds, "100ms").unwrap_err();
+        assert!(e.contains("whole number of milliseconds"), "{e}");
         let e = parse_text(Kind::Duration, EnvUnit::Plain, "25").unwrap_err();
         assert!(e.contains("\"25\""), "{e}");
     }

@@ -1,11 +1,17 @@
 """Validates rayhead's Kubernetes manifests against KubeRay's RayCluster CRD.
 
 Usage: validate_manifests.py CRD.yaml MANIFEST.yaml...
+       validate_manifests.py --env MANIFEST.yaml
 Every RayCluster is checked against the CRD's v1 openAPIV3Schema with a real
 JSON-schema validator; every RayService's spec.rayClusterConfig against the
 schema of a RayCluster's spec (the RayService CRD is not shipped here). The
 output is JSON: {"file": [[kind, name, [errors...], head facts], ...]}. Exit 0 when all
 are valid, 1 otherwise.
+
+With --env, it prints the literal `env` entries of the first RayCluster's head
+container and of each worker group's first container, {"head": {...},
+"workers": [{...}]}: the environment the kubelet would give them, which the
+end-to-end tests hand to their own head and worker processes.
 """
 import json
 import sys
@@ -27,6 +33,23 @@ def errors(schema, doc):
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in v.iter_errors(doc)]
 
 
+def literal_env(container):
+    """The container's `env` entries that carry a literal value."""
+    return {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+
+
+def first_container(template):
+    return (template.get("spec", {}).get("containers") or [{}])[0]
+
+
+def envs(spec):
+    return {
+        "head": literal_env(first_container(spec.get("headGroupSpec", {}).get("template", {}))),
+        "workers": [literal_env(first_container(g.get("template", {})))
+                    for g in spec.get("workerGroupSpecs") or []],
+    }
+
+
 def head_facts(spec):
     """What the test compares with rayhead's defaults."""
     tmpl = spec.get("headGroupSpec", {}).get("template", {})
@@ -43,10 +66,17 @@ def head_facts(spec):
         "grace": pod.get("terminationGracePeriodSeconds"),
         "message_policy": c.get("terminationMessagePolicy"),
         "redis": spec.get("gcsFaultToleranceOptions", {}).get("redisAddress"),
+        **envs(spec),
     }
 
 
 def main():
+    if sys.argv[1] == "--env":
+        for doc in yaml.safe_load_all(open(sys.argv[2])):
+            if doc and doc.get("kind") == "RayCluster":
+                print(json.dumps(envs(doc["spec"])))
+                return
+        raise SystemExit("no RayCluster in " + sys.argv[2])
     schema = v1_schema(sys.argv[1])
     report, bad = {}, False
     for path in sys.argv[2:]:

@@ -244,6 +244,13 @@ impl<'a> Supervisor<'a> {
             "RAY_gcs_rpc_server_reconnect_timeout_s",
             self.cfg.ray.reconnect_timeout.as_secs().max(1).to_string(),
         )
+        // Every daemon and driver `ray start` spawns inherits it, and with it
+        // sees a recovered GCS within this interval instead of Ray's 1 s.
+        // An inherited value already is this key's value (its env alias).
+        .env(
+            "RAY_grpc_client_check_connection_status_interval_milliseconds",
+            self.cfg.ray.client_check_interval.as_millis().to_string(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut spawned = match self.init.reaper.spawn(&mut cmd, "ray start") {
