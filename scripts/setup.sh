@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what rayhead's tests and dev runner need on a fresh Debian machine
-# (root, Rust and Python 3.11 present): redis-server from Debian, Ray 2.60.0 in
-# a project-local virtualenv (.venv), and the release and test builds.
+# (root, Rust and Python 3.11 present): redis-server from Debian, Ray 2.60.0
+# with its dashboard and Serve (ray[default,serve]) in a project-local
+# virtualenv (.venv), and the release build.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +25,10 @@ fi
 # Debian's package may start a redis-server on 6379 where an init system runs;
 # the tests start their own on free ports and never touch 6379.
 
-if ! "$VENV/bin/python" -c "import ray, sys; sys.exit(ray.__version__ != '$RAY_VERSION')" 2>/dev/null; then
-  log "creating $VENV with ray[default]==$RAY_VERSION"
+if ! "$VENV/bin/python" -c "import ray, ray.serve, sys; sys.exit(ray.__version__ != '$RAY_VERSION')" 2>/dev/null; then
+  log "creating $VENV with ray[default,serve]==$RAY_VERSION"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ray[default]==$RAY_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "ray[default,serve]==$RAY_VERSION"
 fi
 
 log "building"

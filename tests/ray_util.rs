@@ -10,7 +10,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -258,7 +258,8 @@ pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) 
     s
 }
 
-/// Runs one of tests/py/*.py with the venv's python against `address`.
+/// Runs one of tests/py/*.py with the venv's python against `address`, with
+/// the head container's env from the manifest (drivers run on the head pod).
 /// Both pipes are drained while it runs, so a chatty driver never blocks on
 /// a full pipe.
 pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
@@ -268,6 +269,7 @@ pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, 
     let mut child = Command::new(venv_bin().join("python"))
         .arg(&path)
         .arg(address)
+        .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
         .env("RAY_DISABLE_USAGE_STATS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -348,6 +350,45 @@ pub fn find_comm(root: Pid, comm: &str) -> Vec<Pid> {
 
 // --- A head under rayhead, and a worker node: shared by the Ray suites. ---
 
+/// The literal `env` entries of the shipped RayCluster's head and worker
+/// containers: what the kubelet would give those processes. The heads,
+/// drivers (run on the head pod) and workers of these tests take them.
+pub struct ManifestEnv {
+    pub head: Vec<(String, String)>,
+    pub worker: Vec<(String, String)>,
+}
+
+pub fn manifest_env() -> &'static ManifestEnv {
+    static ENV: OnceLock<ManifestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(venv_bin().join("python"))
+            .arg(root.join("tests/py/validate_manifests.py"))
+            .arg("--env")
+            .arg(root.join("config/ray-cluster.rayhead.yaml"))
+            .output()
+            .expect("python");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "no env from the manifest ({e}): {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let pairs = |o: &serde_json::Value| -> Vec<(String, String)> {
+            o.as_object()
+                .expect("an env object")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("a string value").to_string()))
+                .collect()
+        };
+        ManifestEnv {
+            head: pairs(&v["head"]),
+            worker: pairs(&v["workers"][0]),
+        }
+    })
+}
+
 pub const START: Duration = Duration::from_secs(180);
 pub const ACTOR: Duration = Duration::from_secs(120);
 
@@ -390,6 +431,9 @@ pub fn start_head(
             .env("REDIS_PASSWORD", &r.password)
             .env("RAY_external_storage_namespace", &namespace);
     }
+    for (k, v) in &manifest_env().head {
+        cmd = cmd.env(k, v);
+    }
     for (k, v) in extra {
         cmd = cmd.env(k, v);
     }
@@ -407,11 +451,15 @@ pub fn start_head(
     }
 }
 
-/// A worker node with the reconnect timeout KubeRay gives workers.
+/// A worker node with the reconnect timeout KubeRay gives workers and the
+/// worker container's env from the manifest.
 pub fn start_worker(dir: &Dir, head: &Head) -> Running {
     let p = NodePorts::new();
-    dir.command(venv_bin().join("ray"))
-        .env("PATH", path_with_venv())
+    let mut cmd = dir.command(venv_bin().join("ray"));
+    for (k, v) in &manifest_env().worker {
+        cmd = cmd.env(k, v);
+    }
+    cmd.env("PATH", path_with_venv())
         .env("RAY_gcs_rpc_server_reconnect_timeout_s", "600")
         .env("RAY_DISABLE_USAGE_STATS", "1")
         .args([

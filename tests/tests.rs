@@ -7,6 +7,7 @@ mod cli;
 mod faults;
 mod manifests;
 mod pid1;
+mod ray_apps;
 mod ray_daemons;
 mod ray_e2e;
 mod ray_fake;

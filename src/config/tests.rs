@@ -460,7 +460,11 @@ fn every_check_holds_on_both_sides() {
     assert_eq!(cfg.ray.client_check_interval, Duration::from_millis(100));
     let err = load(None, &[(var, "0.5s")], &[]).unwrap_err();
     assert_eq!(err.0[0].key, "ray.client-check-interval");
-    assert!(err.0[0].message.contains("whole number of milliseconds"), "{}", err.0[0].message);
+    assert!(
+        err.0[0].message.contains("whole number of milliseconds"),
+        "{}",
+        err.0[0].message
+    );
     // gcs.unhealthy-after may equal gcs.health-interval, not undercut it.
     ok(&["gcs.unhealthy-after=1s", "gcs.health-interval=1s"]);
     assert_eq!(

@@ -89,7 +89,10 @@ pub fn parse_text(kind: Kind, unit: EnvUnit, text: &str) -> Result<Value, String
         }
         (Kind::Duration, EnvUnit::Milliseconds) => {
             let ms: u64 = text.trim().parse().map_err(|_| {
-                format!("{}: expected a whole number of milliseconds", shown(kind, text))
+                format!(
+                    "{}: expected a whole number of milliseconds",
+                    shown(kind, text)
+                )
             })?;
             bounded(text, Duration::from_millis(ms))
         }
