@@ -2,9 +2,11 @@
 #   make dev    set up, then run the local dev runner
 #   make test   set up, then run every test (what .ci/run calls)
 # And, by hand:
+#   make bench    set up, then run every benchmark into BENCHMARKS.md (about 40 min;
+#                 never beside `make test`: Ray's `ray stop` kills every Ray process)
 #   make mutants  mutation testing of the pure modules with their unit tests
 
-.PHONY: setup dev test mutants
+.PHONY: setup dev test bench mutants
 
 setup:
 	scripts/setup.sh
@@ -14,6 +16,11 @@ dev: setup
 
 test: setup
 	cargo test --no-fail-fast
+
+# The benchmarks' own needs (the timeline's plotting) stay out of the test set-up.
+bench: setup
+	.venv/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
+	.venv/bin/python bench/run.py
 
 # The pure modules, each against its unit tests (--lib): a mutant that
 # survives is behaviour no test pins down. Not part of `make test`.

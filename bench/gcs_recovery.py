@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""GCS recovery benchmark: rayhead's in-place restart against a restarted head.
+"""GCS recovery as applications see it: rayhead against a restarted head.
 
-Runs, side by side in one invocation, on loopback, with a real redis-server
-(password, AOF) and Ray from the project's .venv:
-  (a) rayhead in direct mode supervising the head;
-  (b) the baseline: `ray start --head --block` restarted at once by a shell loop
-      that stands in for the kubelet, with no back-off.
-For each, a worker node holds the KubeRay guide's detached counter actor. The
-benchmark SIGKILLs gcs_server N times (and, for (a), SIGTERMs it N times) and
-reports the median time from the kill to the GCS answering SERVING again, the
-time until the counter answers again, and (for (a)) rayhead's detection latency:
-from the kill to its "GCS lost" event. Figures only; no assertions.
+Two clusters run side by side, on loopback, against one real redis-server
+(password, AOF), with Ray from the project's .venv, each with a worker node,
+the KubeRay guide's detached counter and a Ray Serve app behind the head's
+proxy, every process with the env of the shipped manifest
+(config/ray-cluster.rayhead.yaml):
+  (a) rayhead with its defaults supervising the head;
+  (b) `ray start --head --block` restarted at once by a shell loop that stands
+      in for the kubelet (its best case: no back-off).
+For each run and each signal (SIGKILL, SIGTERM, SIGSTOP of gcs_server) it
+kills (a)'s GCS, then (b)'s, interleaved, each only once its head is fully up
+((a): /readyz 200; (b): `ray start` wrote ray_current_cluster). It records,
+from the kill: the GCS answering SERVING (polled every 5 ms), the dashboard's
+/api/gcs_healthz answering 200 again, a driver's next GCS-dependent round
+(get_actor + a call + an internal-KV read; (a)'s driver stays connected, (b)'s
+dies with its head and a fresh one is started at the kill), and, for (a),
+rayhead's gcs_lost event and /readyz turning 503 and 200; Serve requests sent
+and failed around each incident, with their latencies.
 
-Usage: .venv/bin/python bench/gcs_recovery.py [--kills 5]
+Writes bench/recovery.csv (one row per incident and measure), bench/serve.csv
+(every Serve request), and prints a Markdown section for BENCHMARKS.md.
+Usage: .venv/bin/python bench/gcs_recovery.py [--runs 5] [--signals KILL,TERM,STOP] [--env N=V]
 """
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -24,14 +34,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 import grpc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+PY = os.path.join(VENV_BIN, "python")
 RAYHEAD = os.path.join(ROOT, "target", "release", "rayhead")
+TESTS_PY = os.path.join(ROOT, "tests", "py")
 PASSWORD = "bench-secret"
+# How long an incident may take before the benchmark records "never".
+LIMIT = 200.0
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
 
 
 def free_port():
@@ -42,29 +62,89 @@ def free_port():
     return p
 
 
+def manifest_env():
+    """The head's and the worker's literal env from the shipped manifest."""
+    out = subprocess.run([PY, os.path.join(TESTS_PY, "validate_manifests.py"), "--env",
+                          os.path.join(ROOT, "config", "ray-cluster.rayhead.yaml")],
+                         check=True, capture_output=True, text=True).stdout
+    v = json.loads(out)
+    return v["head"], v["workers"][0]
+
+
+class GcsHealth:
+    """grpc.health.v1.Health/Check on one channel that reconnects every few
+    milliseconds: cheaper and more exact than a new channel per check."""
+
+    def __init__(self, port):
+        self.ch = grpc.insecure_channel(
+            f"127.0.0.1:{port}",
+            options=[("grpc.initial_reconnect_backoff_ms", 5), ("grpc.min_reconnect_backoff_ms", 5),
+                     ("grpc.max_reconnect_backoff_ms", 10)])
+        self.check = self.ch.unary_unary("/grpc.health.v1.Health/Check",
+                                         request_serializer=lambda x: x, response_deserializer=lambda x: x)
+
+    def __call__(self):
+        try:
+            return self.check(b"", timeout=0.05) == b"\x08\x01"
+        except grpc.RpcError:
+            return False
+
+
 def serving(port):
-    """One grpc.health.v1.Health/Check; True when SERVING."""
-    ch = grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[("grpc.initial_reconnect_backoff_ms", 5), ("grpc.min_reconnect_backoff_ms", 5),
-                 ("grpc.max_reconnect_backoff_ms", 10)])
+    """One check on a channel of its own; True when SERVING."""
+    h = GcsHealth(port)
     try:
-        check = ch.unary_unary("/grpc.health.v1.Health/Check",
-                               request_serializer=lambda x: x, response_deserializer=lambda x: x)
-        return check(b"", timeout=0.2) == b"\x08\x01"
-    except grpc.RpcError:
-        return False
+        return h()
     finally:
-        ch.close()
+        h.ch.close()
 
 
-def wait_serving(port, limit):
+def http_ok(url, timeout=0.5):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+class Poller(threading.Thread):
+    """Polls `check` every `every` s; keeps (time, ok) at every change."""
+
+    def __init__(self, check, every):
+        super().__init__(daemon=True)
+        self.check, self.every = check, every
+        self.changes, self.oks, self.stopped = [], [], threading.Event()
+
+    def run(self):
+        last = None
+        while not self.stopped.is_set():
+            ok = self.check()
+            now = time.time()
+            if ok != last:
+                self.changes.append((now, ok))
+                last = ok
+            if ok:
+                self.oks.append(now)
+            time.sleep(self.every)
+
+    def down_after(self, t):
+        """The first failure seen after t, or None."""
+        return next((c for c, ok in self.changes if c >= t and not ok), None)
+
+    def back_after(self, t):
+        """The first success after the first failure after t (or after t
+        when no failure was seen, e.g. the outage fell between two polls)."""
+        start = self.down_after(t) or t
+        return next((c for c in self.oks if c >= start), None)
+
+
+def wait_for(what, cond, limit):
     deadline = time.time() + limit
     while time.time() < deadline:
-        if serving(port):
+        if cond():
             return time.time()
-        time.sleep(0.002)
-    raise SystemExit(f"GCS on {port} not SERVING within {limit}s")
+        time.sleep(0.01)
+    raise SystemExit(f"timed out waiting for {what}")
 
 
 def procs_with(marker, comm):
@@ -84,175 +164,368 @@ def procs_with(marker, comm):
     return out
 
 
-def head_cmd(tmp, name, gcs_port):
-    p = [free_port() for _ in range(4)]
-    return (f"ray start --head --block --port={gcs_port} --num-cpus=0 --node-ip-address=127.0.0.1 "
-            f"--temp-dir={tmp}/{name} --dashboard-host=127.0.0.1 --dashboard-port={p[0]} "
-            f"--dashboard-agent-listen-port={p[1]} --ray-client-server-port={p[2]} "
-            f"--metrics-export-port={p[3]} --disable-usage-stats --redis-password=$REDIS_PASSWORD")
+def wait_for_head_init(marker):
+    """The host pid of (b)'s current `ray start`, PID 1 of its namespace."""
+    deadline = time.time() + LIMIT
+    while time.time() < deadline:
+        for pid in procs_with(marker, "ray"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+                with open(f"/proc/{ppid}/comm") as f:
+                    if f.read().strip() == "unshare":
+                        return pid
+            except OSError:
+                pass
+        time.sleep(0.01)
+    raise SystemExit("(b) no ray start running")
 
 
-def env_for(redis_port, namespace):
-    env = dict(os.environ)
-    env.update({
-        "PATH": VENV_BIN + ":" + env.get("PATH", ""),
-        "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis_port}",
-        "REDIS_PASSWORD": PASSWORD,
-        "RAY_external_storage_namespace": namespace,
-        "RAY_DISABLE_USAGE_STATS": "1",
-    })
-    return env
+class Cluster:
+    """A head (under rayhead, or the restart loop), a worker, the counter,
+    a Serve app and the pollers."""
 
+    def __init__(self, who, tmp, redis_port, head_env, worker_env):
+        self.who, self.tmp = who, tmp
+        self.procs = []
+        self.gcs_port, self.dash_port, self.serve_port = free_port(), free_port(), free_port()
+        self.probe_port = free_port()
+        self.marker = os.path.join(tmp, f"{who}-head")
+        self.addr = f"127.0.0.1:{self.gcs_port}"
+        env = dict(os.environ)
+        env.update({
+            "PATH": VENV_BIN + ":" + env.get("PATH", ""),
+            "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis_port}",
+            "REDIS_PASSWORD": PASSWORD,
+            "RAY_external_storage_namespace": f"bench-{who}",
+            "RAY_DISABLE_USAGE_STATS": "1",
+        })
+        self.env = dict(env, **head_env)
+        self.worker_env = dict(env, **worker_env, RAY_gcs_rpc_server_reconnect_timeout_s="600")
+        cmd = (f"ray start --head --block --port={self.gcs_port} --num-cpus=0 "
+               f"--node-ip-address=127.0.0.1 --temp-dir={self.marker} --dashboard-host=127.0.0.1 "
+               f"--dashboard-port={self.dash_port} --dashboard-agent-listen-port={free_port()} "
+               f"--ray-client-server-port={free_port()} --metrics-export-port={free_port()} "
+               f"--disable-usage-stats --redis-password=$REDIS_PASSWORD")
+        self.log = os.path.join(tmp, f"{who}.log")
+        if who == "a":
+            env = dict(self.env, KUBERAY_GEN_RAY_START_CMD=cmd,
+                       RAYHEAD_PROBE_LISTEN=f"127.0.0.1:{self.probe_port}",
+                       RAYHEAD_PROBE_SOCKET=os.path.join(tmp, "a-probe.sock"))
+            self.head = self.spawn([RAYHEAD, "--log-format", "json", "run"], env, self.log)
+        else:
+            # The loop stamps each exit and start of `ray start`: the head's
+            # teardown and restart on the timeline. ray_current_cluster is
+            # written once `ray start` has finished starting: removed here, it
+            # tells when the new head is fully up.
+            # Each head runs in a PID namespace of its own, as in a container:
+            # when `ray start` ends, the kernel kills every process left in
+            # it (agents, workers, the Serve proxy), as the kubelet does with
+            # a container's cgroup. Without it, the old head's orphans hold
+            # its ports, and the new head raylet dies waiting for its agent.
+            cur = os.path.join(self.marker, "ray_current_cluster")
+            loop = (f"while :; do rm -f {cur}; echo \"START $(date +%s.%N)\"; "
+                    f"unshare --pid --fork --mount-proc --kill-child {VENV_BIN}/{cmd} "
+                    f">>{tmp}/b-ray-start.log 2>&1; "
+                    f"echo \"EXIT $? $(date +%s.%N)\"; done")
+            self.head = self.spawn(["bash", "-c", loop], self.env, self.log)
+        wait_for(f"({who}) SERVING", lambda: serving(self.gcs_port), 180)
+        self.wait_up()
+        self.spawn([os.path.join(VENV_BIN, "ray"), "start", "--block", f"--address={self.addr}",
+                    "--num-cpus=1", "--node-ip-address=127.0.0.1", f"--temp-dir={tmp}/{who}-worker",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--metrics-export-port={free_port()}", "--disable-usage-stats"],
+                   self.worker_env, os.devnull)
+        subprocess.run([PY, os.path.join(TESTS_PY, "detached_actor.py"), self.addr], env=self.env,
+                       check=True, capture_output=True, timeout=180)
+        subprocess.run([PY, os.path.join(TESTS_PY, "serve_app.py"), self.addr, str(self.serve_port)],
+                       env=self.env, check=True, capture_output=True, timeout=300)
+        # The first driver writes the internal-KV key that every round reads.
+        # (a)'s stays connected; (b)'s would die with its head anyway.
+        self.driver = self.start_driver([])
+        for line in self.driver.stdout:  # its warm-up round, then READY
+            if line.startswith("READY"):
+                break
+        else:
+            raise SystemExit(f"({who}) the driver failed")
+        if who == "b":
+            self.driver.kill()
 
-def start_worker(tmp, name, gcs_port, env):
-    env = dict(env, RAY_gcs_rpc_server_reconnect_timeout_s="600")
-    return subprocess.Popen(
-        [os.path.join(VENV_BIN, "ray"), "start", "--block", f"--address=127.0.0.1:{gcs_port}",
-         "--num-cpus=1", "--node-ip-address=127.0.0.1", f"--temp-dir={tmp}/{name}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-         "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    def spawn(self, argv, env, out):
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=open(out, "a"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
 
+    def start_driver(self, extra):
+        argv = [PY, os.path.join(TESTS_PY, "driver.py"), self.addr, self.tmp] + extra
+        if self.who == "b":
+            # A driver on the head pod lives in the head's PID namespace (as
+            # with kubectl exec): the raylet checks its clients' pids there.
+            init = wait_for_head_init(self.marker)
+            argv = ["nsenter", "--target", str(init), "--pid", "--mount", "--"] + argv
+        d = subprocess.Popen(argv,
+                             env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=open(os.path.join(self.tmp, f"{self.who}-driver.err"), "a"),
+                             text=True, start_new_session=True)
+        self.procs.append(d)
+        return d
 
-DRIVER = r"""
-import sys, time, ray
-ray.init(address=sys.argv[1], namespace="default_namespace", logging_level="ERROR")
-@ray.remote(num_cpus=1)
-class Counter:
-    def __init__(self): self.value = 0
-    def increment(self):
-        self.value += 1
-        return self.value
-c = Counter.options(name="counter_actor", lifetime="detached", get_if_exists=True).remote()
-print(ray.get(c.increment.remote()), flush=True)
-for line in sys.stdin:
-    t = time.time()
-    while True:
-        try:
-            # list_named_actors asks the GCS (get_actor may be answered from
-            # the driver's cache): this is the path that needs it back.
-            assert "counter_actor" in ray.util.list_named_actors()
-            v = ray.get(ray.get_actor("counter_actor").increment.remote(), timeout=60)
-            break
-        except Exception:
-            time.sleep(0.01)
-    print("RESULT", v, time.time(), flush=True)
-"""
+    def wait_up(self):
+        """Until the head is fully up, so that a kill hits a running head."""
+        if self.who == "a":
+            wait_for("(a) /readyz", lambda: http_ok(f"http://127.0.0.1:{self.probe_port}/readyz"), LIMIT)
+        else:
+            cur = os.path.join(self.marker, "ray_current_cluster")
+            wait_for("(b) ray start to finish", lambda: os.path.exists(cur) and serving(self.gcs_port), LIMIT)
+        wait_for(f"({self.who}) gcs_healthz", lambda: http_ok(
+            f"http://127.0.0.1:{self.dash_port}/api/gcs_healthz"), LIMIT)
 
+    def driver_round(self, t_kill):
+        """Kill -> the end of the next driver round. (a)'s driver is asked at
+        the kill; (b)'s died with the head, so a fresh one starts at the kill
+        and is restarted until a round succeeds."""
+        if self.who == "a":
+            self.driver.stdin.write("go\n")
+            self.driver.stdin.flush()
+            drivers = [self.driver]
+        else:
+            drivers = []
+        while time.time() - t_kill < LIMIT:
+            if not drivers:
+                drivers.append(self.start_driver(["--now"]))
+            line = drivers[-1].stdout.readline()
+            if line.startswith("CALL "):
+                if self.who == "b":
+                    drivers[-1].kill()
+                log(f"    driver: {line.strip()}")
+                return float(line.split()[3])
+            if not line:  # it died: the head was not back yet
+                drivers.pop().wait()
+        return None
 
-def measure(label, tmp, gcs_port, head_marker, sig, kills, env, log=None):
-    """Kills gcs_server `kills` times; returns (to SERVING, to counter, detection) lists."""
-    driver = subprocess.Popen([os.path.join(VENV_BIN, "python"), "-c", DRIVER, f"127.0.0.1:{gcs_port}"],
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    first = driver.stdout.readline()
-    if not first.strip():
-        raise SystemExit(f"{label}: the driver failed")
-    to_serving, to_counter, detect = [], [], []
-    for i in range(kills):
-        time.sleep(2)
-        gcs = procs_with(head_marker, "gcs_server")
+    def events(self, name):
+        """Times of rayhead's JSON events named `name`."""
+        out = []
+        for line in open(self.log):
+            if f'"{name}"' in line:
+                ts = json.loads(line)["timestamp"]
+                out.append(datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+        return out
+
+    def loop_marks(self, word):
+        return [float(l.split()[-1]) for l in open(self.log) if l.startswith(word + " ")]
+
+    def incident(self, sig, serve_csv):
+        """One kill; returns {measure: seconds from the kill, or None}. The
+        pollers and the Serve load run only around this cluster's own
+        incidents, so that the idle cluster costs the measured one little CPU."""
+        self.wait_up()
+        self.gcs = Poller(GcsHealth(self.gcs_port), 0.005)
+        self.healthz = Poller(lambda: http_ok(f"http://127.0.0.1:{self.dash_port}/api/gcs_healthz"), 0.02)
+        self.readyz = Poller(lambda: http_ok(f"http://127.0.0.1:{self.probe_port}/readyz"), 0.02)
+        pollers = [self.gcs, self.healthz] + ([self.readyz] if self.who == "a" else [])
+        for p in pollers:
+            p.start()
+        load = subprocess.Popen(
+            [PY, os.path.join(TESTS_PY, "serve_load.py"), f"http://127.0.0.1:{self.serve_port}/hello",
+             serve_csv, "0.02"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            start_new_session=True)
+        time.sleep(1)
+        gcs = procs_with(self.marker, "gcs_server")
         if len(gcs) != 1:
-            raise SystemExit(f"{label}: expected one gcs_server, found {gcs}")
+            raise SystemExit(f"({self.who}) expected one gcs_server, found {gcs}")
         t0 = time.time()
         os.kill(gcs[0], sig)
-        driver.stdin.write("go\n")
-        driver.stdin.flush()
-        t1 = wait_serving(gcs_port, 180)
-        while True:
-            line = driver.stdout.readline()
-            if not line:
-                raise SystemExit(f"{label}: the driver died")
-            if line.startswith("RESULT "):
-                _, _, t2 = line.split()
-                break
-        to_serving.append(t1 - t0)
-        to_counter.append(float(t2) - t0)
-        if log:
-            lost = [json.loads(l) for l in open(log) if '"gcs_lost"' in l]
-            if lost:
-                ts = datetime.datetime.fromisoformat(lost[-1]["timestamp"].replace("Z", "+00:00"))
-                detect.append(ts.timestamp() - t0)
-        print(f"  {label} {signal.Signals(sig).name} #{i + 1}: SERVING after {to_serving[-1]:.3f}s, "
-              f"counter after {to_counter[-1]:.3f}s", file=sys.stderr, flush=True)
-    driver.kill()
-    return to_serving, to_counter, detect
+        t_driver = self.driver_round(t0)
+        t_serving = wait_for(f"({self.who}) SERVING", lambda: self.gcs.back_after(t0) is not None, LIMIT)
+        self.wait_up()
+        for p in pollers:  # each has seen the outage end
+            try:
+                wait_for("a poller", lambda: p.back_after(t0) is not None, 30)
+            except SystemExit:
+                pass
+        if sig == signal.SIGSTOP:  # (b) never kills it itself; PDEATHSIG does
+            try:
+                os.kill(gcs[0], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        rel = lambda t: None if t is None else t - t0
+        first = lambda ts: next((t for t in ts if t >= t0), None)
+        row = {
+            "serving": rel(self.gcs.back_after(t0)),
+            "healthz": rel(self.healthz.back_after(t0)),
+            "driver": rel(t_driver),
+        }
+        if self.who == "a":
+            row["detected"] = rel(first(self.events("gcs_lost")))
+            row["restarted"] = rel(first(self.events("daemon_started")))
+            row["recovered"] = rel(first(self.events("gcs_recovered")))
+            row["readyz_503"] = rel(self.readyz.down_after(t0))
+            row["readyz_200"] = rel(self.readyz.back_after(t0))
+        else:
+            row["detected"] = rel(first(self.loop_marks("EXIT")))
+            row["restarted"] = rel(first(self.loop_marks("START")))
+        row["serve_back"] = rel(self.serve_back(serve_csv, t0))
+        time.sleep(2)  # Serve's window reaches past the recovery
+        row["window_end"] = time.time() - t0
+        row["kill"] = t0
+        load.stdin.close()
+        load.wait(30)
+        for p in pollers:
+            p.stopped.set()
+        return row
 
+    def serve_back(self, path, t0):
+        """Waits until Serve has answered 20 requests in a row since its last
+        failure; returns the start of the first of them (None: it never
+        failed, or it did not come back within LIMIT)."""
+        deadline = time.time() + LIMIT
+        while time.time() < deadline:
+            rows = [r for r in csv.DictReader(open(path)) if float(r["start"]) >= t0]
+            fails = [i for i, r in enumerate(rows) if r["ok"] != "1"]
+            if not fails:
+                if len(rows) >= 20:
+                    return None
+            elif len(rows) - fails[-1] - 1 >= 20:
+                return float(rows[fails[-1] + 1]["start"])
+            time.sleep(0.2)
+        return None
 
-def stop(p):
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
+    def stop(self):
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM if p is self.head else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
-            p.wait(60)
+            self.head.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            os.killpg(self.head.pid, signal.SIGKILL)
+
+
+def serve_window(path, t0, t1):
+    rows = [r for r in csv.DictReader(open(path)) if t0 <= float(r["start"]) <= t1]
+    lat = sorted(float(r["latency"]) for r in rows)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+    return {"serve_sent": len(rows), "serve_failed": sum(r["ok"] != "1" for r in rows),
+            "serve_p50": q(0.5), "serve_p99": q(0.99), "serve_max": lat[-1] if lat else None}
+
+
+MEASURES = ["detected", "restarted", "serving", "recovered", "readyz_503", "readyz_200", "healthz",
+            "driver", "serve_back", "serve_sent", "serve_failed", "serve_p50", "serve_p99", "serve_max"]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--signals", default="KILL,TERM,STOP")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an extra variable for every Ray process and driver (for experiments)")
     args = ap.parse_args()
+    sigs = [getattr(signal, "SIG" + s.strip()) for s in args.signals.split(",")]
     if not os.path.exists(RAYHEAD):
         raise SystemExit("build first: cargo build --release")
+    head_env, worker_env = manifest_env()
+    for kv in args.env:
+        name, _, value = kv.partition("=")
+        head_env[name] = worker_env[name] = value
     tmp = tempfile.mkdtemp(prefix="rayhead-bench-")
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                               "--requirepass", PASSWORD, "--appendonly", "yes", "--save", "",
                               "--dir", tmp], stdout=subprocess.DEVNULL, start_new_session=True)
-    procs = [redis]
-    results = {}
+    clusters, rows = [], []
     try:
         time.sleep(0.5)
-        # (a) rayhead, direct mode.
-        port_a = free_port()
-        env_a = env_for(redis_port, "bench-a")
-        env_a["KUBERAY_GEN_RAY_START_CMD"] = head_cmd(tmp, "a-head", port_a)
-        log_a = os.path.join(tmp, "rayhead.log")
-        # rayhead's defaults: its crash-loop guard counts failed restarts, not
-        # recoveries, so 2 x kills recoveries need nothing lifted.
-        a = subprocess.Popen([RAYHEAD, "--log-format", "json", "run"], env=env_a,
-                             stdout=subprocess.DEVNULL, stderr=open(log_a, "w"), start_new_session=True)
-        procs.append(a)
-        wait_serving(port_a, 180)
-        wa = start_worker(tmp, "a-worker", port_a, env_a)
-        procs.append(wa)
-        marker_a = f"{tmp}/a-head"
-        results["a", "SIGKILL"] = measure("(a) rayhead", tmp, port_a, marker_a, signal.SIGKILL, args.kills, env_a, log_a)
-        results["a", "SIGTERM"] = measure("(a) rayhead", tmp, port_a, marker_a, signal.SIGTERM, args.kills, env_a, log_a)
-        stop(wa)
-        stop(a)
-
-        # (b) baseline: ray start --block, restarted at once by a loop.
-        port_b = free_port()
-        env_b = env_for(redis_port, "bench-b")
-        cmd_b = head_cmd(tmp, "b-head", port_b)
-        loop = f"while :; do {os.path.join(VENV_BIN, '')}{cmd_b} >/dev/null 2>&1; rm -f {tmp}/b-head/ray_current_cluster; done"
-        b = subprocess.Popen(["bash", "-c", loop], env=env_b, start_new_session=True)
-        procs.append(b)
-        wait_serving(port_b, 180)
-        wb = start_worker(tmp, "b-worker", port_b, env_b)
-        procs.append(wb)
-        results["b", "SIGKILL"] = measure("(b) baseline", tmp, port_b, f"{tmp}/b-head", signal.SIGKILL,
-                                          args.kills, env_b)
+        for who in ("a", "b"):
+            log(f"starting ({who})")
+            clusters.append(Cluster(who, tmp, redis_port, head_env, worker_env))
+        for run in range(1, args.runs + 1):
+            for sig in sigs:
+                for c in clusters:
+                    name = signal.Signals(sig).name
+                    serve_csv = os.path.join(tmp, f"serve-{c.who}-{name}-{run}.csv")
+                    r = c.incident(sig, serve_csv)
+                    r.update(serve_window(serve_csv, r["kill"], r["kill"] + r["window_end"]))
+                    r.update(who=c.who, signal=name, run=run, serve_csv=serve_csv)
+                    rows.append(r)
+                    log(f"  ({c.who}) {r['signal']} #{run}: " + ", ".join(
+                        f"{k} {r[k]:.3f}" for k in ("detected", "serving", "healthz", "driver")
+                        if r.get(k) is not None) + f", serve failed {r['serve_failed']}/{r['serve_sent']}")
     finally:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for c in clusters:
+            c.stop()
+        os.killpg(redis.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", tmp])
+    with open(os.path.join(args.out, "recovery.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["who", "signal", "run", "kill", "measure", "value"])
+        for r in rows:
+            for m in MEASURES:
+                if r.get(m) is not None:
+                    w.writerow([r["who"], r["signal"], r["run"], f"{r['kill']:.6f}", m, r[m]])
+    with open(os.path.join(args.out, "serve.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["who", "signal", "run", "kill", "start", "latency", "ok", "status"])
+        for row in rows:
+            for r in csv.DictReader(open(row["serve_csv"])):
+                w.writerow([row["who"], row["signal"], row["run"], f"{row['kill']:.6f}", r["start"],
+                            r["latency"], r["ok"], r["status"]])
+    report(rows, args.runs, sigs)
 
-    med = lambda xs: statistics.median(xs) if xs else float("nan")
-    print(f"\nGCS recovery, median of {args.kills} kills each (seconds)")
-    print(f"{'case':<28}{'kill->SERVING':>14}{'kill->counter':>15}{'detection':>11}")
-    for (who, sig), (s, c, d) in results.items():
-        name = {"a": "(a) rayhead direct", "b": "(b) ray start --block loop"}[who]
-        det = f"{med(d) * 1000:.1f}ms" if d else "-"
-        print(f"{name + ' ' + sig:<28}{med(s):>14.3f}{med(c):>15.3f}{det:>11}")
-    ratio = med(results["b", "SIGKILL"][0]) / med(results["a", "SIGKILL"][0])
-    print(f"\nSIGKILL: (b)/(a) = {ratio:.1f}x faster to SERVING with rayhead")
-    print("SIGTERM baseline: not measured here; ray start --block ignores a SIGTERMed GCS and the head "
-          "dies after RAY_gcs_rpc_server_reconnect_timeout_s (60 s; 63.5 s measured before rayhead existed).")
+
+def stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
+
+
+def report(rows, runs, sigs):
+    name = {"a": "(a) rayhead", "b": "(b) restart loop"}
+    print(f"Median (min-max) over {runs} runs, seconds from the kill of gcs_server.\n")
+    print("| case | detected | SERVING | driver round | gcs_healthz 200 | /readyz 503 | /readyz 200 |")
+    print("|---|---|---|---|---|---|---|")
+    for sig in sigs:
+        s = signal.Signals(sig).name
+        for who in ("a", "b"):
+            rs = [r for r in rows if r["who"] == who and r["signal"] == s]
+            col = lambda m: stats([r.get(m) for r in rs])
+            print(f"| {name[who]} {s} | {col('detected')} | {col('serving')} | {col('driver')} | "
+                  f"{col('healthz')} | {col('readyz_503')} | {col('readyz_200')} |")
+    print("\nRatios (b)/(a), pair by pair (run i of (a) against run i of (b)), median (min-max):\n")
+    print("| signal | SERVING | driver round | gcs_healthz 200 |")
+    print("|---|---|---|---|")
+    for sig in sigs:
+        s = signal.Signals(sig).name
+        a = {r["run"]: r for r in rows if r["who"] == "a" and r["signal"] == s}
+        b = {r["run"]: r for r in rows if r["who"] == "b" and r["signal"] == s}
+
+        def ratio(m):
+            xs = [b[i][m] / a[i][m] for i in a if i in b and a[i].get(m) and b[i].get(m)]
+            if not xs:
+                return "-"
+            return f"{statistics.median(xs):.0f}x ({min(xs):.0f}x-{max(xs):.0f}x)"
+        print(f"| {s} | {ratio('serving')} | {ratio('driver')} | {ratio('healthz')} |")
+    print("\nRay Serve through the head's proxy, a request every 20 ms (each on a new connection), from"
+          " each kill until 2 s after the head and Serve were both back:\n")
+    print("| case | sent | failed | Serve back after | p50 | p99 | max |")
+    print("|---|---|---|---|---|---|---|")
+    for sig in sigs:
+        s = signal.Signals(sig).name
+        for who in ("a", "b"):
+            rs = [r for r in rows if r["who"] == who and r["signal"] == s]
+            sent = sum(r["serve_sent"] for r in rs)
+            failed = sum(r["serve_failed"] for r in rs)
+            ms = lambda m: f"{max((r[m] or 0) for r in rs) * 1000:.0f} ms" if rs else "-"
+            p50 = statistics.median([r["serve_p50"] for r in rs if r["serve_p50"] is not None] or [0])
+            back = stats([r.get("serve_back") for r in rs]) if failed else "never down"
+            print(f"| {name[who]} {s} | {sent} | {failed} | {back} | {p50 * 1000:.0f} ms | "
+                  f"{ms('serve_p99')} | {ms('serve_max')} |")
+    print("\np50 is the median of the incidents' medians; p99 and max are the worst incident's;"
+          " a failed request's latency is the time it took to fail.")
 
 
 if __name__ == "__main__":

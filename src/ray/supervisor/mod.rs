@@ -378,6 +378,8 @@ impl<'a> Supervisor<'a> {
                 retry: true,
             })?;
         let pid = spawned.pid;
+        // The moment of the restart, for timelines (`make bench`).
+        tracing::info!(event = "daemon_started", daemon = daemon.name(), pid = pid.as_raw(), "started the daemon again");
         self.forward_exit(daemon, pid, spawned.exit);
         Ok(pid)
     }
