@@ -21,6 +21,7 @@ DOC = os.path.join(ROOT, "BENCHMARKS.md")
 BENCHES = [
     ("recovery", ["bench/gcs_recovery.py", "--runs", "5"], True),
     ("timeline", ["bench/timeline.py"], True),
+    ("clientcheck", ["bench/client_check_cost.py", "--seconds", "30", "--settle", "15"], True),
     ("probe", ["bench/probe.py"], False),
     ("redis", ["bench/redis.py"], False),
     ("soak", ["bench/soak.py", "--kills", "50", "--csv", "bench/soak-bench.csv"], False),
