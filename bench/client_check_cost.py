@@ -14,27 +14,17 @@ Figures only. Usage: .venv/bin/python bench/client_check_cost.py
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-RAYHEAD = os.path.join(ROOT, "target", "release", "rayhead")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import PASSWORD, RAYHEAD, ROOT, VENV_BIN, free_port  # noqa: E402
+
 VAR = "RAY_grpc_client_check_connection_status_interval_milliseconds"
-PASSWORD = "bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def descendants(roots):

@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,14 +37,10 @@ import threading
 import time
 import urllib.request
 
-import grpc
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (PASSWORD, PY, RAYHEAD, ROOT, TESTS_PY, VENV_BIN, GcsHealth, free_port,  # noqa: E402
+                    manifest_env, procs_with, serving)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-PY = os.path.join(VENV_BIN, "python")
-RAYHEAD = os.path.join(ROOT, "target", "release", "rayhead")
-TESTS_PY = os.path.join(ROOT, "tests", "py")
-PASSWORD = "bench-secret"
 # How long an incident may take before the benchmark records "never".
 LIMIT = 200.0
 # (b) does not see a stopped GCS for minutes (482 s in one run here): after
@@ -56,51 +51,6 @@ STOP_LIMIT = 90.0
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def manifest_env():
-    """The head's and the worker's literal env from the shipped manifest."""
-    out = subprocess.run([PY, os.path.join(TESTS_PY, "validate_manifests.py"), "--env",
-                          os.path.join(ROOT, "config", "ray-cluster.rayhead.yaml")],
-                         check=True, capture_output=True, text=True).stdout
-    v = json.loads(out)
-    return v["head"], v["workers"][0]
-
-
-class GcsHealth:
-    """grpc.health.v1.Health/Check on one channel that reconnects every few
-    milliseconds: cheaper and more exact than a new channel per check."""
-
-    def __init__(self, port):
-        self.ch = grpc.insecure_channel(
-            f"127.0.0.1:{port}",
-            options=[("grpc.initial_reconnect_backoff_ms", 5), ("grpc.min_reconnect_backoff_ms", 5),
-                     ("grpc.max_reconnect_backoff_ms", 10)])
-        self.check = self.ch.unary_unary("/grpc.health.v1.Health/Check",
-                                         request_serializer=lambda x: x, response_deserializer=lambda x: x)
-
-    def __call__(self):
-        try:
-            return self.check(b"", timeout=0.05) == b"\x08\x01"
-        except grpc.RpcError:
-            return False
-
-
-def serving(port):
-    """One check on a channel of its own; True when SERVING."""
-    h = GcsHealth(port)
-    try:
-        return h()
-    finally:
-        h.ch.close()
 
 
 def http_ok(url, timeout=0.5):
@@ -149,23 +99,6 @@ def wait_for(what, cond, limit):
             return time.time()
         time.sleep(0.01)
     raise SystemExit(f"timed out waiting for {what}")
-
-
-def procs_with(marker, comm):
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() != comm:
-                    continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
 
 
 def wait_for_head_init(marker):
@@ -352,7 +285,7 @@ class Cluster:
         t_driver = self.driver_round(t0)
         if gave_up:
             t_driver = None
-        t_serving = wait_for(f"({self.who}) SERVING", lambda: self.gcs.back_after(t0) is not None, LIMIT)
+        wait_for(f"({self.who}) SERVING", lambda: self.gcs.back_after(t0) is not None, LIMIT)
         self.wait_up()
         for p in pollers:  # each has seen the outage end
             try:

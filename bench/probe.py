@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from gcs_recovery import PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, wait_serving  # noqa: E402
+from common import PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, wait_serving  # noqa: E402
 
 
 # Long enough for the 10 ms CPU ticks to resolve 0.02 % of a core.

@@ -18,7 +18,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from gcs_recovery import PASSWORD, RAYHEAD, free_port  # noqa: E402
+from common import PASSWORD, RAYHEAD, free_port  # noqa: E402
 
 KEYS = 100_000
 

@@ -27,8 +27,33 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gcs_recovery import (DRIVER, PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, head_cmd,  # noqa: E402
-                          procs_with, start_worker, wait_serving)
+from common import (PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, head_cmd,  # noqa: E402
+                    procs_with, start_worker, wait_serving)
+
+DRIVER = r"""
+import sys, time, ray
+ray.init(address=sys.argv[1], namespace="default_namespace", logging_level="ERROR")
+@ray.remote(num_cpus=1)
+class Counter:
+    def __init__(self): self.value = 0
+    def increment(self):
+        self.value += 1
+        return self.value
+c = Counter.options(name="counter_actor", lifetime="detached", get_if_exists=True).remote()
+print(ray.get(c.increment.remote()), flush=True)
+for line in sys.stdin:
+    t = time.time()
+    while True:
+        try:
+            # list_named_actors asks the GCS (get_actor may be answered from
+            # the driver's cache): this is the path that needs it back.
+            assert "counter_actor" in ray.util.list_named_actors()
+            v = ray.get(ray.get_actor("counter_actor").increment.remote(), timeout=60)
+            break
+        except Exception:
+            time.sleep(0.01)
+    print("RESULT", v, time.time(), flush=True)
+"""
 
 
 def rss_kib(pid):

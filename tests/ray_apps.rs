@@ -190,7 +190,13 @@ fn e2e_driver_and_job_ride_through_gcs_kills() {
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     let marker = dir.path().display().to_string();
     let mut driver = Script::spawn("driver.py", &[&addr, &marker]);
-    let warm: u64 = driver.expect("CALL ", ACTOR).split_whitespace().next().unwrap().parse().unwrap();
+    let warm: u64 = driver
+        .expect("CALL ", ACTOR)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(warm, 2, "the warm-up round");
     driver.expect("READY", ACTOR);
     let mut took = Vec::new();

@@ -379,7 +379,12 @@ impl<'a> Supervisor<'a> {
             })?;
         let pid = spawned.pid;
         // The moment of the restart, for timelines (`make bench`).
-        tracing::info!(event = "daemon_started", daemon = daemon.name(), pid = pid.as_raw(), "started the daemon again");
+        tracing::info!(
+            event = "daemon_started",
+            daemon = daemon.name(),
+            pid = pid.as_raw(),
+            "started the daemon again"
+        );
         self.forward_exit(daemon, pid, spawned.exit);
         Ok(pid)
     }
