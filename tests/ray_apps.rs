@@ -77,7 +77,8 @@ impl Script {
             .expect("the script died");
     }
 
-    /// The rest of the next line that starts with `prefix`.
+    /// The rest of the next line that starts with `prefix`; a "FAILED" line
+    /// fails at once.
     fn expect(&mut self, prefix: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
         loop {
@@ -87,6 +88,9 @@ impl Script {
                     self.seen.push(line.clone());
                     if let Some(rest) = line.strip_prefix(prefix) {
                         return rest.trim().to_string();
+                    }
+                    if line.starts_with("FAILED") {
+                        self.fail(&format!("the script failed before {prefix:?}"));
                     }
                 }
                 Err(e) => self.fail(&format!("no {prefix:?} line ({e:?})")),

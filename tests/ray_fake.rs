@@ -32,6 +32,7 @@ case "$1" in
     [ -e "$D/ray-start-fails" ] && { echo "ValueError: the fake port is taken" >&2; exit 1; }
     [ -e "$D/no-daemons" ] && exit 0
     echo "$(date +%s.%N)" > "$D/ray-start-ran"
+    env | grep '^RAY_' > "$D/ray-start-env"
     "$D/bin/gcs_server" &
     "$D/bin/raylet" &
     # Like the real one, return once the daemons run.
@@ -301,6 +302,32 @@ fn sigterm_during_recovery_stops_cleanly() {
     assert!(out.stderr.contains("to=\"recovering\""), "{}", out.dump());
     assert_all_dead("the raylet", &raylet);
     assert_all_dead("a gcs_server", &gcs);
+}
+
+/// `ray start` gets rayhead's reconnect timeout and Ray's client check
+/// interval (rayhead's default, or the value inherited, which wins), so
+/// every daemon and driver it spawns inherits them.
+#[test]
+fn ray_start_gets_the_reconnect_timeout_and_client_check_interval() {
+    const VAR: &str = "RAY_grpc_client_check_connection_status_interval_milliseconds";
+    for (inherited, want) in [(None, "100"), (Some("250"), "250")] {
+        let dir = Dir::new("fake-env");
+        dir.write("gcs-lives", "");
+        let _cleanup = KillByMarker(dir.path().display().to_string());
+        let mut cmd = rayhead(&dir, None, &["ray.reconnect-timeout=45s"]);
+        if let Some(v) = inherited {
+            cmd = cmd.env(VAR, v);
+        }
+        let run = cmd.spawn();
+        wait_adopted(&dir);
+        let env = dir.read("ray-start-env");
+        assert!(env.contains(&format!("{VAR}={want}\n")), "{env}");
+        assert!(
+            env.contains("RAY_gcs_rpc_server_reconnect_timeout_s=45\n"),
+            "{env}"
+        );
+        drop(run);
+    }
 }
 
 /// `rayhead probe` against a running rayhead whose (fake) GCS never serves:
