@@ -5,9 +5,7 @@
 //! They assert outcomes, never timings: `make bench` measures how long.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,18 +30,11 @@ struct Script {
 impl Script {
     /// `tests/py/<script> args...`, with the head container's env.
     fn spawn(script: &str, args: &[&str]) -> Script {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/py")
-            .join(script);
-        let mut child = Command::new(venv_bin().join("python"))
-            .arg(path)
+        let mut child = driver_command(script)
             .args(args)
-            .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
-            .env("RAY_DISABLE_USAGE_STATS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .spawn()
             .expect("python");
         let (tx, lines) = mpsc::channel();
@@ -225,21 +216,7 @@ fn e2e_driver_and_job_ride_through_gcs_kills() {
     drop(driver);
 
     let job = "import ray; ray.init(); c = ray.get_actor('counter_actor', namespace='default_namespace'); print('job counter', ray.get(c.increment.remote()))";
-    let out = dir
-        .command(venv_bin().join("ray"))
-        .env("PATH", path_with_venv())
-        .env("RAY_DISABLE_USAGE_STATS", "1")
-        .args([
-            "job",
-            "submit",
-            &format!("--address=http://127.0.0.1:{}", head.ports.dashboard),
-            "--",
-            "python",
-            "-c",
-            job,
-        ])
-        .spawn_named("job")
-        .wait(Duration::from_secs(180));
+    let out = submit_job(&dir, &head, "job", job);
     out.assert_code(0);
     assert!(out.stdout.contains("job counter 6"), "{}", out.dump());
     assert!(out.stdout.contains("succeeded"), "{}", out.dump());

@@ -42,25 +42,6 @@ fn dashboard_answers(head: &Head) -> bool {
     .0
 }
 
-/// `ray job submit` through the dashboard; the job's own success.
-fn submit_job(dir: &Dir, head: &Head, name: &str) -> crate::util::Output {
-    dir.command(venv_bin().join("ray"))
-        .env("PATH", path_with_venv())
-        .env("RAY_DISABLE_USAGE_STATS", "1")
-        .args([
-            "job",
-            "submit",
-            "--address",
-            &format!("http://127.0.0.1:{}", head.ports.dashboard),
-            "--",
-            "python",
-            "-c",
-            "print('job ran')",
-        ])
-        .spawn_named(name)
-        .wait(Duration::from_secs(180))
-}
-
 /// The dashboard SIGKILLed: restarted in place, the head stays, a job
 /// submitted afterwards SUCCEEDS. The autoscaler monitor SIGKILLed:
 /// restarted, `ray status` works. The dashboard SIGSTOPped: `/readyz` turns
@@ -85,7 +66,7 @@ fn e2e_daemons_are_restarted_in_place_and_the_counter_keeps_counting() {
         dashboard_answers(&head).then_some(())
     });
     let answering = t.elapsed();
-    let out = submit_job(&dir, &head, "job1-");
+    let out = submit_job(&dir, &head, "job1-", "print('job ran')");
     out.assert_code(0);
     assert!(out.stdout.contains("succeeded"), "{}", out.dump());
     let job = t.elapsed();

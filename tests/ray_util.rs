@@ -258,19 +258,49 @@ pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) 
     s
 }
 
+/// `tests/py/<script>` under the venv's python, with the head container's
+/// env from the manifest (drivers run on the head pod), in a process group
+/// of its own.
+pub fn driver_command(script: &str) -> Command {
+    let mut cmd = Command::new(venv_bin().join("python"));
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/py")
+            .join(script),
+    )
+    .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
+    .env("RAY_DISABLE_USAGE_STATS", "1")
+    .process_group(0);
+    cmd
+}
+
+/// `ray job submit` of `python -c code` through the head's dashboard; the
+/// output is in `<name>stdout`, the job's own success in the exit code.
+pub fn submit_job(dir: &Dir, head: &Head, name: &str, code: &str) -> crate::util::Output {
+    dir.command(venv_bin().join("ray"))
+        .env("PATH", path_with_venv())
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .args([
+            "job",
+            "submit",
+            "--address",
+            &format!("http://127.0.0.1:{}", head.ports.dashboard),
+            "--",
+            "python",
+            "-c",
+            code,
+        ])
+        .spawn_named(name)
+        .wait(Duration::from_secs(180))
+}
+
 /// Runs one of tests/py/*.py with the venv's python against `address`, with
 /// the head container's env from the manifest (drivers run on the head pod).
 /// Both pipes are drained while it runs, so a chatty driver never blocks on
 /// a full pipe.
 pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/py")
-        .join(script);
-    let mut child = Command::new(venv_bin().join("python"))
-        .arg(&path)
+    let mut child = driver_command(script)
         .arg(address)
-        .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
-        .env("RAY_DISABLE_USAGE_STATS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
