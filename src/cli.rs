@@ -41,6 +41,57 @@ enum Command {
     RedisCheck(RedisCheckArgs),
     /// Delete the namespace's GCS keys (RAY<ns>@*): a drop-in for KubeRay's cleanup Job.
     RedisCleanup(RedisCleanupArgs),
+    /// Run a GCS-fault-tolerant Ray cluster on this machine, as KubeRay would: Redis, a head under `rayhead run`, N workers; Ctrl-C stops it all.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Worker nodes, each `ray start --address ... --block` (the guide has one).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
+    workers: u32,
+    /// Use this Redis, redis://[[USER]:PASSWORD@]HOST:PORT or rediss://..., instead of an embedded redis-server.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Where the cluster's state (namespace, Redis data, logs) lives from run to run.
+    #[arg(long, value_name = "DIR", default_value = ".rayhead-dev")]
+    state_dir: PathBuf,
+    /// What the emulated kubelet does when a pod exits (10 s back-off doubling to 300 s).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "Always")]
+    restart_policy: crate::dev::kubelet::RestartPolicy,
+    /// The head's RAY_gcs_rpc_server_reconnect_timeout_s, e.g. 60 or 60s (Ray's default: 60).
+    #[arg(long, value_name = "DURATION", value_parser = parse_head_timeout)]
+    head_timeout: Option<std::time::Duration>,
+    /// Start afresh: a new namespace, no Redis data, no logs.
+    #[arg(long)]
+    clean: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Whole seconds, as Ray reads the variable: `60` or `60s`, 1 s to 7 days.
+fn parse_head_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+        text.parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|e| e.to_string())?
+    } else {
+        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?
+    };
+    if d.subsec_nanos() != 0 || d.is_zero() || d > crate::config::value::MAX_DURATION {
+        return Err(format!(
+            "{text:?}: must be whole seconds, from 1s to 7 days"
+        ));
+    }
+    Ok(d)
+}
+
+/// The Redis of `rayhead dev --state-dir DIR`, for the Redis commands.
+#[derive(Debug, Args)]
+struct DevStateArgs {
+    /// Use the embedded Redis and namespace of `rayhead dev --state-dir DIR` (started for the command if the runner is stopped).
+    #[arg(long, value_name = "DIR")]
+    dev_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +104,8 @@ struct RedisCheckArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pings: u32,
     #[command(flatten)]
+    dev: DevStateArgs,
+    #[command(flatten)]
     config: ConfigArgs,
 }
 
@@ -64,6 +117,8 @@ struct RedisCleanupArgs {
     /// Give up after this long, retrying through dropped connections until then (the Job's activeDeadlineSeconds is 300).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     deadline: std::time::Duration,
+    #[command(flatten)]
+    dev: DevStateArgs,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -173,81 +228,88 @@ pub fn main() -> u8 {
         },
         Command::Run(args) => run(&cli, args),
         Command::Probe(args) => probe(&cli, args),
-        Command::RedisCheck(args) => redis_command(&cli, &args.config, |redis, cfg| async move {
-            let mut f = redis.findings(cfg.redis.namespace.as_deref()).await;
-            if f.up && args.pings > 0 {
-                let mut rtts = Vec::new();
-                for _ in 0..args.pings {
-                    match redis.ping().await {
-                        Ok(d) => rtts.push(d.as_secs_f64()),
-                        Err(e) => f.notes.push(format!("a repeated PING failed: {e}")),
+        Command::Dev(args) => dev(&cli, args),
+        Command::RedisCheck(args) => {
+            redis_command(&cli, &args.config, &args.dev, |redis, cfg| async move {
+                let mut f = redis.findings(cfg.redis.namespace.as_deref()).await;
+                if f.up && args.pings > 0 {
+                    let mut rtts = Vec::new();
+                    for _ in 0..args.pings {
+                        match redis.ping().await {
+                            Ok(d) => rtts.push(d.as_secs_f64()),
+                            Err(e) => f.notes.push(format!("a repeated PING failed: {e}")),
+                        }
+                    }
+                    rtts.sort_by(f64::total_cmp);
+                    if !rtts.is_empty() {
+                        let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+                        f.ping_p50_seconds = Some(at(0.5));
+                        f.ping_p99_seconds = Some(at(0.99));
                     }
                 }
-                rtts.sort_by(f64::total_cmp);
-                if !rtts.is_empty() {
-                    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
-                    f.ping_p50_seconds = Some(at(0.5));
-                    f.ping_p99_seconds = Some(at(0.99));
+                if args.json {
+                    crate::logging::out(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&f).unwrap_or_default()
+                    ));
+                } else {
+                    crate::logging::out(&f.render());
                 }
-            }
-            if args.json {
-                crate::logging::out(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&f).unwrap_or_default()
-                ));
-            } else {
-                crate::logging::out(&f.render());
-            }
-            f.exit_code()
-        }),
-        Command::RedisCleanup(args) => redis_command(&cli, &args.config, |redis, cfg| async move {
-            let ns = match crate::redis::cleanup::check_namespace(cfg.redis.namespace.as_deref()) {
-                Ok(ns) => ns.to_string(),
-                Err(e) => {
-                    crate::logging::err(&format!("rayhead: redis-cleanup: {e}\n"));
-                    return exit::CONFIG;
-                }
-            };
-            let deadline = crate::time::after(tokio::time::Instant::now(), args.deadline);
-            let result = crate::redis::cleanup::cleanup(&redis, &ns, args.dry_run, deadline, |k| {
-                crate::logging::out(&format!("{k}\n"))
+                f.exit_code()
             })
-            .await;
-            match result {
-                Ok(r) if args.dry_run => {
-                    crate::logging::err(&format!(
-                        "dry run: {} key(s) of namespace {ns:?} would be deleted from {}\n",
-                        r.keys, redis.address
-                    ));
-                    0
+        }
+        Command::RedisCleanup(args) => {
+            redis_command(&cli, &args.config, &args.dev, |redis, cfg| async move {
+                let ns =
+                    match crate::redis::cleanup::check_namespace(cfg.redis.namespace.as_deref()) {
+                        Ok(ns) => ns.to_string(),
+                        Err(e) => {
+                            crate::logging::err(&format!("rayhead: redis-cleanup: {e}\n"));
+                            return exit::CONFIG;
+                        }
+                    };
+                let deadline = crate::time::after(tokio::time::Instant::now(), args.deadline);
+                let result =
+                    crate::redis::cleanup::cleanup(&redis, &ns, args.dry_run, deadline, |k| {
+                        crate::logging::out(&format!("{k}\n"))
+                    })
+                    .await;
+                match result {
+                    Ok(r) if args.dry_run => {
+                        crate::logging::err(&format!(
+                            "dry run: {} key(s) of namespace {ns:?} would be deleted from {}\n",
+                            r.keys, redis.address
+                        ));
+                        0
+                    }
+                    Ok(r) => {
+                        crate::logging::err(&format!(
+                            "deleted {} key(s) of namespace {ns:?} from {}\n",
+                            r.deleted, redis.address
+                        ));
+                        0
+                    }
+                    Err(e) => {
+                        crate::logging::err(&format!(
+                            "rayhead: redis-cleanup of namespace {ns:?} at {} failed: {e}\n",
+                            redis.address
+                        ));
+                        1
+                    }
                 }
-                Ok(r) => {
-                    crate::logging::err(&format!(
-                        "deleted {} key(s) of namespace {ns:?} from {}\n",
-                        r.deleted, redis.address
-                    ));
-                    0
-                }
-                Err(e) => {
-                    crate::logging::err(&format!(
-                        "rayhead: redis-cleanup of namespace {ns:?} at {} failed: {e}\n",
-                        redis.address
-                    ));
-                    1
-                }
-            }
-        }),
+            })
+        }
     }
 }
 
 /// Loads the config, builds the Redis client (which must be configured), and
 /// runs `f` on a small runtime.
-fn redis_command<F, Fut>(cli: &Cli, args: &ConfigArgs, f: F) -> u8
+fn redis_command<F, Fut>(cli: &Cli, args: &ConfigArgs, dev: &DevStateArgs, f: F) -> u8
 where
     F: FnOnce(crate::redis::Redis, Config) -> Fut,
     Fut: std::future::Future<Output = u8>,
 {
-    let cfg = match cli.load(args) {
+    let mut cfg = match cli.load(args) {
         Ok(c) => c,
         Err(e) => {
             crate::logging::err(&format!("rayhead: {e}"));
@@ -255,6 +317,23 @@ where
         }
     };
     crate::logging::init(&cfg.log.level, cfg.log.format);
+    // Held until the command is done: it may have started the Redis.
+    let _dev_redis = match &dev.dev_state {
+        None => None,
+        Some(dir) => match crate::dev::DevRedis::open(dir) {
+            Ok(r) => {
+                cfg.redis.address = Some(r.address.clone());
+                cfg.redis.password = Some(r.password.clone());
+                cfg.redis.username = None;
+                cfg.redis.namespace = Some(r.namespace.clone());
+                Some(r)
+            }
+            Err(e) => {
+                crate::logging::err(&format!("rayhead: --dev-state: {e}\n"));
+                return exit::CONFIG;
+            }
+        },
+    };
     let redis = match crate::redis::Redis::from_config(&cfg.redis) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -305,6 +384,39 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
         crate::logging::err(&format!("{text}\n"));
         1
     }
+}
+
+fn dev(cli: &Cli, args: &DevArgs) -> u8 {
+    let cfg = match cli.load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::logging::err(&format!("rayhead dev: {}\n", e.to_string().trim_end()));
+            return exit::CONFIG;
+        }
+    };
+    crate::logging::init(&cfg.log.level, cfg.log.format);
+    install_panic_hook(None);
+    crate::init::spawn::close_inherited_fds();
+    let opts = crate::dev::Options {
+        workers: args.workers,
+        redis_url: args.redis_url.clone(),
+        state_dir: args.state_dir.clone(),
+        restart_policy: args.restart_policy,
+        head_timeout: args.head_timeout,
+        clean: args.clean,
+    };
+    let exit = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(crate::dev::run(&cfg, opts)),
+        Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
+    };
+    crate::logging::last_words(
+        &format!("rayhead dev: exiting {}: {exit}", exit.code()),
+        LAST_WORDS,
+    );
+    exit.code()
 }
 
 fn run(cli: &Cli, args: &RunArgs) -> u8 {

@@ -15,6 +15,9 @@ pub const CONFIG: u8 = 64;
 /// rayhead itself failed (sysexits' EX_SOFTWARE). Also [`Exit::Internal`]'s
 /// code.
 pub const INTERNAL: u8 = 70;
+/// A tool that `rayhead dev` needs is missing (sysexits' EX_UNAVAILABLE).
+/// Also [`Exit::ToolMissing`]'s code.
+pub const TOOL_MISSING: u8 = 69;
 
 /// Kubernetes reads at most this much of the termination message.
 const TERMINATION_MESSAGE_MAX: usize = 4096;
@@ -68,6 +71,10 @@ pub enum Exit {
     /// The command was not found (as a shell reports it).
     #[error("{0}")]
     NotFound(String),
+    /// `rayhead dev` needs a tool (`ray`, `redis-server`) that is not
+    /// installed (sysexits' EX_UNAVAILABLE).
+    #[error("{0}")]
+    ToolMissing(String),
 }
 
 impl Exit {
@@ -90,6 +97,7 @@ impl Exit {
             Exit::GcsLostInBlockMode(_) => 88,
             Exit::CannotExecute(_) => 126,
             Exit::NotFound(_) => 127,
+            Exit::ToolMissing(_) => TOOL_MISSING,
         }
     }
 
@@ -150,6 +158,7 @@ mod tests {
             Exit::GcsLostInBlockMode(s()),
             Exit::CannotExecute(s()),
             Exit::NotFound(s()),
+            Exit::ToolMissing(s()),
         ];
         for e in &all {
             match e {
@@ -166,7 +175,8 @@ mod tests {
                 | Exit::RedisAuth(_)
                 | Exit::GcsLostInBlockMode(_)
                 | Exit::CannotExecute(_)
-                | Exit::NotFound(_) => {}
+                | Exit::NotFound(_)
+                | Exit::ToolMissing(_) => {}
             }
         }
         all

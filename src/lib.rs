@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod exit;
 pub mod init;
 pub mod logging;

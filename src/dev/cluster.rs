@@ -1,0 +1,322 @@
+//! The dev cluster's pods as commands: what KubeRay would run in each
+//! container, with the env it would give it, on loopback.
+
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::config::Secret;
+use crate::redis::address::RedisAddress;
+
+use super::state_dir::{Saved, StateDir};
+
+/// Where the Redis that the GCS uses lives.
+pub enum RedisSource {
+    /// `redis-server`, started by the runner, with its data in the state
+    /// dir.
+    Embedded { server: PathBuf },
+    /// `--redis-url`: the user's own.
+    External(RedisAddress),
+}
+
+/// Everything a pod's command needs.
+pub struct Cluster {
+    pub saved: Saved,
+    pub root: PathBuf,
+    /// Ray's temp dirs live under it: the state dir, or a short path in
+    /// /tmp when the state dir's is too long for Ray's Unix sockets.
+    pub ray_root: PathBuf,
+    pub ray: PathBuf,
+    pub redis: RedisSource,
+    /// `--head-timeout`: the head's RAY_gcs_rpc_server_reconnect_timeout_s.
+    pub head_timeout: Option<Duration>,
+    pub workers: u32,
+}
+
+/// Ray puts sockets at `<temp-dir>/session_<date>_<pid>/sockets/plasma_store`,
+/// about 65 characters below the temp dir, and a Unix socket path has at
+/// most 107.
+const RAY_TEMP_DIR_MAX: usize = 40;
+
+/// What a worker gets, as KubeRay gives its worker pods.
+pub const WORKER_RECONNECT_TIMEOUT_S: &str = "600";
+/// The manifests' client check interval (`ray.client-check-interval`).
+const CLIENT_CHECK_MS: &str = "100";
+
+impl Cluster {
+    pub fn new(
+        dir: &StateDir,
+        saved: Saved,
+        ray: PathBuf,
+        redis: RedisSource,
+        head_timeout: Option<Duration>,
+        workers: u32,
+    ) -> Cluster {
+        let in_state = dir.join("ray");
+        let ray_root = if in_state.join("worker-00").as_os_str().len() <= RAY_TEMP_DIR_MAX {
+            in_state
+        } else {
+            let hash = dir
+                .root
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                });
+            PathBuf::from(format!("/tmp/rayhead-dev-{:08x}", hash as u32))
+        };
+        Cluster {
+            saved,
+            root: dir.root.clone(),
+            ray_root,
+            ray,
+            redis,
+            head_timeout,
+            workers,
+        }
+    }
+
+    pub fn gcs_address(&self) -> String {
+        format!("127.0.0.1:{}", self.saved.ports.gcs)
+    }
+
+    pub fn probe_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.saved.ports.probe)
+    }
+
+    pub fn dashboard_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.saved.ports.dashboard)
+    }
+
+    pub fn log(&self, pod: super::kubelet::Pod) -> PathBuf {
+        self.root.join("logs").join(format!("{pod}.log"))
+    }
+
+    pub fn termination_log(&self) -> PathBuf {
+        self.root.join("head-termination.log")
+    }
+
+    /// The Redis as `RAY_REDIS_ADDRESS` (never with the password), its
+    /// password and username.
+    pub fn redis_address(&self) -> (String, Option<Secret>, Option<String>) {
+        match &self.redis {
+            RedisSource::Embedded { .. } => (
+                format!("127.0.0.1:{}", self.saved.ports.redis),
+                Some(Secret::new(self.saved.redis_password.clone())),
+                None,
+            ),
+            RedisSource::External(a) => {
+                let host = if a.host.contains(':') {
+                    format!("[{}]:{}", a.host, a.port)
+                } else {
+                    format!("{}:{}", a.host, a.port)
+                };
+                let addr = if a.tls {
+                    format!("rediss://{host}")
+                } else {
+                    host
+                };
+                (addr, a.password.clone(), a.username.clone())
+            }
+        }
+    }
+
+    /// The Redis URL to show: the password masked.
+    pub fn redis_shown(&self) -> String {
+        let (addr, password, user) = self.redis_address();
+        let (scheme, hostport) = match addr.strip_prefix("rediss://") {
+            Some(h) => ("rediss", h.to_string()),
+            None => ("redis", addr),
+        };
+        let auth = match (user, password) {
+            (Some(u), Some(_)) => format!("{u}:****@"),
+            (Some(u), None) => format!("{u}@"),
+            (None, Some(_)) => ":****@".to_string(),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{auth}{hostport}")
+    }
+
+    /// `redis.conf` for the embedded Redis: a file of mode 0600, so that
+    /// the password is on no command line. AOF on and `noeviction`, as
+    /// the GCS needs; data in the state dir.
+    pub fn write_redis_conf(&self) -> Result<PathBuf, String> {
+        let dir = self.root.join("redis");
+        let conf = dir.join("redis.conf");
+        let text = format!(
+            "bind 127.0.0.1\nport {}\nrequirepass \"{}\"\nappendonly yes\nappendfsync everysec\n\
+             maxmemory-policy noeviction\ndir \"{}\"\nlogfile \"{}\"\ndaemonize no\nsave \"\"\n",
+            self.saved.ports.redis,
+            self.saved.redis_password,
+            dir.display(),
+            dir.join("redis.log").display(),
+        );
+        super::state_dir::write_private(&conf, text.as_bytes())?;
+        Ok(conf)
+    }
+
+    /// The command of `pod`, its output appended to its log.
+    pub fn command(&self, pod: super::kubelet::Pod) -> Result<Command, String> {
+        use super::kubelet::Pod;
+        let mut cmd = match pod {
+            Pod::Redis => {
+                let RedisSource::Embedded { server } = &self.redis else {
+                    return Err("no embedded Redis with --redis-url".into());
+                };
+                let mut c = Command::new(server);
+                c.arg(self.write_redis_conf()?);
+                c
+            }
+            Pod::Head => self.head()?,
+            Pod::Worker(n) => self.worker(n)?,
+        };
+        crate::init::spawn::prepare(&mut cmd);
+        let log = self.log(pod);
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| format!("{}: {e}", log.display()))
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(open()?))
+            .stderr(Stdio::from(open()?));
+        Ok(cmd)
+    }
+
+    /// The head container: this very binary, `rayhead run`, with the env
+    /// KubeRay gives a head with GCS fault tolerance.
+    fn head(&self) -> Result<Command, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find rayhead itself: {e}"))?;
+        let temp = self.ray_root.join("head");
+        // A head that died leaves this behind, and `ray start --head`
+        // then refuses to start ("already running").
+        let _ = std::fs::remove_file(temp.join("ray_current_cluster"));
+        let p = &self.saved.ports;
+        let (addr, password, user) = self.redis_address();
+        let mut start = format!(
+            "{} start --head --block --port={} --node-ip-address=127.0.0.1 --temp-dir={} \
+             --dashboard-host=127.0.0.1 --dashboard-port={} --dashboard-agent-listen-port={} \
+             --ray-client-server-port={} --metrics-export-port={} --disable-usage-stats",
+            self.ray.display(),
+            p.gcs,
+            temp.display(),
+            p.dashboard,
+            p.agent,
+            p.client,
+            p.metrics,
+        );
+        // Work goes to the workers, as on a RayCluster whose head has no
+        // CPUs to offer; without workers the head runs it.
+        if self.workers > 0 {
+            start.push_str(" --num-cpus=0");
+        }
+        let mut cmd = Command::new(exe);
+        // rayhead's own keys as flags: they beat any RAYHEAD_* of the
+        // user's env, and a wrong one would be refused, not ignored.
+        // A dev cluster's stop need not wait long: a SIGTERMed gcs_server
+        // hangs until SIGKILL, and the GCS's state is in Redis already.
+        cmd.args(["run", "--set", "init.stop-grace=5s"])
+            // `ray stop` stops every Ray process on the machine, the user's
+            // other clusters included: the dev head stops its own tree only.
+            .args(["--set", "init.stop-command=true"])
+            .arg("--set")
+            .arg(format!("probe.listen=127.0.0.1:{}", p.probe))
+            .arg("--set")
+            .arg(format!(
+                "init.termination-log={}",
+                self.termination_log().display()
+            ))
+            .env("RAY_REDIS_ADDRESS", addr)
+            .env("RAY_external_storage_namespace", &self.saved.namespace)
+            .env("RAY_ADDRESS", self.gcs_address())
+            .env("RAY_PORT", p.gcs.to_string())
+            .env("RAY_DISABLE_USAGE_STATS", "1")
+            .env_remove("REDIS_PASSWORD")
+            .env_remove("REDIS_USERNAME");
+        if let Some(pw) = password {
+            start.push_str(" --redis-password=$REDIS_PASSWORD");
+            cmd.env("REDIS_PASSWORD", pw.expose());
+        }
+        if let Some(u) = user {
+            start.push_str(" --redis-username=$REDIS_USERNAME");
+            cmd.env("REDIS_USERNAME", u);
+        }
+        if let Some(t) = self.head_timeout {
+            cmd.env(
+                "RAY_gcs_rpc_server_reconnect_timeout_s",
+                t.as_secs().to_string(),
+            );
+        }
+        cmd.env("KUBERAY_GEN_RAY_START_CMD", start);
+        Ok(cmd)
+    }
+
+    /// A worker pod: `ray start --address ... --block`, with the reconnect
+    /// timeout KubeRay gives workers and a temp dir of its own.
+    fn worker(&self, n: u32) -> Result<Command, String> {
+        let temp = self.ray_root.join(format!("worker-{n:02}"));
+        let _ = std::fs::remove_file(temp.join("ray_current_cluster"));
+        let free = || -> Result<u16, String> {
+            std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("cannot find a free loopback port: {e}"))
+        };
+        let (agent, metrics) = (free()?, free()?);
+        let mut cmd = Command::new(&self.ray);
+        cmd.arg("start")
+            .arg(format!("--address={}", self.gcs_address()))
+            .args(["--block", "--node-ip-address=127.0.0.1"])
+            .arg(format!("--temp-dir={}", temp.display()))
+            .arg(format!("--dashboard-agent-listen-port={agent}"))
+            .arg(format!("--metrics-export-port={metrics}"))
+            .arg("--disable-usage-stats")
+            .env(
+                "RAY_gcs_rpc_server_reconnect_timeout_s",
+                WORKER_RECONNECT_TIMEOUT_S,
+            )
+            .env(
+                "RAY_grpc_client_check_connection_status_interval_milliseconds",
+                CLIENT_CHECK_MS,
+            )
+            // A SIGTERMed worker otherwise drains for up to 30 s, waiting on
+            // leases (the detached actor's) that a stopping cluster never
+            // returns.
+            .env("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+            .env("RAY_DISABLE_USAGE_STATS", "1");
+        Ok(cmd)
+    }
+}
+
+/// Finds `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// How to get each tool the runner needs.
+pub fn install_hint(tool: &str) -> &'static str {
+    match tool {
+        "ray" => {
+            "Install Ray into a virtualenv and put it on PATH:\n\
+             \x20   python3 -m venv .venv && .venv/bin/pip install 'ray[default]==2.60.0'\n\
+             \x20   export PATH=\"$PWD/.venv/bin:$PATH\"\n\
+             (in a rayhead checkout, `make dev` does both)"
+        }
+        _ => {
+            "Install Redis (Debian/Ubuntu: `apt-get install -y redis-server`; macOS: \
+             `brew install redis`), or use a Redis of your own with --redis-url redis://[:PASSWORD@]HOST:PORT"
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The dev cluster's state directory: what must outlive one `rayhead dev` so
+//! that the next one finds the same cluster, as a restarted head pod finds
+//! its RayCluster's namespace in Redis.
+//!
+//! ```text
+//! <state-dir>/
+//!   lock              flock: one runner per state dir
+//!   cluster.json      namespace, Redis password, ports (mode 0600)
+//!   redis/            the embedded Redis: redis.conf (0600), AOF, redis.log
+//!   logs/             head.log, worker-N.log
+//!   head-termination.log
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What `cluster.json` keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Saved {
+    /// `RAY_external_storage_namespace`: stable, so that a second run finds
+    /// the first one's detached actors.
+    pub namespace: String,
+    /// The embedded Redis's password, generated once.
+    pub redis_password: String,
+    pub ports: Ports,
+}
+
+/// Loopback ports, kept from run to run while they stay free, so that an
+/// exported `RAY_ADDRESS` stays right.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ports {
+    pub redis: u16,
+    pub gcs: u16,
+    pub dashboard: u16,
+    pub probe: u16,
+    pub client: u16,
+    pub agent: u16,
+    pub metrics: u16,
+}
+
+/// An open, locked state directory.
+pub struct StateDir {
+    pub root: PathBuf,
+    /// Held for the run: the flock ends with the process.
+    _lock: File,
+}
+
+impl StateDir {
+    /// Creates (or, with `clean`, empties) and locks `root`.
+    pub fn open(root: &Path, clean: bool) -> Result<StateDir, String> {
+        let root = std::path::absolute(root)
+            .map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
+        fs::create_dir_all(&root).map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("--state-dir {}: {e}", lock_path.display()))?;
+        // SAFETY: flock on an fd we own; non-blocking.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "--state-dir {}: another rayhead dev runs on it; stop that one, or give another --state-dir",
+                root.display()
+            ));
+        }
+        if clean {
+            for entry in fs::read_dir(&root).map_err(|e| format!("--state-dir: {e}"))? {
+                let entry = entry.map_err(|e| format!("--state-dir: {e}"))?;
+                if entry.file_name() == "lock" {
+                    continue;
+                }
+                let p = entry.path();
+                let r = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                r.map_err(|e| format!("--clean: cannot remove {}: {e}", p.display()))?;
+            }
+        }
+        for sub in ["redis", "logs"] {
+            fs::create_dir_all(root.join(sub))
+                .map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
+        }
+        Ok(StateDir { root, _lock: lock })
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.root.join(p)
+    }
+
+    /// The saved cluster, or a new one; ports that are taken now are
+    /// replaced by free ones. Saved again either way.
+    pub fn cluster(&self) -> Result<Saved, String> {
+        let path = self.join("cluster.json");
+        let old = match read(&path) {
+            Ok(Some(text)) => Some(serde_json::from_str::<Saved>(&text).map_err(|e| {
+                format!(
+                    "{}: {e}; remove it, or start afresh with --clean",
+                    path.display()
+                )
+            })?),
+            Ok(None) => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut taken = Vec::new();
+        let mut port = |kept: Option<u16>| -> Result<u16, String> {
+            let p = pick_port(kept, &taken)?;
+            taken.push(p);
+            Ok(p)
+        };
+        let o = old.as_ref().map(|s| &s.ports);
+        let ports = Ports {
+            redis: port(o.map(|p| p.redis))?,
+            gcs: port(o.map(|p| p.gcs))?,
+            dashboard: port(o.map(|p| p.dashboard))?,
+            probe: port(o.map(|p| p.probe))?,
+            client: port(o.map(|p| p.client))?,
+            agent: port(o.map(|p| p.agent))?,
+            metrics: port(o.map(|p| p.metrics))?,
+        };
+        let saved = match old {
+            Some(s) => Saved { ports, ..s },
+            None => Saved {
+                namespace: format!("rayhead-dev-{}", random_hex(4)?),
+                redis_password: random_hex(16)?,
+                ports,
+            },
+        };
+        let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
+        write_private(&path, text.as_bytes())?;
+        Ok(saved)
+    }
+
+    /// The saved cluster as it is, for `redis-cleanup --dev-state`.
+    pub fn saved(root: &Path) -> Result<Saved, String> {
+        let path = root.join("cluster.json");
+        match read(&path) {
+            Ok(Some(text)) => {
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Ok(None) => Err(format!(
+                "{}: no such file: is {} a rayhead dev state dir?",
+                path.display(),
+                root.display()
+            )),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn read(path: &Path) -> std::io::Result<Option<String>> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.read_to_string(&mut s)?;
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a file only its owner can read: it holds the Redis password.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `kept` if it is free now, else a free loopback port the kernel picks.
+fn pick_port(kept: Option<u16>, taken: &[u16]) -> Result<u16, String> {
+    if let Some(p) = kept.filter(|p| *p != 0 && !taken.contains(p)) {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    for _ in 0..32 {
+        let l = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| format!("cannot find a free loopback port: {e}"))?;
+        let p = l.local_addr().map_err(|e| e.to_string())?.port();
+        if !taken.contains(&p) {
+            return Ok(p);
+        }
+    }
+    Err("cannot find a free loopback port".into())
+}
+
+fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_is_kept_and_its_secret_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let first = StateDir::open(tmp.path(), false)
+            .unwrap()
+            .cluster()
+            .unwrap();
+        let mode = fs::metadata(tmp.path().join("cluster.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let second = StateDir::open(tmp.path(), false)
+            .unwrap()
+            .cluster()
+            .unwrap();
+        assert_eq!(first, second, "namespace, password and free ports are kept");
+        let third = StateDir::open(tmp.path(), true).unwrap().cluster().unwrap();
+        assert_ne!(first.namespace, third.namespace, "--clean starts afresh");
+    }
+
+    #[test]
+    fn a_second_runner_on_the_same_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = StateDir::open(tmp.path(), false).unwrap();
+        let e = StateDir::open(tmp.path(), false).err().unwrap();
+        assert!(e.contains("another rayhead dev runs on it"), "{e}");
+    }
+
+    #[test]
+    fn a_corrupt_cluster_file_names_itself_and_the_way_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("cluster.json"), "{").unwrap();
+        let e = StateDir::open(tmp.path(), false)
+            .unwrap()
+            .cluster()
+            .unwrap_err();
+        assert!(e.contains("cluster.json") && e.contains("--clean"), "{e}");
+    }
+
+    #[test]
+    fn a_taken_port_is_replaced() {
+        let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let p = l.local_addr().unwrap().port();
+        assert_ne!(pick_port(Some(p), &[]).unwrap(), p);
+        drop(l);
+        assert_eq!(pick_port(Some(p), &[]).unwrap(), p);
+        assert_ne!(pick_port(Some(p), &[p]).unwrap(), p);
+    }
+}
