@@ -11,8 +11,10 @@
 setup:
 	scripts/setup.sh
 
+# The venv's ray first on PATH; any rayhead dev option after ARGS=, e.g.
+#   make dev ARGS="--workers 2 --clean"
 dev: setup
-	scripts/dev.sh
+	PATH="$(CURDIR)/.venv/bin:$$PATH" target/release/rayhead dev $(ARGS)
 
 test: setup
 	cargo test --no-fail-fast

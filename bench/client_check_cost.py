@@ -91,8 +91,9 @@ def measure(interval_ms, seconds, settle, tmp, redis_port, n):
              "--disable-usage-stats"],
             env=dict(env, RAY_gcs_rpc_server_reconnect_timeout_s="600"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        subprocess.run([VENV_BIN + "/python", os.path.join(ROOT, "tests", "py", "detached_actor.py"),
-                        f"127.0.0.1:{gcs}"], env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([VENV_BIN + "/python", os.path.join(ROOT, "examples", "detached_actor.py")],
+                       env=dict(env, RAY_ADDRESS=f"127.0.0.1:{gcs}"), check=True, capture_output=True,
+                       timeout=180)
         time.sleep(settle)
         roots = [head.pid, worker.pid]
         t0, c0 = time.time(), cpu_ticks(descendants(roots))

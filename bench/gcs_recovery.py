@@ -173,7 +173,8 @@ class Cluster:
                     f"--dashboard-agent-listen-port={free_port()}",
                     f"--metrics-export-port={free_port()}", "--disable-usage-stats"],
                    self.worker_env, os.devnull)
-        subprocess.run([PY, os.path.join(TESTS_PY, "detached_actor.py"), self.addr], env=self.env,
+        subprocess.run([PY, os.path.join(ROOT, "examples", "detached_actor.py")],
+                       env=dict(self.env, RAY_ADDRESS=self.addr),
                        check=True, capture_output=True, timeout=180)
         subprocess.run([PY, os.path.join(TESTS_PY, "serve_app.py"), self.addr, str(self.serve_port)],
                        env=self.env, check=True, capture_output=True, timeout=300)

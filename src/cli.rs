@@ -412,10 +412,9 @@ fn dev(cli: &Cli, args: &DevArgs) -> u8 {
         Ok(rt) => rt.block_on(crate::dev::run(&cfg, opts)),
         Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
     };
-    crate::logging::last_words(
-        &format!("rayhead dev: exiting {}: {exit}", exit.code()),
-        LAST_WORDS,
-    );
+    let line = format!("rayhead dev: exiting {}: {exit}", exit.code());
+    crate::logging::to_stderr(format!("{line}\n").into_bytes());
+    crate::logging::last_words(&line, LAST_WORDS);
     exit.code()
 }
 

@@ -28,7 +28,7 @@ struct Script {
 }
 
 impl Script {
-    /// `tests/py/<script> args...`, with the head container's env.
+    /// `<script> args...` (a path from the repo root), with the head container's env.
     fn spawn(script: &str, args: &[&str]) -> Script {
         let mut child = driver_command(script)
             .args(args)
@@ -184,7 +184,7 @@ fn e2e_driver_and_job_ride_through_gcs_kills() {
 
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     let marker = dir.path().display().to_string();
-    let mut driver = Script::spawn("driver.py", &[&addr, &marker]);
+    let mut driver = Script::spawn("tests/py/driver.py", &[&addr, &marker]);
     let warm: u64 = driver
         .expect("CALL ", ACTOR)
         .split_whitespace()
@@ -239,13 +239,13 @@ fn e2e_serve_loses_no_request_across_gcs_kills() {
     let _worker = start_worker(&dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     let port = free_port().to_string();
-    let mut app = Script::spawn("serve_app.py", &[&addr, &port]);
+    let mut app = Script::spawn("tests/py/serve_app.py", &[&addr, &port]);
     app.expect("DEPLOYED", Duration::from_secs(240));
     drop(app);
 
     let csv = dir.join("serve.csv");
     let url = format!("http://127.0.0.1:{port}/hello");
-    let load = Script::spawn("serve_load.py", &[&url, csv.to_str().unwrap()]);
+    let load = Script::spawn("tests/py/serve_load.py", &[&url, csv.to_str().unwrap()]);
     let requests = || std::fs::read_to_string(&csv).unwrap_or_default();
     eventually(
         Duration::from_secs(30),

@@ -20,7 +20,7 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     let head = start_head(&dir, Some(&redis), &[], "direct");
     let _worker = start_worker(&dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    python("examples/detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
     let (v, nodes) = increment(&head);
     assert_eq!(v, 1);
     eventually(Duration::from_secs(30), "/readyz 200", || {

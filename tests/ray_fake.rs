@@ -18,8 +18,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// `ray start` starts gcs_server and raylet in the background and exits 0.
 /// The first gcs_server lives; the ones after it exit with code 3 (unless
-/// `$D/gcs-lives` exists).
-fn fake_ray(dir: &Dir) {
+/// `$D/gcs-lives` exists). `$D/ray-start-fails` fails every start,
+/// `$D/ray-start-fails-once` the next one only.
+pub fn fake_ray(dir: &Dir) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let scripts = [
@@ -30,6 +31,7 @@ case "$1" in
   start)
     echo "fake ray start $*"
     [ -e "$D/ray-start-fails" ] && { echo "ValueError: the fake port is taken" >&2; exit 1; }
+    [ -e "$D/ray-start-fails-once" ] && { rm "$D/ray-start-fails-once"; echo "ValueError: the fake port is taken" >&2; exit 1; }
     [ -e "$D/no-daemons" ] && exit 0
     echo "$(date +%s.%N)" > "$D/ray-start-ran"
     env | grep '^RAY_' > "$D/ray-start-env"

@@ -258,19 +258,15 @@ pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) 
     s
 }
 
-/// `tests/py/<script>` under the venv's python, with the head container's
-/// env from the manifest (drivers run on the head pod), in a process group
-/// of its own.
+/// `<script>` (a path from the repo's root: `examples/...`, `tests/py/...`)
+/// under the venv's python, with the head container's env from the
+/// manifest (drivers run on the head pod), in a process group of its own.
 pub fn driver_command(script: &str) -> Command {
     let mut cmd = Command::new(venv_bin().join("python"));
-    cmd.arg(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/py")
-            .join(script),
-    )
-    .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
-    .env("RAY_DISABLE_USAGE_STATS", "1")
-    .process_group(0);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
+        .env("RAY_DISABLE_USAGE_STATS", "1")
+        .process_group(0);
     cmd
 }
 
@@ -294,13 +290,15 @@ pub fn submit_job(dir: &Dir, head: &Head, name: &str, code: &str) -> crate::util
         .wait(Duration::from_secs(180))
 }
 
-/// Runs one of tests/py/*.py with the venv's python against `address`, with
-/// the head container's env from the manifest (drivers run on the head pod).
+/// Runs `script` (see [`driver_command`]) with the venv's python against
+/// `address`, given as RAY_ADDRESS (the guide's scripts read it) and as the
+/// first argument, with the head container's env from the manifest.
 /// Both pipes are drained while it runs, so a chatty driver never blocks on
 /// a full pipe.
 pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
     let mut child = driver_command(script)
         .arg(address)
+        .env("RAY_ADDRESS", address)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -537,11 +535,11 @@ pub fn raylet_pid(head: &Head) -> Pid {
 /// Increments the counter; returns its value and the alive nodes' ids.
 pub fn increment(head: &Head) -> (u64, Vec<String>) {
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    let out = python("increment_counter.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        python("tests/py/increment_and_nodes.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
     let value = out
         .lines()
-        .find_map(|l| l.strip_prefix("counter "))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no counter in:\n{out}"));
     let mut nodes: Vec<String> = out
         .lines()
@@ -581,7 +579,7 @@ pub fn start_guide(dir: &Dir, extra: &[(&str, &str)]) -> (RedisServer, Head, Run
     let head = start_head(dir, Some(&redis), extra, "direct");
     let worker = start_worker(dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    python("detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    python("examples/detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(increment(&head).0, 1);
     (redis, head, worker)
 }

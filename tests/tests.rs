@@ -4,6 +4,7 @@ mod ray_util;
 mod util;
 
 mod cli;
+mod dev;
 mod faults;
 mod manifests;
 mod pid1;

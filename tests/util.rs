@@ -318,6 +318,11 @@ impl Running {
         }
     }
 
+    /// rayhead's stderr pipe, when the command was given `Stdio::piped()`.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut().and_then(|c| c.stderr.take())
+    }
+
     /// Sends a signal to rayhead.
     pub fn signal(&self, sig: Signal) {
         kill(self.rayhead_pid(), sig).expect("signal rayhead");

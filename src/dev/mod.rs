@@ -232,8 +232,8 @@ impl<'a> Runner<'a> {
             c.probe_url(),
             c.redis_shown(),
             c.saved.namespace,
-            c.root.display(),
-            c.root.join("logs").display(),
+            shown(&c.root),
+            shown(&c.root.join("logs")),
         );
         self.printer.say(&text);
     }
@@ -247,6 +247,15 @@ impl<'a> Runner<'a> {
         let shown = self.cluster.redis_shown();
         let until = crate::time::after(Instant::now(), REDIS_STARTUP);
         self.init.tracker.spawn(async move {
+            // A redis-server just started takes a moment to listen: that is
+            // no news. wait_ready, which warns, takes over after 2 s.
+            let quiet = crate::time::after(Instant::now(), Duration::from_secs(2));
+            while Instant::now() < quiet && redis.ping().await.is_err() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
             let r = tokio::select! {
                 r = redis.wait_ready(until, "rayhead dev") => r,
                 _ = cancel.cancelled() => return,
@@ -365,7 +374,7 @@ impl<'a> Runner<'a> {
         }
         self.printer.say(&format!(
             "{pod} {why} (log: {})",
-            self.cluster.log(pod).display()
+            shown(&self.cluster.log(pod))
         ));
         let decision = self.kubelet.exited(pod, Instant::now(), status.success());
         self.say_decision(pod, decision);
@@ -557,6 +566,16 @@ impl<'a> Runner<'a> {
         }
         hurry
     }
+}
+
+/// A path as the user would type it: relative to the working directory
+/// when it lies below it.
+fn shown(p: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 /// The signals that stop the runner: Ctrl-C, `kill`, and a closed

@@ -1,0 +1,544 @@
+//! `rayhead dev`: the missing-tool and bad-option errors, the kubelet
+//! emulation on the fake Ray, and the README's walkthrough on real Ray and
+//! Redis, run from the README itself.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rayhead::init::proctree;
+
+use crate::ray_fake::fake_ray;
+use crate::ray_util::{
+    assert_all_dead, eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR,
+};
+use crate::util::{Dir, Running};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The state dir, short: Ray's socket paths live under it.
+const STATE: &str = "s";
+
+/// A running `rayhead dev`, its stderr read into `out` by a thread until
+/// `close` is set: then the thread drops the pipe, as a `tee` that dies.
+struct DevRun {
+    run: Running,
+    out: Arc<Mutex<String>>,
+    close: Arc<AtomicBool>,
+}
+
+impl DevRun {
+    fn start(dir: &Dir, path: &str, args: &[&str]) -> DevRun {
+        let mut run = dir
+            .rayhead()
+            .env("PATH", path)
+            .env("RAYHEAD_LOG", "info")
+            .args(["dev", "--state-dir", STATE])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut pipe = run.take_stderr().expect("stderr pipe");
+        let out = Arc::new(Mutex::new(String::new()));
+        let close = Arc::new(AtomicBool::new(false));
+        let (o, c) = (out.clone(), close.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !c.load(Ordering::SeqCst) {
+                let mut fd = libc::pollfd {
+                    fd: pipe.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd we own, for at most 100 ms.
+                if unsafe { libc::poll(&mut fd, 1, 100) } <= 0 {
+                    continue;
+                }
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => o
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        DevRun { run, out, close }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> Pid {
+        self.run.outer_pid()
+    }
+
+    /// Waits for `n` lines of `shape` in the runner's output.
+    fn wait_for(&self, expected: &str, n: usize, limit: Duration) {
+        let want = shape(expected);
+        eventually(limit, &format!("{n} x {expected:?}"), || {
+            let text = self.text();
+            (text.lines().filter(|l| shape(l) == want).count() >= n).then_some(())
+        });
+    }
+
+    /// Lets the stderr pipe close, as a pipeline's reader that died.
+    fn close_stderr(&self) {
+        self.close.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A line with its variable parts masked: numbers (but a lone 0, which
+/// the walkthrough means), the generated namespace, the state dir.
+fn shape(line: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = line.trim().chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            let lone_zero = i - start == 1
+                && chars[start] == '0'
+                && (start == 0 || chars[start - 1] == ' ')
+                && chars.get(i).is_none_or(|c| *c == ' ');
+            out.push_str(if lone_zero { "0" } else { "#" });
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    let mut masked = Vec::new();
+    for word in out.split(' ') {
+        if let Some(at) = word.find("rayhead-dev-") {
+            masked.push(format!("{}rayhead-dev-NS\"", &word[..at]));
+        } else {
+            masked.push(word.replace(".rayhead-dev/", &format!("{STATE}/")));
+        }
+    }
+    masked.join(" ")
+}
+
+/// The README's walkthrough: each `$ ` line (or `^C`) with the lines
+/// under it.
+fn walkthrough() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## GCS fault tolerance in five minutes")
+        .nth(1)
+        .expect("README has the walkthrough")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_block = false;
+    for line in section.lines().map(str::trim) {
+        if line.starts_with("```") {
+            in_block = line == "```console";
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            steps.push((cmd.to_string(), Vec::new()));
+        } else if line == "^C" {
+            steps.push(("^C".into(), Vec::new()));
+        } else if !line.is_empty() {
+            steps
+                .last_mut()
+                .expect("output before any command")
+                .1
+                .push(line.to_string());
+        }
+    }
+    steps
+}
+
+/// The gcs_server of the runner's tree.
+fn gcs_of(dev: &DevRun) -> Pid {
+    eventually(LIMIT, "a gcs_server", || {
+        crate::ray_util::find_comm(dev.pid(), "gcs_server")
+            .first()
+            .copied()
+    })
+}
+
+/// Every process of the runner's tree now, with its comm.
+fn tree(dev: &DevRun) -> Vec<(Pid, String)> {
+    proctree::descendants(&proctree::snapshot(), dev.pid())
+        .into_iter()
+        .map(|p| (p.pid, p.comm))
+        .collect()
+}
+
+/// Stops the runner with `sig`; asserts exit 0 and that nothing of its
+/// tree (recorded first) lives on.
+fn stop(dev: DevRun, sig: Signal) -> String {
+    let before = tree(&dev);
+    for comm in ["gcs_server", "raylet", "redis-server"] {
+        assert!(
+            before.iter().any(|(_, c)| c == comm),
+            "no {comm} in the tree before the stop: {before:?}"
+        );
+    }
+    assert!(
+        before.iter().any(|(_, c)| c.starts_with("ray::")),
+        "{before:?}"
+    );
+    let pid = dev.pid();
+    kill(pid, sig).unwrap();
+    let DevRun { run, out, .. } = dev;
+    let done = run.wait(LIMIT);
+    let text = out.lock().unwrap().clone();
+    assert_eq!(done.code, Some(0), "{text}\n{}", done.dump());
+    let pids: Vec<Pid> = before.iter().map(|(p, _)| *p).collect();
+    assert_all_dead("the dev cluster", &pids);
+    text
+}
+
+#[test]
+fn e2e_dev_runs_the_readme_walkthrough() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dv");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let path = path_with_venv();
+    let mut dev: Option<DevRun> = None;
+    let mut address = String::new();
+    let mut expected_so_far: Vec<String> = Vec::new();
+    let mut counter_seen = 0;
+    for (cmd, expect) in walkthrough() {
+        let wait_lines = |dev: &DevRun, expected_so_far: &mut Vec<String>, limit| {
+            for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+                expected_so_far.push(shape(e));
+                let n = expected_so_far.iter().filter(|s| **s == shape(e)).count();
+                dev.wait_for(e, n, limit);
+            }
+        };
+        match cmd.as_str() {
+            "make dev" => {
+                let d = DevRun::start(&dir, &path, &[]);
+                wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
+                dev = Some(d);
+            }
+            ". .venv/bin/activate" => {}
+            c if c.starts_with("export RAY_ADDRESS=") => {
+                let d = dev.as_ref().expect("running");
+                let printed = d
+                    .text()
+                    .lines()
+                    .find_map(|l| l.split_once("export ").map(|(_, a)| format!("export {a}")))
+                    .expect("the runner printed the export");
+                assert_eq!(shape(&printed), shape(c));
+                address = printed
+                    .trim_start_matches("export RAY_ADDRESS=")
+                    .trim()
+                    .to_string();
+            }
+            c if c.starts_with("python examples/") => {
+                let out = python(c.trim_start_matches("python "), &address, ACTOR)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let lines: Vec<&str> = out
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                assert_eq!(lines, expect, "{c}");
+                if let Some(n) = expect.first().and_then(|v| v.parse::<u64>().ok()) {
+                    assert_eq!(n, counter_seen + 1);
+                    counter_seen = n;
+                }
+            }
+            "pkill -9 gcs_server" | "pkill gcs_server" => {
+                let d = dev.as_ref().expect("running");
+                let sig = if cmd.contains("-9") {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                };
+                kill(gcs_of(d), sig).unwrap();
+                wait_lines(d, &mut expected_so_far, LIMIT);
+            }
+            r#"pkill -9 -x raylet -P "$(pgrep -d, -f 'rayhead run')""# => {
+                // The same processes, found in this test's tree only.
+                let d = dev.as_ref().expect("running");
+                let snap = proctree::snapshot();
+                let heads: Vec<Pid> = snap
+                    .iter()
+                    .filter(|p| p.ppid == d.pid() && p.comm == "rayhead")
+                    .map(|p| p.pid)
+                    .collect();
+                let raylets: Vec<Pid> = snap
+                    .iter()
+                    .filter(|p| p.comm == "raylet" && heads.contains(&p.ppid))
+                    .map(|p| p.pid)
+                    .collect();
+                assert_eq!(raylets.len(), 1, "the head's raylet: {raylets:?}");
+                kill(raylets[0], Signal::SIGKILL).unwrap();
+                let t = Instant::now();
+                wait_lines(d, &mut expected_so_far, LIMIT);
+                // The kubelet's back-off, then a head that is ready again.
+                let ready = "rayhead dev: [head running | GCS serving";
+                eventually(Duration::from_secs(120), "the head back", || {
+                    let text = d.text();
+                    let after = text.rsplit("restarting head in").next().unwrap_or("");
+                    after.contains(ready).then_some(())
+                });
+                assert!(
+                    t.elapsed() >= Duration::from_secs(9),
+                    "no back-off: {:?}",
+                    t.elapsed()
+                );
+            }
+            "^C" => {
+                let d = dev.take().expect("running");
+                let password = std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
+                    .unwrap()
+                    .split("\"redis_password\": \"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let text = stop(d, Signal::SIGINT);
+                for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+                    assert!(
+                        text.lines().any(|l| shape(l) == shape(e)),
+                        "{e:?} in:\n{text}"
+                    );
+                }
+                let head_log = dir.read(&format!("{STATE}/logs/head.log"));
+                assert!(
+                    !text.contains(&password) && !head_log.contains(&password),
+                    "the Redis password leaked"
+                );
+                second_run_finds_the_actor_then_stops_with_stderr_closed(&dir, &path);
+            }
+            c if c.starts_with("rayhead redis-cleanup --dev-state .rayhead-dev") => {
+                let args: Vec<String> = c
+                    .split(' ')
+                    .skip(1)
+                    .map(|a| a.replace(".rayhead-dev", STATE))
+                    .collect();
+                let out = dir.rayhead().env("PATH", &path).args(&args).run(LIMIT);
+                out.assert_code(0);
+                for e in &expect {
+                    assert!(
+                        out.stderr.lines().any(|l| shape(l) == shape(e)),
+                        "{e:?} in:\n{}",
+                        out.dump()
+                    );
+                }
+                if !c.contains("--dry-run") {
+                    assert!(!out.stderr.contains("deleted 0 key"), "{}", out.dump());
+                }
+                assert!(!alive_redis(&dir), "redis-cleanup left its Redis running");
+            }
+            other => panic!("the walkthrough has a step this test does not know: {other:?}"),
+        }
+    }
+    assert_eq!(counter_seen, 4, "the walkthrough counts to 4");
+    assert!(dev.is_none(), "the walkthrough stops the cluster");
+}
+
+fn alive_redis(dir: &Dir) -> bool {
+    KillByMarker(format!("{}/{STATE}/redis", dir.path().display()))
+        .pids()
+        .into_iter()
+        .any(crate::util::alive)
+}
+
+/// A second run without --clean: the GCS loads the namespace from Redis,
+/// so the guide's actor is still registered (DEAD: its worker stopped with
+/// the first run). Then SIGTERM, with the runner's stderr closed first.
+fn second_run_finds_the_actor_then_stops_with_stderr_closed(dir: &Dir, path: &str) {
+    let dev = DevRun::start(dir, path, &[]);
+    dev.wait_for(
+        "rayhead dev: the head is ready; starting 1 worker(s)",
+        1,
+        Duration::from_secs(120),
+    );
+    let address = format!(
+        "127.0.0.1:{}",
+        std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
+            .unwrap()
+            .split("\"gcs\": ")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+    );
+    let out = python("tests/py/actor_state.py", &address, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.contains("DEAD The actor died because its node has died"),
+        "the actor's record: {out}"
+    );
+    // Wait for a ray:: process to be in the tree (the worker's idle workers
+    // or the dashboard's), so that the check after the stop means something.
+    eventually(LIMIT, "a ray:: process", || {
+        tree(&dev)
+            .iter()
+            .any(|(_, c)| c.starts_with("ray::"))
+            .then_some(())
+    });
+    dev.close_stderr();
+    stop(dev, Signal::SIGTERM);
+}
+
+#[test]
+fn dev_without_ray_or_redis_says_how_to_install_each_and_exits_69() {
+    let dir = Dir::new("dev-tools");
+    let out = dir
+        .rayhead()
+        .env("PATH", "/nonexistent")
+        .args(["dev"])
+        .run(LIMIT);
+    out.assert_code(69);
+    assert!(
+        out.stderr.contains("`ray` was not found on PATH"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("pip install 'ray[default]==2.60.0'"),
+        "{}",
+        out.dump()
+    );
+    fake_ray(&dir);
+    let bin = dir.join("bin");
+    let out = dir.rayhead().env("PATH", &bin).args(["dev"]).run(LIMIT);
+    out.assert_code(69);
+    assert!(
+        out.stderr.contains("`redis-server` was not found"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("apt-get install -y redis-server"),
+        "{}",
+        out.dump()
+    );
+    for text in [&out.stderr, &out.stdout] {
+        assert!(
+            !text.contains("panicked") && !text.contains("backtrace"),
+            "{}",
+            out.dump()
+        );
+    }
+    assert!(
+        !dir.join(".rayhead-dev").exists(),
+        "nothing is created before the checks"
+    );
+}
+
+#[test]
+fn dev_refuses_bad_options_naming_each() {
+    let dir = Dir::new("dev-opts");
+    fake_ray(&dir);
+    let path = format!("{}:/usr/bin:/bin", dir.join("bin").display());
+    for (args, needle) in [
+        (vec!["--redis-url", "http://x:1"], "--redis-url"),
+        (vec!["--head-timeout", "0"], "--head-timeout"),
+        (vec!["--head-timeout", "1.5s"], "whole seconds"),
+        (vec!["--workers=-1"], "--workers"),
+        (vec!["--workers", "many"], "--workers"),
+        (vec!["--workers", "65"], "--workers"),
+        (vec!["--restart-policy", "Sometimes"], "--restart-policy"),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("PATH", &path)
+            .args(["dev"])
+            .args(&args)
+            .run(LIMIT);
+        out.assert_code(64);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.dump());
+    }
+    let state = dir.write("not-a-dir", "");
+    let out = dir
+        .rayhead()
+        .env("PATH", &path)
+        .args(["dev", "--state-dir"])
+        .arg_path(&state)
+        .run(LIMIT);
+    out.assert_code(64);
+    assert!(out.stderr.contains("--state-dir"), "{}", out.dump());
+}
+
+/// The fake Ray's `ray start` fails, so `rayhead run` exits 85 at once.
+fn fake_dev(dir: &Dir, args: &[&str]) -> DevRun {
+    fake_ray(dir);
+    let path = format!("{}:{}", dir.join("bin").display(), path_with_venv());
+    DevRun::start(dir, &path, &[&["--workers", "0"], args].concat())
+}
+
+#[test]
+fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dev-never");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    dir.write("ray-start-fails", "");
+    let dev = fake_dev(&dir, &["--restart-policy", "Never"]);
+    let DevRun { run, out, .. } = dev;
+    let done = run.wait(LIMIT);
+    let text = out.lock().unwrap().clone();
+    assert_eq!(done.code, Some(85), "{text}");
+    assert!(text.contains("head exited with code 85: "), "{text}");
+    assert!(
+        text.contains("ValueError: the fake port is taken"),
+        "the head's reason: {text}"
+    );
+    assert!(
+        text.contains("--restart-policy Never: head is not restarted"),
+        "{text}"
+    );
+    let log = dir.read(&format!("{STATE}/logs/head.log"));
+    assert_eq!(crate::util::count_lines(&log, "fake ray start"), 1, "{log}");
+    assert!(!alive_redis(&dir), "the embedded Redis was left running");
+}
+
+#[test]
+fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dev-always");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    dir.write("ray-start-fails-once", "");
+    let dev = fake_dev(&dir, &[]);
+    dev.wait_for(
+        "rayhead dev: restarting head in 10s (restart 1; back-off 10s doubling to 300s, as the kubelet)",
+        1,
+        LIMIT,
+    );
+    let t = Instant::now();
+    let log = || dir.read(&format!("{STATE}/logs/head.log"));
+    eventually(LIMIT, "the second start", || {
+        (crate::util::count_lines(&log(), "fake ray start") == 2).then_some(())
+    });
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
+        "restarted after {waited:?}"
+    );
+    let text = dev.text();
+    assert!(text.contains("head exited with code 85: "), "{text}");
+    assert!(
+        text.contains("pod restarts 1"),
+        "the status line counts it: {text}"
+    );
+    let pid = dev.pid();
+    kill(pid, Signal::SIGTERM).unwrap();
+    let DevRun { run, .. } = dev;
+    assert_eq!(run.wait(LIMIT).code, Some(0));
+    assert!(!alive_redis(&dir), "the embedded Redis was left running");
+}
