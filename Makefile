@@ -1,12 +1,21 @@
 # The two commands of the README:
 #   make dev    set up, then run the local dev runner
-#   make test   set up, then run every test (what .ci/run calls)
+#   make test   set up, build the portable binary, then run every test (what .ci/run calls)
 # And, by hand:
+#   make dist     the portable binary (glibc 2.17+) with cargo-zigbuild: $(DIST_BIN)
 #   make bench    set up, then run every benchmark into BENCHMARKS.md (about 40 min;
 #                 never beside `make test`: Ray's `ray stop` kills every Ray process)
 #   make mutants  mutation testing of the pure modules with their unit tests
 
-.PHONY: setup dev test bench mutants
+.PHONY: setup dev dist test bench mutants
+
+# cargo-zigbuild links against zig's glibc 2.17 stubs, so the binary loads on
+# every Ray image, UBI 8 and Amazon Linux 2. Both tools come from PyPI into
+# the venv, pinned: the Dockerfile's build stage uses the same pins.
+ZIGLANG = ziglang==0.13.0
+CARGO_ZIGBUILD = cargo-zigbuild==0.20.1
+DIST_TARGET = x86_64-unknown-linux-gnu.2.17
+DIST_BIN = target/x86_64-unknown-linux-gnu/release/rayhead
 
 setup:
 	scripts/setup.sh
@@ -16,7 +25,14 @@ setup:
 dev: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" target/release/rayhead dev $(ARGS)
 
-test: setup
+dist: setup
+	.venv/bin/pip install --quiet --disable-pip-version-check '$(ZIGLANG)' '$(CARGO_ZIGBUILD)'
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo zigbuild --release --locked --target $(DIST_TARGET)
+	@echo "portable binary: $(DIST_BIN)"
+
+# The suite checks the portable binary too (its glibc floor, and the guide's
+# scenario run with it).
+test: setup dist
 	cargo test --no-fail-fast
 
 # The benchmarks' own needs (the timeline's plotting) stay out of the test set-up.

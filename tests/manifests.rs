@@ -26,7 +26,17 @@ const VALIDATE_LIMIT: Duration = Duration::from_secs(120);
 const MANIFESTS: &[&str] = &[
     "config/ray-cluster.rayhead.yaml",
     "config/ray-service.rayhead.yaml",
+    INIT_MANIFEST,
 ];
+
+/// The variant for an unchanged Ray image: rayhead comes from an init
+/// container.
+const INIT_MANIFEST: &str = "config/ray-cluster.rayhead-init.yaml";
+
+/// Whether a head's facts are the init-container variant's.
+fn installed_by_init(h: &Value) -> bool {
+    !h["init"].as_array().unwrap().is_empty()
+}
 
 /// Runs the validator; returns its exit code and report.
 fn validate(files: &[PathBuf]) -> (i32, Value) {
@@ -64,7 +74,11 @@ fn shipped_manifests_validate_and_match_rayhead() {
             kinds.push(item[0].as_str().unwrap().to_string());
             assert_eq!(item[2], serde_json::json!([]), "{item:#}");
             let h = &item[3];
-            assert_eq!(h["command"], serde_json::json!(["rayhead", "run"]), "{h:#}");
+            if installed_by_init(h) {
+                assert_init_install(h);
+            } else {
+                assert_eq!(h["command"], serde_json::json!(["rayhead", "run"]), "{h:#}");
+            }
             assert_eq!(
                 h["annotation"], "true",
                 "KubeRay would replace the command: {h:#}"
@@ -97,7 +111,96 @@ fn shipped_manifests_validate_and_match_rayhead() {
         }
     }
     kinds.sort();
-    assert_eq!(kinds, vec!["RayCluster", "RayService"]);
+    assert_eq!(kinds, vec!["RayCluster", "RayCluster", "RayService"]);
+}
+
+/// The init container copies rayhead into an emptyDir that the head
+/// mounts, and the head runs that copy: `rayhead install` writes the very
+/// path, seen through each container's mount, that the command runs.
+fn assert_init_install(h: &Value) {
+    let init = &h["init"][0];
+    let cmd = init["command"].as_array().unwrap();
+    assert_eq!(cmd.len(), 3, "{h:#}");
+    assert_eq!(cmd[1], "install", "{h:#}");
+    let copy = Path::new(cmd[2].as_str().unwrap());
+    let run = Path::new(h["command"][0].as_str().unwrap());
+    assert_eq!(h["command"][1], "run", "{h:#}");
+    assert_eq!(run.file_name(), Some(std::ffi::OsStr::new("rayhead")));
+    let (volume, _) = init["mounts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, path)| copy.parent() == Some(Path::new(path.as_str().unwrap())))
+        .unwrap_or_else(|| panic!("the install's target is on no mount: {h:#}"));
+    assert_eq!(
+        h["volumes"][volume],
+        serde_json::json!(["emptyDir"]),
+        "{h:#}"
+    );
+    assert_eq!(
+        Path::new(h["mounts"][volume].as_str().unwrap()).join(copy.file_name().unwrap()),
+        run,
+        "the head runs what the init container copied: {h:#}"
+    );
+}
+
+/// The init variant is the plain RayCluster and nothing else but the
+/// install: same probes, grace, env, Redis, annotation, other volumes.
+#[test]
+fn the_init_variant_is_the_plain_manifest_plus_the_install() {
+    let files: Vec<PathBuf> = [MANIFESTS[0], INIT_MANIFEST]
+        .iter()
+        .map(|m| root().join(m))
+        .collect();
+    let (code, report) = validate(&files);
+    assert_eq!(code, 0, "{report:#}");
+    let facts = |f: &PathBuf| report[f.to_str().unwrap()][0][3].clone();
+    let (mut plain, mut init) = (facts(&files[0]), facts(&files[1]));
+    assert!(installed_by_init(&init) && !installed_by_init(&plain));
+    let bin = init["init"][0]["mounts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    for h in [&mut plain, &mut init] {
+        let o = h.as_object_mut().unwrap();
+        for k in ["command", "image", "init"] {
+            o.remove(k);
+        }
+        o["mounts"].as_object_mut().unwrap().remove(&bin);
+        o["volumes"].as_object_mut().unwrap().remove(&bin);
+    }
+    assert_eq!(plain, init);
+}
+
+/// The manifest's ray-example ConfigMap carries the guide's scripts as
+/// `examples/` has them (what the tests run), less their comment header.
+#[test]
+fn the_manifests_samples_are_the_examples() {
+    for m in [MANIFESTS[0], INIT_MANIFEST] {
+        let text = std::fs::read_to_string(root().join(m)).unwrap();
+        for script in ["detached_actor.py", "increment_counter.py"] {
+            let key = format!("  {script}: |");
+            let start = text
+                .find(&key)
+                .unwrap_or_else(|| panic!("{m} has no {script}"));
+            let block: Vec<&str> = text[start + key.len()..]
+                .lines()
+                .skip(1)
+                .take_while(|l| l.is_empty() || l.starts_with("    "))
+                .map(|l| l.strip_prefix("    ").unwrap_or(""))
+                .collect();
+            let example = std::fs::read_to_string(root().join("examples").join(script)).unwrap();
+            let code: Vec<&str> = example.lines().skip_while(|l| l.starts_with('#')).collect();
+            assert_eq!(
+                block.join("\n").trim(),
+                code.join("\n").trim(),
+                "{m}: {script}"
+            );
+        }
+    }
 }
 
 /// The test of the test: a manifest with wrong types must fail.
@@ -146,25 +249,52 @@ fn dockerfile_facts_match_the_manifests_and_readme() {
     assert_eq!(base, format!("rayproject/ray:{ray_version}"));
     assert!(docker.lines().any(|l| l.trim() == "FROM ${RAY_IMAGE}"));
     // The head runs the image this Dockerfile builds, tagged with the Ray
-    // version it is built on.
-    for h in &heads {
-        assert_eq!(h["image"], format!("rayhead:{ray_version}"), "{h:#}");
-    }
-    // The entrypoint is the manifests' command.
+    // version it is built on; the init variant runs the Ray image as it is,
+    // with the carrier image (the Dockerfile's FROM scratch stage, tagged
+    // with rayhead's version) in its init container.
     let entrypoint: Value =
         serde_json::from_str(line_value(&docker, "ENTRYPOINT ")).expect("ENTRYPOINT is JSON");
     for h in &heads {
-        assert_eq!(h["command"], entrypoint, "{h:#}");
+        if installed_by_init(h) {
+            assert_eq!(h["image"], base, "{h:#}");
+            assert_eq!(
+                h["init"][0]["image"],
+                format!("rayhead-carrier:{}", env!("CARGO_PKG_VERSION")),
+                "{h:#}"
+            );
+            let carrier_path = line_value(
+                &docker,
+                "COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/rayhead /",
+            );
+            assert_eq!(
+                h["init"][0]["command"][0],
+                format!("/{carrier_path}"),
+                "{h:#}"
+            );
+        } else {
+            assert_eq!(h["image"], format!("rayhead:{ray_version}"), "{h:#}");
+            // The entrypoint is the manifests' command.
+            assert_eq!(h["command"], entrypoint, "{h:#}");
+        }
     }
+    assert!(docker
+        .lines()
+        .any(|l| l.trim() == "FROM scratch AS carrier"));
     assert_eq!(
         line_value(&docker, "USER "),
         "ray",
         "keep the image's non-root user"
     );
-    // The glibc claim: the build stage is bullseye (glibc 2.31), at or below
-    // the Ray image's Ubuntu 22.04 (2.35).
-    assert_eq!(line_value(&docker, "FROM rust:"), "1-bullseye AS build");
-    assert!(docker.contains("bullseye (glibc 2.31)"));
+    // The image builds the binary `make dist` builds, with the same pinned
+    // tools, for the same glibc floor (which tests/dist.rs checks).
+    let make = std::fs::read_to_string(root().join("Makefile")).unwrap();
+    for var in ["ZIGLANG", "CARGO_ZIGBUILD", "DIST_TARGET"] {
+        let value = line_value(&make, &format!("{var} = "));
+        assert!(
+            docker.contains(value),
+            "the Dockerfile does not use {var} = {value}"
+        );
+    }
 
     let probe_port = default_of("probe.listen").rsplit(':').next().unwrap();
     assert!(

@@ -16,9 +16,16 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     let _lock = ray_lock();
     let dir = Dir::new("e2e-guide");
     let _cleanup = KillByMarker(dir.path().display().to_string());
-    let redis = RedisServer::start(&dir);
-    let head = start_head(&dir, Some(&redis), &[], "direct");
-    let _worker = start_worker(&dir, &head);
+    guide_scenario(&dir);
+}
+
+/// The suite's first scenario, for whichever rayhead binary `dir` runs:
+/// the guide's counter through a SIGKILL, a SIGTERM and a SIGSTOP of the
+/// GCS, then a clean stop that keeps the Redis keys.
+pub fn guide_scenario(dir: &Dir) {
+    let redis = RedisServer::start(dir);
+    let head = start_head(dir, Some(&redis), &[], "direct");
+    let _worker = start_worker(dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     python("examples/detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
     let (v, nodes) = increment(&head);
@@ -30,13 +37,13 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     let raylet = raylet_pid(&head);
 
-    let sigkill = kill_gcs_and_wait(&dir, &head, Signal::SIGKILL, 1, Duration::from_secs(60));
+    let sigkill = kill_gcs_and_wait(dir, &head, Signal::SIGKILL, 1, Duration::from_secs(60));
     let (v, after) = increment(&head);
     assert_eq!(v, 2);
     assert_eq!(after, nodes, "a node was lost or replaced");
     assert_eq!(raylet_pid(&head), raylet, "the head raylet was restarted");
 
-    let sigterm = kill_gcs_and_wait(&dir, &head, Signal::SIGTERM, 2, Duration::from_secs(60));
+    let sigterm = kill_gcs_and_wait(dir, &head, Signal::SIGTERM, 2, Duration::from_secs(60));
     assert_eq!(increment(&head).0, 3);
 
     // SIGSTOP: the hung GCS fails its checks, so /readyz turns 503 long

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod dev;
+mod dist;
 mod faults;
 mod manifests;
 mod pid1;

@@ -30,6 +30,9 @@ pub fn rayhead_bin() -> PathBuf {
 /// A per-test temp dir, removed when dropped.
 pub struct Dir {
     tmp: tempfile::TempDir,
+    /// The rayhead binary its commands run: the one under test, unless
+    /// [`Dir::running`] says otherwise.
+    bin: PathBuf,
 }
 
 impl Dir {
@@ -38,7 +41,17 @@ impl Dir {
             .prefix(&format!("rayhead-{name}-"))
             .tempdir()
             .expect("temp dir");
-        Dir { tmp }
+        Dir {
+            tmp,
+            bin: rayhead_bin(),
+        }
+    }
+
+    /// Runs `bin` as rayhead (the portable build of `make dist`).
+    pub fn running(mut self, bin: PathBuf) -> Dir {
+        assert!(bin.exists(), "{} does not exist", bin.display());
+        self.bin = bin;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -62,7 +75,7 @@ impl Dir {
     /// A rayhead command in this dir: scrubbed env, the termination message
     /// sent to `termination-log` here, debug logs.
     pub fn rayhead(&self) -> TestCommand {
-        self.command(rayhead_bin())
+        self.command(&self.bin)
     }
 
     /// Another program, with the same scrubbed environment and guards.

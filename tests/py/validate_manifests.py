@@ -66,6 +66,11 @@ def head_facts(spec):
         "grace": pod.get("terminationGracePeriodSeconds"),
         "message_policy": c.get("terminationMessagePolicy"),
         "redis": spec.get("gcsFaultToleranceOptions", {}).get("redisAddress"),
+        "mounts": {m["name"]: m["mountPath"] for m in c.get("volumeMounts") or []},
+        "volumes": {v["name"]: sorted(k for k in v if k != "name") for v in pod.get("volumes") or []},
+        "init": [{"image": i.get("image"), "command": i.get("command"),
+                  "mounts": {m["name"]: m["mountPath"] for m in i.get("volumeMounts") or []}}
+                 for i in pod.get("initContainers") or []],
         **envs(spec),
     }
 
