@@ -542,3 +542,118 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
     assert_eq!(run.wait(LIMIT).code, Some(0));
     assert!(!alive_redis(&dir), "the embedded Redis was left running");
 }
+
+/// A head whose rayhead is SIGKILLed leaves its daemons to the runner,
+/// which kills them, as a container's processes die with it, before the
+/// next head needs their ports. And a runner SIGKILLed itself leaves no
+/// pod behind: each gets SIGTERM from the kernel when its parent dies.
+#[test]
+fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dev-kill");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dev = fake_dev(&dir, &[]);
+    let daemons = || -> Vec<Pid> {
+        ["gcs_server", "raylet"]
+            .iter()
+            .flat_map(|c| crate::ray_util::find_comm(dev.pid(), c))
+            .collect()
+    };
+    let first = eventually(LIMIT, "the fake daemons", || {
+        let d = daemons();
+        (d.len() == 2).then_some(d)
+    });
+    let head = tree(&dev)
+        .into_iter()
+        .find(|(_, c)| c == "rayhead")
+        .map(|(p, _)| p)
+        .expect("the head's rayhead");
+    kill(head, Signal::SIGKILL).unwrap();
+    dev.wait_for(
+        "rayhead dev: head was killed by SIGKILL (log: s/logs/head.log)",
+        1,
+        LIMIT,
+    );
+    dev.wait_for(
+        "rayhead dev: restarting head in 10s (restart 1; back-off 10s doubling to 300s, as the kubelet)",
+        1,
+        LIMIT,
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the old head's daemons gone",
+        || {
+            first
+                .iter()
+                .all(|p| !crate::util::alive(p.as_raw()))
+                .then_some(())
+        },
+    );
+
+    // The next head, with its daemons, before the runner dies.
+    dir.write("gcs-lives", "");
+    eventually(LIMIT, "the next head's daemons", || {
+        let d = daemons();
+        (d.len() == 2 && d.iter().all(|p| !first.contains(p))).then_some(())
+    });
+    let before: Vec<(Pid, String)> = tree(&dev);
+    for comm in ["redis-server", "rayhead", "gcs_server", "raylet"] {
+        assert!(before.iter().any(|(_, c)| c == comm), "{comm}: {before:?}");
+    }
+    let before: Vec<Pid> = before.into_iter().map(|(p, _)| p).collect();
+    kill(dev.pid(), Signal::SIGKILL).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "every pod gone after the runner",
+        || {
+            before
+                .iter()
+                .all(|p| !crate::util::alive(p.as_raw()))
+                .then_some(())
+        },
+    );
+}
+
+/// `--redis-url`: a wrong password ends the runner at once with 87, a Redis
+/// that does not answer with 86 after `redis.startup-timeout`; neither
+/// shows the password, and neither starts a head.
+#[test]
+fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
+    let dir = Dir::new("dev-url");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = crate::ray_util::RedisServer::start(&dir);
+    fake_ray(&dir);
+    let path = format!("{}:/usr/bin:/bin", dir.join("bin").display());
+    let wrong = "not-the-password-4711";
+    let down = crate::ray_util::free_port();
+    for (url, code, why) in [
+        (
+            format!("redis://:{wrong}@127.0.0.1:{}", redis.port),
+            87,
+            "refused rayhead dev",
+        ),
+        (
+            format!("redis://:{wrong}@127.0.0.1:{down}"),
+            86,
+            "did not answer within 2s",
+        ),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("PATH", &path)
+            .args(["dev", "--state-dir", STATE, "--redis-url", &url])
+            .args(["--set", "redis.startup-timeout=2s"])
+            .run(LIMIT);
+        out.assert_code(code).assert_no_secret(wrong);
+        assert!(out.stderr.contains(why), "{}", out.dump());
+        assert!(
+            out.stderr.contains("redis://:****@127.0.0.1:"),
+            "{}",
+            out.dump()
+        );
+        assert!(
+            !dir.join(&format!("{STATE}/logs/head.log")).exists(),
+            "a head started"
+        );
+    }
+}

@@ -432,7 +432,13 @@ fn dev(cli: &Cli, args: &DevArgs) -> u8 {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(crate::dev::run(&cfg, opts)),
+        Ok(rt) => {
+            let exit = rt.block_on(crate::dev::run(&cfg, opts));
+            // A /status query in flight (a blocking thread) must not hold
+            // the exit up.
+            rt.shutdown_background();
+            exit
+        }
         Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
     };
     let line = format!("rayhead dev: exiting {}: {exit}", exit.code());

@@ -174,6 +174,7 @@ impl Cluster {
             Pod::Worker(n) => self.worker(n)?,
         };
         crate::init::spawn::prepare(&mut cmd);
+        die_with_parent(&mut cmd);
         let log = self.log(pod);
         let open = || {
             OpenOptions::new()
@@ -203,9 +204,9 @@ impl Cluster {
             "{} start --head --block --port={} --node-ip-address=127.0.0.1 --temp-dir={} \
              --dashboard-host=127.0.0.1 --dashboard-port={} --dashboard-agent-listen-port={} \
              --ray-client-server-port={} --metrics-export-port={} --disable-usage-stats",
-            self.ray.display(),
+            quoted(&self.ray.display().to_string()),
             p.gcs,
-            temp.display(),
+            quoted(&temp.display().to_string()),
             p.dashboard,
             p.agent,
             p.client,
@@ -292,6 +293,32 @@ impl Cluster {
             .env("RAY_DISABLE_USAGE_STATS", "1");
         Ok(cmd)
     }
+}
+
+/// A pod gets SIGTERM if the runner dies, even by SIGKILL, and so never
+/// outlives it: the head's rayhead then stops its own tree, a worker its
+/// node, Redis itself. (The runner spawns from its one runtime thread,
+/// whose exit is the process's.)
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe; the closure
+    // runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            // The runner died between the fork and the prctl.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `text` as one word for the bash-like split of the start command.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Finds `name` on PATH.

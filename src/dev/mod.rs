@@ -46,7 +46,8 @@ pub struct Options {
     pub clean: bool,
 }
 
-/// How long Redis may take to answer after it starts (an AOF to replay).
+/// How long Redis may take to answer after it starts (an AOF to replay),
+/// at most: `redis.startup-timeout` when that is shorter.
 const REDIS_STARTUP: Duration = Duration::from_secs(30);
 /// How long the head and the workers get to stop before SIGKILL: more
 /// than the head's own grace (5 s), so that its tree goes its own way.
@@ -70,8 +71,9 @@ pub async fn run(cfg: &Config, opts: Options) -> Exit {
         Ok(r) => r,
         Err(e) => return Exit::Config(e),
     };
+    let redis_startup = cfg.redis.startup_timeout.min(REDIS_STARTUP);
     let exit = Runner::new(cluster, redis, opts.restart_policy, &mut init)
-        .run()
+        .run(redis_startup)
         .await;
     init.shutdown().await;
     drop(dir);
@@ -171,12 +173,12 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn run(mut self) -> Exit {
+    async fn run(mut self, redis_startup: Duration) -> Exit {
         self.banner();
         if matches!(self.cluster.redis, RedisSource::Embedded { .. }) {
             self.start(Pod::Redis);
         }
-        self.gate_redis();
+        self.gate_redis(redis_startup);
         let end = loop {
             let due = self.kubelet.next_due();
             let wake = async {
@@ -232,32 +234,39 @@ impl<'a> Runner<'a> {
             c.probe_url(),
             c.redis_shown(),
             c.saved.namespace,
-            shown(&c.root),
-            shown(&c.root.join("logs")),
+            shown_path(&c.root),
+            shown_path(&c.root.join("logs")),
         );
         self.printer.say(&text);
     }
 
     /// Waits, in a task, for the cluster's Redis to answer: the head is
     /// started only then, as a KubeRay head needs its Redis.
-    fn gate_redis(&self) {
+    fn gate_redis(&self, limit: Duration) {
         let redis = self.redis.clone();
         let tx = self.tx.clone();
         let cancel = self.init.cancel.child_token();
         let shown = self.cluster.redis_shown();
-        let until = crate::time::after(Instant::now(), REDIS_STARTUP);
+        let see = match self.cluster.redis {
+            RedisSource::Embedded { .. } => format!(
+                "; see {}",
+                shown_path(&self.cluster.root.join("redis/redis.log"))
+            ),
+            RedisSource::External(_) => String::new(),
+        };
+        let until = crate::time::after(Instant::now(), limit);
         self.init.tracker.spawn(async move {
-            // A redis-server just started takes a moment to listen: that is
-            // no news. wait_ready, which warns, takes over after 2 s.
-            let quiet = crate::time::after(Instant::now(), Duration::from_secs(2));
-            while Instant::now() < quiet && redis.ping().await.is_err() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = cancel.cancelled() => return,
+            let gate = async {
+                // A redis-server just started takes a moment to listen: that
+                // is no news. wait_ready, which warns, takes over after 2 s.
+                let quiet = crate::time::after(Instant::now(), Duration::from_secs(2));
+                while Instant::now() < quiet && redis.ping().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            }
+                redis.wait_ready(until, "rayhead dev").await
+            };
             let r = tokio::select! {
-                r = redis.wait_ready(until, "rayhead dev") => r,
+                r = gate => r,
                 _ = cancel.cancelled() => return,
             };
             let _ = tx.send(match r {
@@ -266,8 +275,8 @@ impl<'a> Runner<'a> {
                     "Redis {shown} refused rayhead dev: {e}"
                 ))),
                 Err(e) => Event::RedisFailed(Exit::RedisUnreachable(format!(
-                    "Redis {shown} did not answer within {}s: {e}",
-                    REDIS_STARTUP.as_secs()
+                    "Redis {shown} did not answer within {}s: {e}{see}",
+                    limit.as_secs()
                 ))),
             });
         });
@@ -290,9 +299,12 @@ impl<'a> Runner<'a> {
                     _ = cancel.cancelled() => return,
                 }
                 let u = url.clone();
-                let answer =
-                    tokio::task::spawn_blocking(move || crate::probe::client::query(&u, "/status"))
-                        .await;
+                let query =
+                    tokio::task::spawn_blocking(move || crate::probe::client::query(&u, "/status"));
+                let answer = tokio::select! {
+                    a = query => a,
+                    _ = cancel.cancelled() => return,
+                };
                 let view = match answer {
                     Ok((true, body)) => HeadView::parse(&body),
                     _ => HeadView::default(),
@@ -354,11 +366,32 @@ impl<'a> Runner<'a> {
                     return None;
                 }
                 self.running.remove(&pod);
+                self.sweep_orphans();
                 return self.exited(pod, status);
             }
             Event::Status(view) => self.observe(view),
         }
         None
+    }
+
+    /// A pod's processes die with it, as a container's do: whatever of an
+    /// exited pod's tree was re-parented to the runner (a head's rayhead
+    /// SIGKILLed, say, leaves its gcs_server and raylet holding the ports
+    /// the next head needs) is SIGKILLed.
+    fn sweep_orphans(&self) {
+        let me = nix::unistd::getpid();
+        let snap = proctree::snapshot();
+        let pods: Vec<Pid> = self.running.values().copied().collect();
+        for orphan in snap
+            .iter()
+            .filter(|p| p.ppid == me && !pods.contains(&p.pid))
+        {
+            tracing::info!(pid = orphan.pid.as_raw(), comm = %orphan.comm, "SIGKILL: left behind by a pod that exited");
+            for d in proctree::descendants(&snap, orphan.pid) {
+                let _ = kill(d.pid, Signal::SIGKILL);
+            }
+            let _ = kill(orphan.pid, Signal::SIGKILL);
+        }
     }
 
     fn exited(&mut self, pod: Pod, status: ExitStatus) -> Option<End> {
@@ -374,7 +407,7 @@ impl<'a> Runner<'a> {
         }
         self.printer.say(&format!(
             "{pod} {why} (log: {})",
-            shown(&self.cluster.log(pod))
+            shown_path(&self.cluster.log(pod))
         ));
         let decision = self.kubelet.exited(pod, Instant::now(), status.success());
         self.say_decision(pod, decision);
@@ -553,10 +586,12 @@ impl<'a> Runner<'a> {
         }
         for pod in pods {
             if let Some(pid) = self.running.remove(pod) {
-                self.printer.say(&format!(
-                    "{pod} did not stop within {}s: SIGKILL",
-                    grace.as_secs()
-                ));
+                if !hurry {
+                    self.printer.say(&format!(
+                        "{pod} did not stop within {}s: SIGKILL",
+                        grace.as_secs()
+                    ));
+                }
                 let family = proctree::descendants(&proctree::snapshot(), pid);
                 let _ = kill(pid, Signal::SIGKILL);
                 for p in family {
@@ -570,7 +605,7 @@ impl<'a> Runner<'a> {
 
 /// A path as the user would type it: relative to the working directory
 /// when it lies below it.
-fn shown(p: &std::path::Path) -> String {
+fn shown_path(p: &std::path::Path) -> String {
     std::env::current_dir()
         .ok()
         .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
