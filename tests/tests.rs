@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod dev;
+mod dev_walkthrough;
 mod dist;
 mod faults;
 mod manifests;

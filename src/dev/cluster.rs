@@ -21,6 +21,47 @@ pub enum RedisSource {
     External(RedisAddress),
 }
 
+/// The head's command line after the binary and its env, which
+/// [`HeadSpec::check`] validates as the head itself would.
+pub struct HeadSpec {
+    pub args: Vec<String>,
+    /// Set (a value, kept as a secret: one is the Redis password) or
+    /// removed; later entries win.
+    pub env: Vec<(String, Option<Secret>)>,
+}
+
+impl HeadSpec {
+    /// Loads the configuration and the plan the head would, so that a
+    /// value the head would refuse (a --head-timeout shorter than the
+    /// recovery margin, say) is an error now, not a head in a crash loop.
+    pub fn check(&self) -> Result<(), String> {
+        let flags = self
+            .args
+            .windows(2)
+            .filter(|w| w[0] == "--set")
+            .map(|w| crate::config::FlagValue::parse_set(&w[1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inputs = crate::config::Inputs { file: None, flags };
+        let env = HeadEnv(&self.env);
+        let cfg = crate::config::Config::load(&inputs, &env)
+            .map_err(|e| e.to_string().trim_end().to_string())?;
+        let text = cfg.ray.start_command.clone().unwrap_or_default();
+        crate::ray::Plan::new(&cfg, crate::ray::StartFrom::Text(&text), &env).map(|_| ())
+    }
+}
+
+/// The runner's env with the head's entries over it.
+struct HeadEnv<'a>(&'a [(String, Option<Secret>)]);
+
+impl crate::config::Env for HeadEnv<'_> {
+    fn var(&self, name: &str) -> Result<Option<String>, crate::config::env::NotUnicode> {
+        match self.0.iter().rev().find(|(k, _)| k == name) {
+            Some((_, v)) => Ok(v.as_ref().map(|s| s.expose().to_string())),
+            None => crate::config::Env::var(&crate::config::ProcessEnv, name),
+        }
+    }
+}
+
 /// Everything a pod's command needs.
 pub struct Cluster {
     pub saved: Saved,
@@ -194,10 +235,25 @@ impl Cluster {
     fn head(&self) -> Result<Command, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find rayhead itself: {e}"))?;
-        let temp = self.ray_root.join("head");
         // A head that died leaves this behind, and `ray start --head`
         // then refuses to start ("already running").
-        let _ = std::fs::remove_file(temp.join("ray_current_cluster"));
+        let _ = std::fs::remove_file(self.ray_root.join("head/ray_current_cluster"));
+        let spec = self.head_spec();
+        let mut cmd = Command::new(exe);
+        cmd.args(&spec.args);
+        for (k, v) in &spec.env {
+            match v {
+                Some(v) => cmd.env(k, v.expose()),
+                None => cmd.env_remove(k),
+            };
+        }
+        Ok(cmd)
+    }
+
+    /// The head's arguments after the binary, and its env over the
+    /// runner's (`None`: removed).
+    pub fn head_spec(&self) -> HeadSpec {
+        let temp = self.ray_root.join("head");
         let p = &self.saved.ports;
         let (addr, password, user) = self.redis_address();
         let mut start = format!(
@@ -217,45 +273,53 @@ impl Cluster {
         if self.workers > 0 {
             start.push_str(" --num-cpus=0");
         }
-        let mut cmd = Command::new(exe);
         // rayhead's own keys as flags: they beat any RAYHEAD_* of the
         // user's env, and a wrong one would be refused, not ignored.
-        // A dev cluster's stop need not wait long: a SIGTERMed gcs_server
-        // hangs until SIGKILL, and the GCS's state is in Redis already.
-        cmd.args(["run", "--set", "init.stop-grace=5s"])
+        let args = vec![
+            "run".to_string(),
+            // A dev cluster's stop need not wait long: a SIGTERMed
+            // gcs_server hangs until SIGKILL, and the GCS's state is in
+            // Redis already.
+            "--set".into(),
+            "init.stop-grace=5s".into(),
             // `ray stop` stops every Ray process on the machine, the user's
             // other clusters included: the dev head stops its own tree only.
-            .args(["--set", "init.stop-command=true"])
-            .arg("--set")
-            .arg(format!("probe.listen=127.0.0.1:{}", p.probe))
-            .arg("--set")
-            .arg(format!(
-                "init.termination-log={}",
-                self.termination_log().display()
-            ))
-            .env("RAY_REDIS_ADDRESS", addr)
-            .env("RAY_external_storage_namespace", &self.saved.namespace)
-            .env("RAY_ADDRESS", self.gcs_address())
-            .env("RAY_PORT", p.gcs.to_string())
-            .env("RAY_DISABLE_USAGE_STATS", "1")
-            .env_remove("REDIS_PASSWORD")
-            .env_remove("REDIS_USERNAME");
+            "--set".into(),
+            "init.stop-command=true".into(),
+            "--set".into(),
+            format!("probe.listen=127.0.0.1:{}", p.probe),
+            "--set".into(),
+            format!("init.termination-log={}", self.termination_log().display()),
+        ];
+        let plain = |k: &str, v: String| (k.to_string(), Some(Secret::new(v)));
+        let mut env = vec![
+            plain("RAY_REDIS_ADDRESS", addr),
+            plain(
+                "RAY_external_storage_namespace",
+                self.saved.namespace.clone(),
+            ),
+            plain("RAY_ADDRESS", self.gcs_address()),
+            plain("RAY_PORT", p.gcs.to_string()),
+            plain("RAY_DISABLE_USAGE_STATS", "1".into()),
+            ("REDIS_PASSWORD".to_string(), None),
+            ("REDIS_USERNAME".to_string(), None),
+        ];
         if let Some(pw) = password {
             start.push_str(" --redis-password=$REDIS_PASSWORD");
-            cmd.env("REDIS_PASSWORD", pw.expose());
+            env.push(("REDIS_PASSWORD".into(), Some(pw)));
         }
         if let Some(u) = user {
             start.push_str(" --redis-username=$REDIS_USERNAME");
-            cmd.env("REDIS_USERNAME", u);
+            env.push(plain("REDIS_USERNAME", u));
         }
         if let Some(t) = self.head_timeout {
-            cmd.env(
+            env.push(plain(
                 "RAY_gcs_rpc_server_reconnect_timeout_s",
                 t.as_secs().to_string(),
-            );
+            ));
         }
-        cmd.env("KUBERAY_GEN_RAY_START_CMD", start);
-        Ok(cmd)
+        env.push(plain("KUBERAY_GEN_RAY_START_CMD", start));
+        HeadSpec { args, env }
     }
 
     /// A worker pod: `ray start --address ... --block`, with the reconnect

@@ -13,22 +13,25 @@
 
 pub mod cluster;
 pub mod kubelet;
+mod one_off;
 pub mod state_dir;
 mod status;
+mod stop;
+
+pub use one_off::DevRedis;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::exit::Exit;
 use crate::init::reaper::ExitStatus;
-use crate::init::stop::{self, StopPlan};
 use crate::init::{proctree, Init};
 use cluster::{Cluster, RedisSource};
 use kubelet::{Decision, Kubelet, Pod, RestartPolicy};
@@ -49,10 +52,6 @@ pub struct Options {
 /// How long Redis may take to answer after it starts (an AOF to replay),
 /// at most: `redis.startup-timeout` when that is shorter.
 const REDIS_STARTUP: Duration = Duration::from_secs(30);
-/// How long the head and the workers get to stop before SIGKILL: more
-/// than the head's own grace (5 s), so that its tree goes its own way.
-const RAY_GRACE: Duration = Duration::from_secs(10);
-const REDIS_GRACE: Duration = Duration::from_secs(10);
 /// How often the head's `/status` is read for the status line.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 
@@ -101,6 +100,10 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
     let dir = StateDir::open(&opts.state_dir, opts.clean).map_err(Exit::Config)?;
     let saved = dir.cluster().map_err(Exit::Config)?;
     let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers);
+    cluster
+        .head_spec()
+        .check()
+        .map_err(|e| Exit::Config(format!("the head would refuse its configuration: {e}")))?;
     Ok((dir, cluster))
 }
 
@@ -146,6 +149,14 @@ struct Runner<'a> {
     printer: Printer,
     head: HeadView,
     workers_started: bool,
+    /// The head's GCS restarts announced so far (a new head starts at 0).
+    gcs_restarts_told: u64,
+    /// The loss under way was announced.
+    gcs_loss_told: bool,
+    /// The workers' nodes have all joined the cluster once.
+    cluster_ready: bool,
+    /// Tells the poller to count the joined worker nodes too.
+    want_nodes: std::sync::Arc<std::sync::atomic::AtomicBool>,
     polling: bool,
 }
 
@@ -169,6 +180,10 @@ impl<'a> Runner<'a> {
             printer: Printer::new(),
             head: HeadView::default(),
             workers_started: false,
+            gcs_restarts_told: 0,
+            gcs_loss_told: false,
+            cluster_ready: false,
+            want_nodes: Default::default(),
             polling: false,
         }
     }
@@ -289,6 +304,13 @@ impl<'a> Runner<'a> {
         }
         let tx = self.tx.clone();
         let url = self.cluster.probe_url();
+        let dashboard = self.cluster.dashboard_url();
+        let want_nodes = self.want_nodes.clone();
+        // Nodes from before this run can still be listed ALIVE (the GCS has
+        // not yet missed them): only those started since count.
+        let since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let cancel = self.init.cancel.child_token();
         self.init.tracker.spawn(async move {
             let mut tick = tokio::time::interval(STATUS_EVERY);
@@ -298,17 +320,25 @@ impl<'a> Runner<'a> {
                     _ = tick.tick() => {}
                     _ = cancel.cancelled() => return,
                 }
-                let u = url.clone();
-                let query =
-                    tokio::task::spawn_blocking(move || crate::probe::client::query(&u, "/status"));
+                let (u, d) = (url.clone(), dashboard.clone());
+                let nodes = want_nodes.load(std::sync::atomic::Ordering::Relaxed);
+                let query = tokio::task::spawn_blocking(move || {
+                    let status = crate::probe::client::query(&u, "/status");
+                    let nodes = nodes.then(|| crate::probe::client::query(&d, status::NODES));
+                    (status, nodes)
+                });
                 let answer = tokio::select! {
                     a = query => a,
                     _ = cancel.cancelled() => return,
                 };
-                let view = match answer {
-                    Ok((true, body)) => HeadView::parse(&body),
+                let Ok((status, nodes)) = answer else { return };
+                let mut view = match status {
+                    (true, body) => HeadView::parse(&body),
                     _ => HeadView::default(),
                 };
+                if let Some((true, body)) = nodes {
+                    view.workers_joined = status::workers_joined(&body, since_ms);
+                }
                 if tx.send(Event::Status(view)).is_err() {
                     return;
                 }
@@ -398,6 +428,8 @@ impl<'a> Runner<'a> {
         let mut why = status.to_string();
         if pod == Pod::Head {
             self.head = HeadView::default();
+            self.gcs_restarts_told = 0;
+            self.gcs_loss_told = false;
             if let Ok(text) = std::fs::read_to_string(self.cluster.termination_log()) {
                 let text = text.trim();
                 if !text.is_empty() {
@@ -445,9 +477,24 @@ impl<'a> Runner<'a> {
         if !self.running.contains_key(&Pod::Head) {
             return;
         }
-        let old = std::mem::replace(&mut self.head, view);
+        // A /status that did not answer says nothing of the GCS.
+        if view.phase.is_none() {
+            self.head.phase = None;
+            self.redraw();
+            return;
+        }
+        self.head = view;
         let new = &self.head;
-        if new.gcs_restarts > old.gcs_restarts && old.phase.is_some() {
+        // A loss is news once; the recovery when the head runs again (the
+        // restart count rises when the GCS is started, before it serves).
+        if new.phase.as_deref() == Some("recovering") && !self.gcs_loss_told {
+            self.gcs_loss_told = true;
+            let why = new.last_loss_reason.clone().unwrap_or_default();
+            self.printer
+                .say(&format!("GCS lost ({why}); recovering it in place"));
+        } else if new.running() && new.gcs_restarts > self.gcs_restarts_told {
+            self.gcs_restarts_told = new.gcs_restarts;
+            self.gcs_loss_told = false;
             let took = new
                 .last_recovery_seconds
                 .map(|s| format!(" {s:.3}s after it was lost"))
@@ -457,10 +504,6 @@ impl<'a> Runner<'a> {
                 new.gcs_restarts
             );
             self.printer.say(&text);
-        } else if new.phase.as_deref() == Some("recovering") && old.phase != new.phase {
-            let why = new.last_loss_reason.clone().unwrap_or_default();
-            self.printer
-                .say(&format!("GCS lost ({why}); recovering it in place"));
         }
         if self.head.running() && !self.workers_started {
             self.workers_started = true;
@@ -471,6 +514,20 @@ impl<'a> Runner<'a> {
             for n in 1..=self.cluster.workers {
                 self.start(Pod::Worker(n));
             }
+            self.want_nodes
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let workers = self.cluster.workers as usize;
+        if self.workers_started
+            && !self.cluster_ready
+            && (workers == 0 || self.head.workers_joined >= Some(workers))
+        {
+            self.cluster_ready = true;
+            self.want_nodes
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.printer.say(&format!(
+                "the cluster is ready: {workers} worker node(s) joined; drivers can connect"
+            ));
         }
         self.redraw();
     }
@@ -496,111 +553,6 @@ impl<'a> Runner<'a> {
         .to_string();
         self.printer.status(line);
     }
-
-    /// Stops every pod: Ray first, Redis last (the GCS writes to it until
-    /// it stops), then whatever else of the tree is left. A second stop
-    /// signal SIGKILLs at once.
-    async fn stop(mut self, end: End) -> Exit {
-        let began = Instant::now();
-        match &end {
-            End::Signal(sig) => self
-                .printer
-                .say(&format!("received {}: stopping the cluster", sig.as_str())),
-            End::Exit(e) => self.printer.say(&format!("stopping the cluster: {e}")),
-        }
-        let ray: Vec<Pod> = self
-            .running
-            .keys()
-            .copied()
-            .filter(|p| *p != Pod::Redis)
-            .collect();
-        let mut hurry = self.stop_pods(&ray, RAY_GRACE, false).await;
-        if self.running.contains_key(&Pod::Redis) {
-            hurry = self.stop_pods(&[Pod::Redis], REDIS_GRACE, hurry).await;
-        }
-        // Anything left of the tree (orphans of a killed head): the init's
-        // own stop, which returns only when nothing is left to reap.
-        let plan = StopPlan {
-            stop_command: None,
-            stop_command_timeout: Duration::ZERO,
-            grace: if hurry {
-                Duration::ZERO
-            } else {
-                Duration::from_secs(2)
-            },
-            group: None,
-            forward: Vec::new(),
-        };
-        stop::stop_tree(
-            &self.init.reaper,
-            &plan,
-            &mut self.init.signals,
-            &self.init.tracker,
-            &self.init.cancel,
-        )
-        .await;
-        let took = began.elapsed().as_secs_f64();
-        let exit = match end {
-            End::Signal(sig) => Exit::Status {
-                code: 0,
-                reason: format!(
-                    "stopped on {}: the cluster was shut down in {took:.1}s",
-                    sig.as_str()
-                ),
-            },
-            End::Exit(e) => e,
-        };
-        self.printer.say(&format!("stopped in {took:.1}s"));
-        self.printer.end();
-        exit
-    }
-
-    /// SIGTERMs `pods`' process groups and waits for them for `grace`, or
-    /// not at all when `hurry`; then SIGKILLs what is left of their trees.
-    /// Returns whether a second stop signal asked to hurry.
-    async fn stop_pods(&mut self, pods: &[Pod], grace: Duration, mut hurry: bool) -> bool {
-        for pod in pods {
-            if let Some(pid) = self.running.get(pod) {
-                let _ = killpg(*pid, Signal::SIGTERM);
-            }
-        }
-        let deadline = crate::time::after(Instant::now(), grace);
-        while !hurry && pods.iter().any(|p| self.running.contains_key(p)) {
-            tokio::select! {
-                Some(event) = self.rx.recv() => {
-                    if let Event::Exited(pod, pid, status) = event {
-                        if self.running.get(&pod) == Some(&pid) {
-                            self.running.remove(&pod);
-                            tracing::debug!(pod = %pod, status = %status, "stopped");
-                        }
-                    }
-                }
-                Some(sig) = self.init.signals.recv() => {
-                    if is_stop(sig) {
-                        self.printer.say(&format!("received {} again: SIGKILL", sig.as_str()));
-                        hurry = true;
-                    }
-                }
-                _ = sleep_until(deadline) => break,
-            }
-        }
-        for pod in pods {
-            if let Some(pid) = self.running.remove(pod) {
-                if !hurry {
-                    self.printer.say(&format!(
-                        "{pod} did not stop within {}s: SIGKILL",
-                        grace.as_secs()
-                    ));
-                }
-                let family = proctree::descendants(&proctree::snapshot(), pid);
-                let _ = kill(pid, Signal::SIGKILL);
-                for p in family {
-                    let _ = kill(p.pid, Signal::SIGKILL);
-                }
-            }
-        }
-        hurry
-    }
 }
 
 /// A path as the user would type it: relative to the working directory
@@ -616,79 +568,5 @@ fn shown_path(p: &std::path::Path) -> String {
 /// The signals that stop the runner: Ctrl-C, `kill`, and a closed
 /// terminal.
 fn is_stop(sig: Signal) -> bool {
-    stop::is_stop_signal(sig) || sig == Signal::SIGHUP
-}
-
-/// A state dir's embedded Redis for a one-off command (`redis-cleanup
-/// --dev-state`, `redis-check --dev-state`): the running one when a
-/// `rayhead dev` holds the dir, else started from its data and stopped
-/// when this is dropped.
-pub struct DevRedis {
-    child: Option<std::process::Child>,
-    /// Held while the Redis it started runs: no runner starts meanwhile.
-    _dir: Option<StateDir>,
-    pub address: String,
-    pub password: Secret,
-    pub namespace: String,
-}
-
-impl DevRedis {
-    pub fn open(root: &std::path::Path) -> Result<DevRedis, String> {
-        let saved = StateDir::saved(root)?;
-        let (saved, child, dir) = match StateDir::open(root, false) {
-            // A runner holds it: its Redis is up.
-            Err(e) if e.contains("another rayhead dev") => (saved, None, None),
-            Err(e) => return Err(e),
-            Ok(dir) => {
-                let server = cluster::which("redis-server").ok_or_else(|| {
-                    format!(
-                        "`redis-server` was not found on PATH.\n{}",
-                        cluster::install_hint("redis-server")
-                    )
-                })?;
-                let saved = dir.cluster()?;
-                let cluster = Cluster::new(
-                    &dir,
-                    saved.clone(),
-                    PathBuf::new(),
-                    RedisSource::Embedded { server },
-                    None,
-                    0,
-                );
-                let mut cmd = cluster.command(Pod::Redis)?;
-                let child = cmd
-                    .spawn()
-                    .map_err(|e| format!("cannot start redis-server: {e}"))?;
-                (saved, Some(child), Some(dir))
-            }
-        };
-        let r = DevRedis {
-            child,
-            _dir: dir,
-            address: format!("127.0.0.1:{}", saved.ports.redis),
-            password: Secret::new(saved.redis_password.clone()),
-            namespace: saved.namespace,
-        };
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&r.address).is_err() {
-            if std::time::Instant::now() > until {
-                return Err(format!(
-                    "the embedded Redis on {} did not open its port within 10s; see {}",
-                    r.address,
-                    root.join("redis/redis.log").display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(r)
-    }
-}
-
-impl Drop for DevRedis {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let _ = c.wait();
-        }
-    }
+    crate::init::stop::is_stop_signal(sig) || sig == Signal::SIGHUP
 }

@@ -20,6 +20,9 @@ pub struct HeadView {
     pub last_recovery_seconds: Option<f64>,
     pub last_loss_reason: Option<String>,
     pub redis_up: Option<bool>,
+    /// Worker nodes ALIVE in the cluster, when the runner asked the
+    /// dashboard.
+    pub workers_joined: Option<usize>,
 }
 
 impl HeadView {
@@ -36,12 +39,30 @@ impl HeadView {
             last_recovery_seconds: v["gcs"]["last_recovery_seconds"].as_f64(),
             last_loss_reason: s(&v["gcs"]["last_loss_reason"]),
             redis_up: v["redis"]["up"].as_bool(),
+            workers_joined: None,
         }
     }
 
     pub fn running(&self) -> bool {
         self.phase.as_deref() == Some("running")
     }
+}
+
+/// The dashboard's node list (Ray's state API), with each node's start.
+pub const NODES: &str = "/api/v0/nodes?detail=true&limit=1000";
+
+/// Worker nodes ALIVE and started at `since_ms` or later, from the
+/// dashboard's [`NODES`] answer; `None` when it cannot be read.
+pub fn workers_joined(body: &str, since_ms: u64) -> Option<usize> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let nodes = v["data"]["result"]["result"].as_array()?;
+    Some(
+        nodes
+            .iter()
+            .filter(|n| n["state"] == "ALIVE" && n["is_head_node"] == false)
+            .filter(|n| n["start_time_ms"].as_u64().is_some_and(|t| t >= since_ms))
+            .count(),
+    )
 }
 
 /// The whole cluster, for the status line.
@@ -166,6 +187,18 @@ mod tests {
             line,
             "head running | GCS serving | GCS restarts 2 (last recovery 0.123s) | Redis up | workers 1/2 | pod restarts 3"
         );
+    }
+
+    #[test]
+    fn only_worker_nodes_alive_and_started_since_count_as_joined() {
+        let body = r#"{"data":{"result":{"result":[
+            {"state":"ALIVE","is_head_node":false,"start_time_ms":2000},
+            {"state":"ALIVE","is_head_node":false,"start_time_ms":999},
+            {"state":"DEAD","is_head_node":false,"start_time_ms":3000},
+            {"state":"ALIVE","is_head_node":true,"start_time_ms":3000}]}}}"#;
+        assert_eq!(workers_joined(body, 1000), Some(1));
+        assert_eq!(workers_joined("{}", 0), None);
+        assert_eq!(workers_joined("nonsense", 0), None);
     }
 
     #[test]

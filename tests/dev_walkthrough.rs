@@ -1,0 +1,257 @@
+//! The README's walkthrough, "GCS fault tolerance in five minutes", read
+//! from the README and run on real Ray and Redis with `rayhead dev`: what
+//! a user reads is what works.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rayhead::init::proctree;
+
+use crate::dev::{alive_redis, shape, stop, tree, DevRun, LIMIT, STATE};
+use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
+use crate::util::Dir;
+
+/// The README's walkthrough: each `$ ` line (or `^C`) with the lines
+/// under it.
+fn walkthrough() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## GCS fault tolerance in five minutes")
+        .nth(1)
+        .expect("README has the walkthrough")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_block = false;
+    for line in section.lines().map(str::trim) {
+        if line.starts_with("```") {
+            in_block = line == "```console";
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            steps.push((cmd.to_string(), Vec::new()));
+        } else if line == "^C" {
+            steps.push(("^C".into(), Vec::new()));
+        } else if !line.is_empty() {
+            steps
+                .last_mut()
+                .expect("output before any command")
+                .1
+                .push(line.to_string());
+        }
+    }
+    steps
+}
+
+/// The gcs_server of the runner's tree.
+fn gcs_of(dev: &DevRun) -> Pid {
+    eventually(LIMIT, "a gcs_server", || {
+        crate::ray_util::find_comm(dev.pid(), "gcs_server")
+            .first()
+            .copied()
+    })
+}
+
+#[test]
+fn e2e_dev_runs_the_readme_walkthrough() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dv");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let path = path_with_venv();
+    let mut dev: Option<DevRun> = None;
+    let mut address = String::new();
+    let mut expected_so_far: Vec<String> = Vec::new();
+    let mut counter_seen = 0;
+    for (cmd, expect) in walkthrough() {
+        let wait_lines = |dev: &DevRun, expected_so_far: &mut Vec<String>, limit| {
+            for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+                expected_so_far.push(shape(e));
+                let n = expected_so_far.iter().filter(|s| **s == shape(e)).count();
+                dev.wait_for(e, n, limit);
+            }
+        };
+        match cmd.as_str() {
+            "make dev" => {
+                let d = DevRun::start(&dir, &path, &[]);
+                wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
+                dev = Some(d);
+            }
+            ". .venv/bin/activate" => {}
+            c if c.starts_with("export RAY_ADDRESS=") => {
+                let d = dev.as_ref().expect("running");
+                let printed = d
+                    .text()
+                    .lines()
+                    .find_map(|l| l.split_once("export ").map(|(_, a)| format!("export {a}")))
+                    .expect("the runner printed the export");
+                assert_eq!(shape(&printed), shape(c));
+                address = printed
+                    .trim_start_matches("export RAY_ADDRESS=")
+                    .trim()
+                    .to_string();
+            }
+            c if c.starts_with("python examples/") => {
+                let out = python(c.trim_start_matches("python "), &address, ACTOR)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let lines: Vec<&str> = out
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                assert_eq!(lines, expect, "{c}");
+                if let Some(n) = expect.first().and_then(|v| v.parse::<u64>().ok()) {
+                    assert_eq!(n, counter_seen + 1);
+                    counter_seen = n;
+                }
+            }
+            "pkill -9 gcs_server" | "pkill gcs_server" => {
+                let d = dev.as_ref().expect("running");
+                let sig = if cmd.contains("-9") {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                };
+                kill(gcs_of(d), sig).unwrap();
+                wait_lines(d, &mut expected_so_far, LIMIT);
+            }
+            r#"pkill -9 -x raylet -P "$(pgrep -d, -f 'rayhead run')""# => {
+                // The same processes, found in this test's tree only.
+                let d = dev.as_ref().expect("running");
+                let snap = proctree::snapshot();
+                let heads: Vec<Pid> = snap
+                    .iter()
+                    .filter(|p| p.ppid == d.pid() && p.comm == "rayhead")
+                    .map(|p| p.pid)
+                    .collect();
+                let raylets: Vec<Pid> = snap
+                    .iter()
+                    .filter(|p| p.comm == "raylet" && heads.contains(&p.ppid))
+                    .map(|p| p.pid)
+                    .collect();
+                assert_eq!(
+                    raylets.len(),
+                    1,
+                    "the head's raylet: {raylets:?} in {:?}",
+                    tree(d)
+                );
+                kill(raylets[0], Signal::SIGKILL).unwrap();
+                let t = Instant::now();
+                wait_lines(d, &mut expected_so_far, LIMIT);
+                // The kubelet's back-off, then a head that is ready again.
+                let ready = "rayhead dev: [head running | GCS serving";
+                eventually(Duration::from_secs(120), "the head back", || {
+                    let text = d.text();
+                    let after = text.rsplit("restarting head in").next().unwrap_or("");
+                    after.contains(ready).then_some(())
+                });
+                assert!(
+                    t.elapsed() >= Duration::from_secs(9),
+                    "no back-off: {:?}",
+                    t.elapsed()
+                );
+            }
+            "^C" => {
+                let d = dev.take().expect("running");
+                let password = std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
+                    .unwrap()
+                    .split("\"redis_password\": \"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let text = stop(d, Signal::SIGINT);
+                for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+                    assert!(
+                        text.lines().any(|l| shape(l) == shape(e)),
+                        "{e:?} in:\n{text}"
+                    );
+                }
+                let head_log = dir.read(&format!("{STATE}/logs/head.log"));
+                assert!(
+                    !text.contains(&password) && !head_log.contains(&password),
+                    "the Redis password leaked"
+                );
+                second_run_finds_the_actor_then_stops_with_stderr_closed(&dir, &path);
+            }
+            c if c.starts_with("rayhead redis-cleanup --dev-state .rayhead-dev") => {
+                let args: Vec<String> = c
+                    .split(' ')
+                    .skip(1)
+                    .map(|a| a.replace(".rayhead-dev", STATE))
+                    .collect();
+                let out = dir.rayhead().env("PATH", &path).args(&args).run(LIMIT);
+                out.assert_code(0);
+                for e in &expect {
+                    assert!(
+                        out.stderr.lines().any(|l| shape(l) == shape(e)),
+                        "{e:?} in:\n{}",
+                        out.dump()
+                    );
+                }
+                if !c.contains("--dry-run") {
+                    assert!(!out.stderr.contains("deleted 0 key"), "{}", out.dump());
+                }
+                assert!(!alive_redis(&dir), "redis-cleanup left its Redis running");
+            }
+            other => panic!("the walkthrough has a step this test does not know: {other:?}"),
+        }
+    }
+    assert_eq!(counter_seen, 4, "the walkthrough counts to 4");
+    assert!(dev.is_none(), "the walkthrough stops the cluster");
+}
+
+/// A second run without --clean: the GCS loads the namespace from Redis,
+/// so the guide's actor is still registered (DEAD: its worker stopped with
+/// the first run). Then SIGTERM, with the runner's stderr closed first.
+fn second_run_finds_the_actor_then_stops_with_stderr_closed(dir: &Dir, path: &str) {
+    let dev = DevRun::start(dir, path, &[]);
+    dev.wait_for(
+        "rayhead dev: the cluster is ready: 1 worker node(s) joined; drivers can connect",
+        1,
+        Duration::from_secs(120),
+    );
+    let address = format!(
+        "127.0.0.1:{}",
+        std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
+            .unwrap()
+            .split("\"gcs\": ")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+    );
+    // Registered from the first call on; ALIVE until the GCS misses the
+    // old worker node's health checks, then DEAD with its node.
+    let mut seen = Vec::new();
+    eventually(Duration::from_secs(120), "the actor's record DEAD", || {
+        let out =
+            python("tests/py/actor_state.py", &address, ACTOR).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !out.lines().any(|l| l.trim() == "none"),
+            "the actor is not registered: {out}"
+        );
+        seen.push(out.trim().to_string());
+        out.contains("DEAD The actor died because its node has died")
+            .then_some(())
+    });
+    eprintln!("the actor's record, run after run: {seen:?}");
+    // Wait for a ray:: process to be in the tree (the worker's idle workers
+    // or the dashboard's), so that the check after the stop means something.
+    eventually(LIMIT, "a ray:: process", || {
+        tree(&dev)
+            .iter()
+            .any(|(_, c)| c.starts_with("ray::"))
+            .then_some(())
+    });
+    dev.close_stderr();
+    stop(dev, Signal::SIGTERM);
+}
