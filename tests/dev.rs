@@ -436,4 +436,13 @@ fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
             "a head started"
         );
     }
+    // No password in the URL: REDIS_PASSWORD's is used.
+    let out = dir
+        .rayhead()
+        .env("PATH", &path)
+        .env("REDIS_PASSWORD", wrong)
+        .args(["dev", "--state-dir", STATE])
+        .args([format!("--redis-url=redis://127.0.0.1:{}", redis.port)])
+        .run(LIMIT);
+    out.assert_code(87).assert_no_secret(wrong);
 }

@@ -55,7 +55,7 @@ struct DevArgs {
     /// Worker nodes, each `ray start --address ... --block` (the guide has one).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     workers: u32,
-    /// Use this Redis, redis://[[USER]:PASSWORD@]HOST:PORT or rediss://..., instead of an embedded redis-server.
+    /// Use this Redis, redis://[[USER]:PASSWORD@]HOST:PORT or rediss://..., instead of an embedded redis-server (no password in the URL: REDIS_PASSWORD's).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// Where the cluster's state (namespace, Redis data, logs) lives from run to run.

@@ -89,15 +89,36 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
     };
     let ray = cluster::which("ray").ok_or_else(|| missing("ray"))?;
     let redis = match &opts.redis_url {
-        Some(url) => RedisSource::External(
-            crate::redis::address::parse(url)
-                .map_err(|e| Exit::Config(format!("--redis-url {e}")))?,
-        ),
+        Some(url) => {
+            let mut a = crate::redis::address::parse(url)
+                .map_err(|e| Exit::Config(format!("--redis-url {e}")))?;
+            // A password kept off the command line (and out of `ps`).
+            if a.password.is_none() {
+                a.password = std::env::var("REDIS_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(crate::config::Secret::new);
+            }
+            RedisSource::External(a)
+        }
         None => RedisSource::Embedded {
             server: cluster::which("redis-server").ok_or_else(|| missing("redis-server"))?,
         },
     };
+    // --clean forgets the namespace; in a Redis of the user's, its keys
+    // stay, and the user should know which.
+    let forgotten = match (&redis, opts.clean) {
+        (RedisSource::External(_), true) => StateDir::saved(&opts.state_dir).ok(),
+        _ => None,
+    };
     let dir = StateDir::open(&opts.state_dir, opts.clean).map_err(Exit::Config)?;
+    if let Some(old) = forgotten {
+        tracing::warn!(
+            namespace = %old.namespace,
+            "--clean: the old namespace's keys stay in --redis-url's Redis; remove them with `RAY_external_storage_namespace={} rayhead redis-cleanup`",
+            old.namespace
+        );
+    }
     let saved = dir.cluster().map_err(Exit::Config)?;
     let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers);
     cluster
