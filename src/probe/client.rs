@@ -96,10 +96,7 @@ fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String
     s.set_timeouts(IO_TIMEOUT).map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead-probe\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(|e| e.to_string())?;
+    let raw = read_answer(&mut s.take(MAX_RESPONSE))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -113,9 +110,68 @@ fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String
     Ok((code, body.to_string()))
 }
 
+/// Reads an answer: up to the end of its body when it has a
+/// Content-Length (a server may keep the connection open even for
+/// HTTP/1.0, as the Ray dashboard's aiohttp does), else to EOF.
+fn read_answer(r: &mut impl Read) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if let Some(n) = length {
+                if raw.len() >= end + 4 + n {
+                    raw.truncate(end + 4 + n);
+                    return Ok(raw);
+                }
+            }
+        }
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_ends_at_its_content_length_or_at_eof() {
+        let kept_open = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nokTRAILING".to_vec();
+        let got = read_answer(&mut kept_open.as_slice()).unwrap();
+        assert!(
+            got.ends_with(b"\r\n\r\nok"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let no_length = b"HTTP/1.0 200 OK\r\n\r\nall of it".to_vec();
+        assert_eq!(read_answer(&mut no_length.as_slice()).unwrap(), no_length);
+        // A server that keeps the socket open after its body: no wait for
+        // the read timeout.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let t = std::time::Instant::now();
+        let (ok, body) = query(&format!("http://{addr}"), "/x");
+        assert!(ok && body == "hello", "{body}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        drop(server);
+    }
 
     #[test]
     fn wildcards_go_through_loopback() {
