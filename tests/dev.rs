@@ -166,11 +166,25 @@ pub fn stop(dev: DevRun, sig: Signal) -> String {
     text
 }
 
+/// Whether the state dir's embedded Redis runs. Redis retitles itself
+/// (`redis-server 127.0.0.1:PORT`), so it is found by its port, not by
+/// the state dir in its command line.
 pub fn alive_redis(dir: &Dir) -> bool {
-    KillByMarker(format!("{}/{STATE}/redis", dir.path().display()))
-        .pids()
+    let saved = dir.read(&format!("{STATE}/cluster.json"));
+    let port = saved
+        .split("\"redis\": ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no Redis port in cluster.json: {saved}"));
+    let title = format!("redis-server 127.0.0.1:{port}");
+    // A look only: a KillByMarker would kill it when dropped.
+    proctree::snapshot()
         .into_iter()
-        .any(crate::util::alive)
+        .filter(|p| p.state != 'Z')
+        .any(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&title))
+        })
 }
 
 #[test]
@@ -316,6 +330,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
         text.contains("pod restarts 1"),
         "the status line counts it: {text}"
     );
+    assert!(alive_redis(&dir), "the check finds the Redis while it runs");
     let pid = dev.pid();
     kill(pid, Signal::SIGTERM).unwrap();
     let DevRun { run, .. } = dev;

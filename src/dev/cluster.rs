@@ -187,13 +187,14 @@ impl Cluster {
     pub fn write_redis_conf(&self) -> Result<PathBuf, String> {
         let dir = self.root.join("redis");
         let conf = dir.join("redis.conf");
+        // No logfile: Redis logs to stdout, which goes to logs/redis.log
+        // beside the other pods' logs.
         let text = format!(
             "bind 127.0.0.1\nport {}\nrequirepass \"{}\"\nappendonly yes\nappendfsync everysec\n\
-             maxmemory-policy noeviction\ndir \"{}\"\nlogfile \"{}\"\ndaemonize no\nsave \"\"\n",
+             maxmemory-policy noeviction\ndir \"{}\"\ndaemonize no\nsave \"\"\n",
             self.saved.ports.redis,
             self.saved.redis_password,
             dir.display(),
-            dir.join("redis.log").display(),
         );
         super::state_dir::write_private(&conf, text.as_bytes())?;
         Ok(conf)

@@ -284,10 +284,9 @@ impl<'a> Runner<'a> {
         let cancel = self.init.cancel.child_token();
         let shown = self.cluster.redis_shown();
         let see = match self.cluster.redis {
-            RedisSource::Embedded { .. } => format!(
-                "; see {}",
-                shown_path(&self.cluster.root.join("redis/redis.log"))
-            ),
+            RedisSource::Embedded { .. } => {
+                format!("; see {}", shown_path(&self.cluster.log(Pod::Redis)))
+            }
             RedisSource::External(_) => String::new(),
         };
         let until = crate::time::after(Instant::now(), limit);

@@ -68,7 +68,7 @@ impl DevRedis {
                 return Err(format!(
                     "the embedded Redis on {} did not open its port within 10s; see {}",
                     r.address,
-                    root.join("redis/redis.log").display()
+                    root.join("logs/redis.log").display()
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));

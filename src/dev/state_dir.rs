@@ -6,8 +6,8 @@
 //! <state-dir>/
 //!   lock              flock: one runner per state dir
 //!   cluster.json      namespace, Redis password, ports (mode 0600)
-//!   redis/            the embedded Redis: redis.conf (0600), AOF, redis.log
-//!   logs/             head.log, worker-N.log
+//!   redis/            the embedded Redis: redis.conf (0600), its AOF
+//!   logs/             head.log, worker-N.log, redis.log
 //!   head-termination.log
 //! ```
 
