@@ -166,25 +166,51 @@ pub fn stop(dev: DevRun, sig: Signal) -> String {
     text
 }
 
+/// The state dir's embedded Redis, SIGKILLed when dropped: the tests'
+/// guard by marker cannot find it (Redis retitles itself), and a test that
+/// SIGKILLs the runner, or fails, must not leave it behind.
+pub struct RedisGuard<'a>(pub &'a Dir);
+
+impl Drop for RedisGuard<'_> {
+    fn drop(&mut self) {
+        for pid in redis_pids(self.0) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Whether the state dir's embedded Redis runs. Redis retitles itself
 /// (`redis-server 127.0.0.1:PORT`), so it is found by its port, not by
 /// the state dir in its command line.
 pub fn alive_redis(dir: &Dir) -> bool {
     let saved = dir.read(&format!("{STATE}/cluster.json"));
-    let port = saved
+    assert!(
+        saved.contains("\"redis\": "),
+        "no Redis port in cluster.json: {saved}"
+    );
+    !redis_pids(dir).is_empty()
+}
+
+/// The live processes of the state dir's embedded Redis, by its port.
+fn redis_pids(dir: &Dir) -> Vec<Pid> {
+    let saved = dir.read(&format!("{STATE}/cluster.json"));
+    let Some(port) = saved
         .split("\"redis\": ")
         .nth(1)
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or_else(|| panic!("no Redis port in cluster.json: {saved}"));
+    else {
+        return Vec::new();
+    };
     let title = format!("redis-server 127.0.0.1:{port}");
-    // A look only: a KillByMarker would kill it when dropped.
     proctree::snapshot()
         .into_iter()
         .filter(|p| p.state != 'Z')
-        .any(|p| {
+        .filter(|p| {
             std::fs::read(format!("/proc/{}/cmdline", p.pid))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&title))
         })
+        .map(|p| p.pid)
+        .collect()
 }
 
 #[test]
@@ -282,6 +308,7 @@ fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
     let _ray = ray_lock();
     let dir = Dir::new("dev-never");
     let _cleanup = KillByMarker(dir.path().display().to_string());
+    let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails", "");
     let dev = fake_dev(&dir, &["--restart-policy", "Never"]);
     let DevRun { run, out, .. } = dev;
@@ -307,6 +334,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
     let _ray = ray_lock();
     let dir = Dir::new("dev-always");
     let _cleanup = KillByMarker(dir.path().display().to_string());
+    let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails-once", "");
     let dev = fake_dev(&dir, &[]);
     dev.wait_for(
@@ -347,6 +375,7 @@ fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
     let _ray = ray_lock();
     let dir = Dir::new("dev-kill");
     let _cleanup = KillByMarker(dir.path().display().to_string());
+    let _redis = RedisGuard(&dir);
     let dev = fake_dev(&dir, &[]);
     let daemons = || -> Vec<Pid> {
         ["gcs_server", "raylet"]
@@ -416,6 +445,7 @@ fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
 fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
     let dir = Dir::new("dev-url");
     let _cleanup = KillByMarker(dir.path().display().to_string());
+    let _redis = RedisGuard(&dir);
     let redis = crate::ray_util::RedisServer::start(&dir);
     fake_ray(&dir);
     let path = format!("{}:/usr/bin:/bin", dir.join("bin").display());

@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::init::proctree;
 
-use crate::dev::{alive_redis, shape, stop, tree, DevRun, LIMIT, STATE};
+use crate::dev::{alive_redis, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
 use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
 use crate::util::Dir;
 
@@ -63,6 +63,7 @@ fn e2e_dev_runs_the_readme_walkthrough() {
     let _ray = ray_lock();
     let dir = Dir::new("dv");
     let _cleanup = KillByMarker(dir.path().display().to_string());
+    let _redis = RedisGuard(&dir);
     let path = path_with_venv();
     let mut dev: Option<DevRun> = None;
     let mut address = String::new();
