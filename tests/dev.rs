@@ -183,24 +183,21 @@ impl Drop for RedisGuard<'_> {
 /// (`redis-server 127.0.0.1:PORT`), so it is found by its port, not by
 /// the state dir in its command line.
 pub fn alive_redis(dir: &Dir) -> bool {
-    let saved = dir.read(&format!("{STATE}/cluster.json"));
-    assert!(
-        saved.contains("\"redis\": "),
-        "no Redis port in cluster.json: {saved}"
-    );
+    saved(dir).unwrap_or_else(|e| panic!("{e}"));
     !redis_pids(dir).is_empty()
+}
+
+/// The state dir's `cluster.json`, read by rayhead's own code.
+pub fn saved(dir: &Dir) -> Result<rayhead::dev::state_dir::Saved, String> {
+    rayhead::dev::state_dir::StateDir::saved(&dir.join(STATE))
 }
 
 /// The live processes of the state dir's embedded Redis, by its port.
 fn redis_pids(dir: &Dir) -> Vec<Pid> {
-    let saved = dir.read(&format!("{STATE}/cluster.json"));
-    let Some(port) = saved
-        .split("\"redis\": ")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-    else {
+    let Ok(saved) = saved(dir) else {
         return Vec::new();
     };
+    let port = saved.ports.redis;
     let title = format!("redis-server 127.0.0.1:{port}");
     proctree::snapshot()
         .into_iter()

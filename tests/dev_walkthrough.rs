@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::init::proctree;
 
-use crate::dev::{alive_redis, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
+use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
 use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
 use crate::util::Dir;
 
@@ -159,15 +159,7 @@ fn e2e_dev_runs_the_readme_walkthrough() {
             }
             "^C" => {
                 let d = dev.take().expect("running");
-                let password = std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
-                    .unwrap()
-                    .split("\"redis_password\": \"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .to_string();
+                let password = saved(&dir).unwrap().redis_password;
                 let text = stop(d, Signal::SIGINT);
                 for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
                     assert!(
@@ -219,17 +211,7 @@ fn second_run_finds_the_actor_then_stops_with_stderr_closed(dir: &Dir, path: &st
         1,
         Duration::from_secs(120),
     );
-    let address = format!(
-        "127.0.0.1:{}",
-        std::fs::read_to_string(dir.join(&format!("{STATE}/cluster.json")))
-            .unwrap()
-            .split("\"gcs\": ")
-            .nth(1)
-            .unwrap()
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-    );
+    let address = format!("127.0.0.1:{}", saved(dir).unwrap().ports.gcs);
     // Registered from the first call on; ALIVE until the GCS misses the
     // old worker node's health checks, then DEAD with its node.
     let mut seen = Vec::new();
