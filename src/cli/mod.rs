@@ -1,6 +1,7 @@
 //! The command line: clap's parser and the small subcommands; `rayhead run`
 //! lives in [`run`].
 
+mod install;
 mod run;
 
 use std::path::PathBuf;
@@ -234,7 +235,7 @@ pub fn main() -> u8 {
         Command::Run(args) => run::run(&cli, args),
         Command::Probe(args) => probe(&cli, args),
         Command::Dev(args) => dev(&cli, args),
-        Command::Install { dest } => match install(dest) {
+        Command::Install { dest } => match install::install(dest) {
             Ok(()) => 0,
             Err(e) => {
                 crate::logging::err(&format!("rayhead install: {}: {e}\n", dest.display()));
@@ -400,15 +401,6 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
 
 /// Copies the running binary to `dest`, whole or not at all: written
 /// beside it, made executable, then renamed over it.
-fn install(dest: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe()?;
-    let tmp = dest.with_extension("tmp");
-    std::fs::copy(&exe, &tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, dest)
-}
-
 fn dev(cli: &Cli, args: &DevArgs) -> u8 {
     let cfg = match cli.load(&args.config) {
         Ok(c) => c,
