@@ -1,34 +1,45 @@
-# rayhead in two images, from one portable binary:
+# rayhead in two images, from one static binary (musl: no loader, no shared library):
 #
 #   docker build -t rayhead:2.60.0 .                            the Ray image with rayhead added,
 #       ENTRYPOINT ["rayhead", "run"] (config/ray-cluster.rayhead.yaml)
 #   docker build --target carrier -t rayhead-carrier:0.1.0 .    the binary alone, FROM scratch,
 #       for an init container that copies it into any Ray image's pod
 #       (config/ray-cluster.rayhead-init.yaml): no rebuild per Ray version
+#
+# podman build takes the same arguments. For arm64 (Ray publishes aarch64 images too), add
+# `--platform linux/arm64`: the build stage runs on the build machine's own architecture and
+# cross-compiles, so no emulator is needed.
 ARG RAY_IMAGE=rayproject/ray:2.60.0
 
-# Build stage: the portable binary, as `make dist` builds it. cargo-zigbuild links against
-# glibc 2.17's symbols, so it loads on every Ray image, UBI 8 and Amazon Linux 2, whatever
-# glibc this stage has. Same pinned tools as the Makefile.
-FROM rust:1-bookworm AS build
+# Build stage: the static binary, as `make dist` builds it (same pinned tools as the Makefile).
+FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
+ARG TARGETARCH
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /zig \
-    && /zig/bin/pip install --quiet 'ziglang==0.13.0' 'cargo-zigbuild==0.20.1'
+    && /zig/bin/pip install --quiet 'ziglang==0.13.0' 'cargo-zigbuild==0.20.1' \
+    && rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
-RUN PATH=/zig/bin:$PATH cargo zigbuild --release --locked --target x86_64-unknown-linux-gnu.2.17 \
-    && strip target/x86_64-unknown-linux-gnu/release/rayhead
+RUN case "${TARGETARCH:-amd64}" in \
+      amd64) target=x86_64-unknown-linux-musl ;; \
+      arm64) target=aarch64-unknown-linux-musl ;; \
+      *) echo "rayhead is built for amd64 and arm64, not ${TARGETARCH}" >&2; exit 1 ;; \
+    esac \
+    && PATH=/zig/bin:$PATH cargo zigbuild --release --locked --target "$target" \
+    && cp "target/$target/release/rayhead" /rayhead
 
-# The carrier: nothing but the binary. Its init container runs `/rayhead install DEST`.
+# The carrier: nothing but the binary, as a non-root user. Its init container runs
+# `/rayhead install DEST` into an emptyDir (which Kubernetes makes writable by all).
 FROM scratch AS carrier
-COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/rayhead /rayhead
+COPY --from=build /rayhead /rayhead
+USER 65532:65532
 
 # The default: the Ray image with rayhead.
 FROM ${RAY_IMAGE}
-COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/rayhead /usr/local/bin/rayhead
+COPY --from=build /rayhead /usr/local/bin/rayhead
 COPY config/rayhead.toml /etc/rayhead/rayhead.toml
 # The Ray image's own non-root user.
 USER ray

@@ -2,20 +2,23 @@
 #   make dev    set up, then run the local dev runner
 #   make test   set up, build the portable binary, then run every test (what .ci/run calls)
 # And, by hand:
-#   make dist     the portable binary (glibc 2.17+) with cargo-zigbuild: $(DIST_BIN)
+#   make dist     the static binaries (musl, x86_64 and arm64) with cargo-zigbuild
 #   make bench    set up, then run every benchmark into BENCHMARKS.md (about 40 min;
 #                 never beside `make test`: Ray's `ray stop` kills every Ray process)
 #   make mutants  mutation testing of the pure modules with their unit tests
 
 .PHONY: setup dev dist test bench mutants
 
-# cargo-zigbuild links against zig's glibc 2.17 stubs, so the binary loads on
-# every Ray image, UBI 8 and Amazon Linux 2. Both tools come from PyPI into
-# the venv, pinned: the Dockerfile's build stage uses the same pins.
+# Fully static binaries (musl: no interpreter, no shared library), so that one
+# file runs in any Ray image, in a FROM scratch carrier, and on any glibc or
+# none. cargo-zigbuild cross-links both architectures with zig; both tools
+# come from PyPI into the venv, pinned: the Dockerfile's build stage uses the
+# same pins. The set-up adds the two Rust targets.
 ZIGLANG = ziglang==0.13.0
 CARGO_ZIGBUILD = cargo-zigbuild==0.20.1
-DIST_TARGET = x86_64-unknown-linux-gnu.2.17
-DIST_BIN = target/x86_64-unknown-linux-gnu/release/rayhead
+DIST_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+DIST_BIN = target/x86_64-unknown-linux-musl/release/rayhead
+DIST_BIN_ARM64 = target/aarch64-unknown-linux-musl/release/rayhead
 
 setup:
 	scripts/setup.sh
@@ -27,11 +30,11 @@ dev: setup
 
 dist: setup
 	.venv/bin/pip install --quiet --disable-pip-version-check '$(ZIGLANG)' '$(CARGO_ZIGBUILD)'
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo zigbuild --release --locked --target $(DIST_TARGET)
-	@echo "portable binary: $(DIST_BIN)"
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo zigbuild --release --locked $(addprefix --target ,$(DIST_TARGETS))
+	@echo "static binaries: $(DIST_BIN) $(DIST_BIN_ARM64)"
 
-# The suite checks the portable binary too (its glibc floor, and the guide's
-# scenario run with it).
+# The suite checks the static binaries too (no interpreter, no shared library,
+# the right machine), and runs the x86_64 one in real containers (podman).
 test: setup dist
 	cargo test --no-fail-fast
 

@@ -23,6 +23,13 @@ fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
 /// the guide's counter through a SIGKILL, a SIGTERM and a SIGSTOP of the
 /// GCS, then a clean stop that keeps the Redis keys.
 pub fn guide_scenario(dir: &Dir) {
+    guide_scenario_with(dir, |head| head.run.signal(Signal::SIGTERM));
+}
+
+/// The guide's scenario, stopped at its end by `stop` (a SIGTERM to rayhead,
+/// or `podman stop` of its container), which must end everything cleanly
+/// with exit 0.
+pub fn guide_scenario_with(dir: &Dir, stop: impl FnOnce(&Head)) {
     let redis = RedisServer::start(dir);
     let head = start_head(dir, Some(&redis), &[], "direct");
     let _worker = start_worker(dir, &head);
@@ -106,7 +113,7 @@ pub fn guide_scenario(dir: &Dir) {
     // Scenario 5: SIGTERM to rayhead stops everything cleanly, keys intact.
     let daemons = head_processes(&head);
     let sent = Instant::now();
-    head.run.signal(Signal::SIGTERM);
+    stop(&head);
     let out = head.run.wait(Duration::from_secs(60));
     out.assert_code(0).assert_no_secret(&redis.password);
     assert!(sent.elapsed() < Duration::from_secs(25), "{}", out.dump());

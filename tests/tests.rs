@@ -4,6 +4,7 @@ mod ray_util;
 mod util;
 
 mod cli;
+mod container;
 mod dev;
 mod dev_walkthrough;
 mod dist;

@@ -13,6 +13,7 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -27,12 +28,19 @@ pub fn rayhead_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rayhead"))
 }
 
+/// How a test finds rayhead's pid when rayhead is not the process it spawned
+/// nor that one's child (in a container, it is conmon's); `None` while there
+/// is none yet.
+pub type Locate = Arc<dyn Fn() -> Option<Pid> + Send + Sync>;
+
 /// A per-test temp dir, removed when dropped.
 pub struct Dir {
     tmp: tempfile::TempDir,
     /// The rayhead binary its commands run: the one under test, unless
     /// [`Dir::running`] says otherwise.
     bin: PathBuf,
+    /// Set by [`Dir::located_by`].
+    locate: Option<Locate>,
 }
 
 impl Dir {
@@ -44,10 +52,19 @@ impl Dir {
         Dir {
             tmp,
             bin: rayhead_bin(),
+            locate: None,
         }
     }
 
-    /// Runs `bin` as rayhead (the portable build of `make dist`).
+    /// Its rayhead runs are found by `f`, not by their process tree (a
+    /// `bin` that starts rayhead in a container).
+    pub fn located_by(mut self, f: impl Fn() -> Option<Pid> + Send + Sync + 'static) -> Dir {
+        self.locate = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `bin` as rayhead (a static build of `make dist`, or a wrapper
+    /// that runs one in a container).
     pub fn running(mut self, bin: PathBuf) -> Dir {
         assert!(bin.exists(), "{} does not exist", bin.display());
         self.bin = bin;
@@ -75,7 +92,9 @@ impl Dir {
     /// A rayhead command in this dir: scrubbed env, the termination message
     /// sent to `termination-log` here, debug logs.
     pub fn rayhead(&self) -> TestCommand {
-        self.command(&self.bin)
+        let mut cmd = self.command(&self.bin);
+        cmd.locate = self.locate.clone();
+        cmd
     }
 
     /// Another program, with the same scrubbed environment and guards.
@@ -100,6 +119,7 @@ impl Dir {
             stdout: None,
             stderr: None,
             hooks: Vec::new(),
+            locate: None,
         }
     }
 }
@@ -115,6 +135,7 @@ pub struct TestCommand {
     stdout: Option<Stdio>,
     stderr: Option<Stdio>,
     hooks: Vec<Hook>,
+    locate: Option<Locate>,
 }
 
 impl TestCommand {
@@ -196,6 +217,7 @@ impl TestCommand {
             stdout,
             stderr,
             hooks,
+            locate,
         } = self;
         let mut cmd = if pid1 {
             let mut u = Command::new("unshare");
@@ -233,6 +255,7 @@ impl TestCommand {
         Running {
             child: Some(child),
             pid1,
+            locate,
             dir,
             name: name.to_string(),
             started: Instant::now(),
@@ -297,6 +320,7 @@ impl Output {
 pub struct Running {
     child: Option<Child>,
     pid1: bool,
+    locate: Option<Locate>,
     dir: PathBuf,
     name: String,
     pub started: Instant,
@@ -311,6 +335,16 @@ impl Running {
     /// rayhead's pid as this test sees it. In PID 1 mode it is the child of
     /// `unshare`, once `unshare` has exec'd it.
     pub fn rayhead_pid(&self) -> Pid {
+        if let Some(locate) = &self.locate {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(p) = locate() {
+                    return p;
+                }
+                assert!(Instant::now() < deadline, "rayhead was not found");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let outer = self.outer_pid();
         if !self.pid1 {
             return outer;
