@@ -25,6 +25,7 @@ BENCHES = [
     ("probe", ["bench/probe.py"], False),
     ("redis", ["bench/redis.py"], False),
     ("soak", ["bench/soak.py", "--kills", "50", "--csv", "bench/soak-bench.csv"], False),
+    ("static", ["bench/static_build.py", "3"], True),
 ]
 
 
