@@ -6,13 +6,16 @@
 #       for an init container that copies it into any Ray image's pod
 #       (config/ray-cluster.rayhead-init.yaml): no rebuild per Ray version
 #
-# podman build takes the same arguments. For arm64 (Ray publishes aarch64 images too), add
-# `--platform linux/arm64`: the build stage runs on the build machine's own architecture and
-# cross-compiles, so no emulator is needed.
+# podman build takes the same arguments. For arm64, add `--platform linux/arm64`: the build
+# stage runs on the build machine's own architecture and cross-compiles, so no emulator is
+# needed. The carrier is then done; the Ray image needs Ray's arm64 tag too, which Ray
+# publishes apart (`-aarch64`):
+#   docker build --platform linux/arm64 --build-arg RAY_IMAGE=rayproject/ray:2.60.0-aarch64 \
+#       -t rayhead:2.60.0-aarch64 .
 ARG RAY_IMAGE=rayproject/ray:2.60.0
 
 # Build stage: the static binary, as `make dist` builds it (same pinned tools as the Makefile).
-FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
 ARG TARGETARCH
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/* \

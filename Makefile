@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make dev    set up, then run the local dev runner
-#   make test   set up, build the portable binary, then run every test (what .ci/run calls)
+#   make test   set up, build the static binaries, then run every test (what .ci/run calls)
 # And, by hand:
 #   make dist     the static binaries (musl, x86_64 and arm64) with cargo-zigbuild
 #   make bench    set up, then run every benchmark into BENCHMARKS.md (about 40 min;

@@ -209,7 +209,8 @@ fn the_release_binary_needs_glibc_2_35_at_most() {
 
 /// musl's resolver (the static binary's) and glibc's, against a Kubernetes
 /// pod's `resolv.conf`: a search list and `ndots:5`, so that `redis:PORT`
-/// is found as `redis.ns.svc.cluster.local`. In a network and mount
+/// and `redis.ns:PORT` (fewer dots than 5: the search list first) are found
+/// as `redis.ns.svc.cluster.local`, as are that name and its rooted form. In a network and mount
 /// namespace of the test's own: a DNS responder on 127.0.0.1:53 there, a
 /// Redis beside it, and that `resolv.conf` bound over `/etc/resolv.conf`.
 #[test]
@@ -234,8 +235,10 @@ until [ -e "$D/dns-ready" ] && redis-cli -p {port} -a dns-test-pw --no-auth-warn
   sleep 0.05
 done
 for bin in "$@"; do
-  echo "== $bin"
-  RAY_REDIS_ADDRESS=redis:{port} REDIS_PASSWORD=dns-test-pw "$bin" redis-check || echo "exit $?"
+  for name in redis redis.ns redis.ns.svc.cluster.local redis.ns.svc.cluster.local.; do
+    echo "== $bin $name"
+    RAY_REDIS_ADDRESS=$name:{port} REDIS_PASSWORD=dns-test-pw "$bin" redis-check || echo "exit $?"
+  done
 done
 "#,
         responder = responder.display()
@@ -257,7 +260,7 @@ done
             .lines()
             .filter(|l| l.split_whitespace().eq(["verdict", "healthy"]))
             .count(),
-        2,
+        8,
         "{}",
         out.dump()
     );
@@ -265,5 +268,11 @@ done
     assert!(
         asked.contains("redis.ns.svc.cluster.local 1"),
         "the search list was not used: {asked}"
+    );
+    // `redis.ns` went through the search list: its first candidate is
+    // redis.ns.ns.svc.cluster.local, which NXDOMAIN answers.
+    assert!(
+        asked.contains("redis.ns.ns.svc.cluster.local 1"),
+        "ndots:5 was not applied to redis.ns: {asked}"
     );
 }
