@@ -120,6 +120,7 @@ fn bad_value(name: &str, kind: Kind) -> Option<&'static str> {
         (_, Kind::Signals) => Some("SIGNOPE"),
         (_, Kind::Argv) => Some("'unterminated"),
         (_, Kind::Listen) => Some("nowhere"),
+        (_, Kind::Mark) => Some("half"),
         (_, Kind::Text | Kind::Secret) => None,
     }
 }

@@ -29,6 +29,12 @@ impl Values<'_> {
             _ => Duration::ZERO,
         }
     }
+    fn mark(&self, key: &'static Key) -> crate::memory::Mark {
+        match self.get(key) {
+            Some(Value::Mark(m)) => *m,
+            _ => crate::memory::Mark::Off,
+        }
+    }
     fn count(&self, key: &'static Key) -> u64 {
         match self.get(key) {
             Some(Value::Count(n)) => *n,
@@ -261,6 +267,12 @@ pub(super) fn build(
         stall_after: v.duration(&PROBE_STALL_AFTER),
     };
 
+    let memory = MemoryConfig {
+        gcs_high_water: v.mark(&MEMORY_GCS_HIGH_WATER),
+        sustain: v.duration(&MEMORY_SUSTAIN),
+        min_interval: v.duration(&MEMORY_MIN_INTERVAL),
+    };
+
     // Durations that must not be zero: a zero interval would spin, a zero
     // grace or timeout would give up at once.
     for key in [
@@ -289,6 +301,7 @@ pub(super) fn build(
         gcs,
         redis,
         probe,
+        memory,
         file,
         resolved,
     }

@@ -26,6 +26,9 @@ pub enum Kind {
     Argv,
     /// A socket address, `host:port`.
     Listen,
+    /// A memory high-water mark: `off`, a size, or a share of the
+    /// container's limit ([`crate::memory::Mark`]).
+    Mark,
 }
 
 /// How an environment variable spells a key's value.
@@ -454,6 +457,30 @@ pub static PROBE_STALL_AFTER: Key = Key {
 };
 
 /// Every key, in the order `config check` prints them.
+pub static MEMORY_GCS_HIGH_WATER: Key = Key {
+    name: "memory.gcs-high-water",
+    kind: Kind::Mark,
+    default: Some("50%"),
+    aliases: &[],
+    doc: "Restart gcs_server in place, through the recovery path, once its RSS stays over this mark for memory.sustain: before it takes the whole head container over its limit and the OOM killer takes every process with it. A size (\"2GiB\"), a share of the container's memory limit (\"50%\": no limit, no mark), or \"off\". A restart drops the task events the GCS keeps in memory only.",
+};
+
+pub static MEMORY_SUSTAIN: Key = Key {
+    name: "memory.sustain",
+    kind: Kind::Duration,
+    default: Some("10s"),
+    aliases: &[],
+    doc: "How long gcs_server's RSS must stay over memory.gcs-high-water, sample after sample (every ray.health-interval), before it is restarted: a spike is not a trend.",
+};
+
+pub static MEMORY_MIN_INTERVAL: Key = Key {
+    name: "memory.min-interval",
+    kind: Kind::Duration,
+    default: Some("10m"),
+    aliases: &[],
+    doc: "At most one memory restart of gcs_server per this interval.",
+};
+
 pub static KEYS: &[&Key] = &[
     &INIT_FORWARD_SIGNALS,
     &INIT_STOP_GRACE,
@@ -498,6 +525,9 @@ pub static KEYS: &[&Key] = &[
     &PROBE_LISTEN,
     &PROBE_SOCKET,
     &PROBE_STALL_AFTER,
+    &MEMORY_GCS_HIGH_WATER,
+    &MEMORY_SUSTAIN,
+    &MEMORY_MIN_INTERVAL,
 ];
 
 /// The key of that name.

@@ -251,6 +251,14 @@ pub struct ProbeConfig {
     pub stall_after: Duration,
 }
 
+/// When gcs_server is restarted in place for its memory.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    pub gcs_high_water: crate::memory::Mark,
+    pub sustain: Duration,
+    pub min_interval: Duration,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -260,6 +268,7 @@ pub struct Config {
     pub gcs: GcsConfig,
     pub redis: RedisConfig,
     pub probe: ProbeConfig,
+    pub memory: MemoryConfig,
     /// The file that was read, if any.
     pub file: Option<PathBuf>,
     /// Every key with its value and source, in registry order.

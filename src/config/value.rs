@@ -18,6 +18,7 @@ pub enum Value {
     Signals(Vec<Signal>),
     Argv(Vec<String>),
     Listen(SocketAddr),
+    Mark(crate::memory::Mark),
 }
 
 /// A secret string. Its `Debug` and `Display` never show it, so it cannot
@@ -65,6 +66,7 @@ impl Value {
             Value::Signals(v) => list(v.iter().map(|s| s.as_str())),
             Value::Argv(v) => list(v.iter().map(String::as_str)),
             Value::Listen(a) => quote(&a.to_string()),
+            Value::Mark(m) => quote(&m.render()),
         }
     }
 }
@@ -123,6 +125,7 @@ pub fn parse_text(kind: Kind, unit: EnvUnit, text: &str) -> Result<Value, String
             Ok(Value::Argv(argv))
         }
         (Kind::Listen, _) => listen(text),
+        (Kind::Mark, _) => crate::memory::Mark::parse(text).map(Value::Mark),
     }
 }
 
@@ -177,6 +180,10 @@ pub fn expected(kind: Kind) -> String {
         Kind::Signals => "a list of signal names such as [\"SIGTERM\", \"SIGHUP\"]".into(),
         Kind::Argv => "a command, as a list of strings or one string".into(),
         Kind::Listen => "an address such as \"0.0.0.0:8099\"".into(),
+        Kind::Mark => {
+            "\"off\", a share of the memory limit such as \"50%\", or a size such as \"2GiB\""
+                .into()
+        }
     }
 }
 
