@@ -98,6 +98,8 @@ pub struct ChildState {
     pub unhealthy_since: Option<SystemTime>,
     /// In-place restarts.
     pub restarts: u64,
+    /// Its resident set at the last memory sample.
+    pub rss_bytes: Option<u64>,
     /// Since when its checks fail, on the monotonic clock.
     #[serde(skip)]
     pub unhealthy_at: Option<Instant>,
@@ -156,6 +158,52 @@ pub struct RedisState {
     pub notes: Vec<String>,
 }
 
+/// The head's memory as rayhead last sampled it, and what it did about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryState {
+    /// `v1` or `v2`; `None`: no memory cgroup was found.
+    pub cgroup: Option<&'static str>,
+    /// Bytes charged to the container's cgroup: what the OOM killer weighs.
+    pub container_bytes: Option<u64>,
+    /// The container's effective limit; `None`: no limit.
+    pub container_limit_bytes: Option<u64>,
+    /// OOM kills in the container's cgroup, where the kernel counts them.
+    pub oom_kills: Option<u64>,
+    /// `memory.gcs-high-water` as configured.
+    pub gcs_high_water: String,
+    /// That mark in bytes now; `None`: no mark applies.
+    pub gcs_high_water_bytes: Option<u64>,
+    /// Since when gcs_server's RSS has been over the mark.
+    #[serde(serialize_with = "opt_time")]
+    pub gcs_over_since: Option<SystemTime>,
+    /// gcs_server restarts in place for its memory (not failures).
+    pub gcs_restarts: u64,
+    pub last_restart_reason: Option<String>,
+    /// Set when a restart did not bring the GCS under the mark: rayhead
+    /// restarts it for memory no more, and says why.
+    pub gave_up: Option<String>,
+    /// Why the last sample could not read the cgroup.
+    pub error: Option<String>,
+}
+
+impl MemoryState {
+    pub fn new(gcs_high_water: String) -> MemoryState {
+        MemoryState {
+            cgroup: None,
+            container_bytes: None,
+            container_limit_bytes: None,
+            oom_kills: None,
+            gcs_high_water,
+            gcs_high_water_bytes: None,
+            gcs_over_since: None,
+            gcs_restarts: 0,
+            last_restart_reason: None,
+            gave_up: None,
+            error: None,
+        }
+    }
+}
+
 /// Whether a Redis of this role takes the GCS's writes: a master does, and
 /// so does one whose role is not known (INFO forbidden). The one rule, for
 /// the probe's findings and for `/readyz`.
@@ -176,6 +224,8 @@ pub struct Snapshot {
     pub gcs: Option<GcsState>,
     pub fault_tolerant: bool,
     pub redis: Option<RedisState>,
+    /// The head's memory, when a Ray head is supervised.
+    pub memory: Option<MemoryState>,
     /// Every in-place recovery's duration, for the metrics' histogram.
     #[serde(skip)]
     pub recoveries: Vec<f64>,
@@ -197,6 +247,7 @@ impl Snapshot {
             gcs: None,
             fault_tolerant: false,
             redis: None,
+            memory: None,
             recoveries: Vec::new(),
             last_reason: None,
             heartbeat: Instant::now(),
@@ -327,6 +378,7 @@ impl State {
                 health: None,
                 unhealthy_since: None,
                 restarts: 0,
+                rss_bytes: None,
                 unhealthy_at: None,
                 unready_after: Duration::ZERO,
             });

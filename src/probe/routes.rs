@@ -243,6 +243,68 @@ struct DaemonLabel {
 /// Recovery buckets: around the 0.1 s rayhead takes, up to the 60 s window.
 const RECOVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
+/// Each daemon's RSS, the container's memory and limit, and what rayhead did
+/// about the GCS's memory.
+fn memory_metrics(reg: &mut Registry, snap: &Snapshot) {
+    let rss: Family<DaemonLabel, Gauge> = Family::default();
+    for (name, d) in &snap.daemons {
+        if let Some(b) = d.rss_bytes {
+            rss.get_or_create(&DaemonLabel {
+                daemon: (*name).into(),
+            })
+            .set(i64::try_from(b).unwrap_or(i64::MAX));
+        }
+    }
+    reg.register(
+        "daemon_rss_bytes",
+        "Resident set of the supervised process at the last memory sample",
+        rss,
+    );
+    let Some(m) = &snap.memory else { return };
+    let bytes = |v: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    if let Some(b) = m.container_bytes {
+        reg.register(
+            "container_memory_bytes",
+            "Memory charged to the container's cgroup, which the OOM killer weighs",
+            bytes(b),
+        );
+    }
+    if let Some(b) = m.container_limit_bytes {
+        reg.register(
+            "container_memory_limit_bytes",
+            "The container's memory limit (absent: no limit)",
+            bytes(b),
+        );
+    }
+    if let Some(n) = m.oom_kills {
+        let c: Counter = Counter::default();
+        c.inc_by(n);
+        reg.register(
+            "container_oom_kills",
+            "OOM kills in the container's cgroup, as the kernel counts them",
+            c,
+        );
+    }
+    if let Some(b) = m.gcs_high_water_bytes {
+        reg.register(
+            "gcs_memory_high_water_bytes",
+            "memory.gcs-high-water in bytes: gcs_server is restarted in place above it",
+            bytes(b),
+        );
+    }
+    let restarts: Counter = Counter::default();
+    restarts.inc_by(m.gcs_restarts);
+    reg.register(
+        "gcs_memory_restarts",
+        "In-place GCS restarts for its memory (also counted in rayhead_gcs_restarts)",
+        restarts,
+    );
+}
+
 fn metrics(snap: &Snapshot) -> Reply {
     let mut reg = Registry::with_prefix("rayhead");
     let gauge = |v: i64| {
@@ -350,6 +412,7 @@ fn metrics(snap: &Snapshot) -> Reply {
         "In-place restarts of a Ray daemon other than the GCS",
         restarts,
     );
+    memory_metrics(&mut reg, snap);
     let dropped: Counter = Counter::default();
     dropped.inc_by(crate::logging::dropped_lines());
     reg.register(

@@ -7,6 +7,7 @@ pub mod command;
 pub mod daemon_health;
 pub mod daemons;
 pub mod health;
+mod memory;
 mod supervisor;
 
 use std::time::Duration;

@@ -97,6 +97,12 @@ impl<'a> Supervisor<'a> {
     pub(super) async fn run(mut self) -> Exit {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.init.tracker.spawn(super::memory::sample_every(
+            self.cfg.ray.health_interval,
+            self.state.clone(),
+            self.events_tx.clone(),
+            self.init.cancel.child_token(),
+        ));
         let mut actions = self.machine.start(Instant::now());
         let outcome = 'run: loop {
             for action in actions {

@@ -31,7 +31,10 @@ use crate::state::{ChildStatus, GcsHealth, Phase, State};
 use crate::time::{after, wall_after};
 
 mod daemons;
+mod memory;
 mod recovery;
+
+pub use memory::MemorySample;
 
 use recovery::gate;
 
@@ -70,6 +73,8 @@ pub enum Event {
     /// Redis did not answer at the gate before its time ran out, or
     /// rejected the credentials.
     RedisFailed(PingError),
+    /// The head's memory, sampled every ray.health-interval.
+    Memory(MemorySample),
     /// The heartbeat: the loop is alive.
     Tick,
     /// The machine's own timer, from [`Machine::timer`].
@@ -220,6 +225,7 @@ pub struct Machine {
     failures: u32,
     /// Every adopted daemon but the GCS: its health, and its restarts.
     watched: BTreeMap<Daemon, Watched>,
+    memory: memory::MemoryWatch,
 }
 
 /// A daemon other than the GCS, as the machine follows it.
@@ -250,6 +256,8 @@ enum DaemonStep {
 
 impl Machine {
     pub fn new(cfg: &Config, redis: Option<String>, state: State, tail: Tail) -> Machine {
+        let mark = cfg.memory.gcs_high_water.render();
+        state.update(|s| s.memory = Some(crate::state::MemoryState::new(mark)));
         Machine {
             cfg: cfg.clone(),
             redis,
@@ -261,6 +269,7 @@ impl Machine {
             gcs: None,
             failures: 0,
             watched: BTreeMap::new(),
+            memory: memory::MemoryWatch::default(),
         }
     }
 
@@ -364,6 +373,7 @@ impl Machine {
                 self.daemon_started(now, daemon, started)
             }
             Event::TimerFired(Timer::DaemonBackoff(daemon)) => self.start_daemon(now, daemon),
+            Event::Memory(sample) => self.memory(now, sample),
             other => self.staged(now, other),
         };
         if actions.iter().any(|a| matches!(a, Action::Finish(_))) {

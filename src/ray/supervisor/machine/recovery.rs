@@ -200,6 +200,7 @@ impl Machine {
         let attempts = r.attempts;
         let pid = self.gcs;
         self.last_serving = Some(now);
+        self.memory_recovered(now);
         self.state.update(|s| {
             if let Some(g) = &mut s.gcs {
                 g.health = GcsHealth::Serving;

@@ -595,6 +595,7 @@ fn the_longest_durations_do_not_panic() {
 }
 
 mod daemons;
+mod memory;
 
 /// Random event sequences, from every stage: the machine never panics,
 /// never starts a gcs_server while it knows one alive (two GCS processes

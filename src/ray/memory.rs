@@ -1,0 +1,63 @@
+//! The memory sampler: every interval, the container's cgroup and each
+//! supervised daemon's RSS, as one [`Event::Memory`] for the machine, which
+//! decides (and writes the snapshot). A few small files a sample: no cost
+//! worth measuring, at the daemons' health interval.
+
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::supervisor::machine::{Event, MemorySample};
+use crate::memory::{self, Cgroup};
+use crate::state::State;
+
+/// Samples until `cancel` fires or the machine is gone. The daemons are
+/// those the snapshot names with a pid at each sample: the sampler follows
+/// restarts without being told.
+pub(super) async fn sample_every(
+    interval: Duration,
+    state: State,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) {
+    let cgroup = Cgroup::discover();
+    match &cgroup {
+        Some(c) => {
+            tracing::debug!(cgroup = c.version.as_str(), dir = %c.dir.display(), "memory cgroup")
+        }
+        None => tracing::info!("no memory cgroup found: the container's memory is not shown"),
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pids: Vec<(&'static str, i32)> = state
+            .get()
+            .daemons
+            .iter()
+            .filter_map(|(name, d)| Some((*name, d.pid?)))
+            .collect();
+        if events
+            .send(Event::Memory(sample(cgroup.as_ref(), &pids)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn sample(cgroup: Option<&Cgroup>, pids: &[(&'static str, i32)]) -> MemorySample {
+    MemorySample {
+        container: cgroup.map(Cgroup::read).transpose(),
+        rss: pids
+            .iter()
+            .filter_map(|(name, pid)| Some((*name, Pid::from_raw(*pid), memory::rss(*pid)?)))
+            .collect(),
+    }
+}
