@@ -19,7 +19,7 @@ const CHECK_VAR: &str = "RAY_grpc_client_check_connection_status_interval_millis
 
 /// A Python process of the test's, driven by lines: stdin lines in, stdout
 /// lines out, read with a time limit. Its process group dies with it.
-struct Script {
+pub struct Script {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -29,7 +29,7 @@ struct Script {
 
 impl Script {
     /// `<script> args...` (a path from the repo root), with the head container's env.
-    fn spawn(script: &str, args: &[&str]) -> Script {
+    pub fn spawn(script: &str, args: &[&str]) -> Script {
         let mut child = driver_command(script)
             .args(args)
             .stdin(Stdio::piped())
@@ -61,7 +61,7 @@ impl Script {
         }
     }
 
-    fn send(&mut self, line: &str) {
+    pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         writeln!(stdin, "{line}")
             .and_then(|_| stdin.flush())
@@ -70,7 +70,7 @@ impl Script {
 
     /// The rest of the next line that starts with `prefix`; a "FAILED" line
     /// fails at once.
-    fn expect(&mut self, prefix: &str, limit: Duration) -> String {
+    pub fn expect(&mut self, prefix: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -90,7 +90,7 @@ impl Script {
     }
 
     /// Closes stdin (the script's stop) and returns its last line.
-    fn finish(mut self, limit: Duration) -> String {
+    pub fn finish(mut self, limit: Duration) -> String {
         self.stdin = None;
         let line = self.expect("{", limit);
         format!("{{{line}")

@@ -15,4 +15,5 @@ mod ray_apps;
 mod ray_daemons;
 mod ray_e2e;
 mod ray_fake;
+mod ray_memory;
 mod redis;
