@@ -169,9 +169,10 @@ pub(super) fn install_panic_hook(termination_log: Option<std::path::PathBuf>) {
             if procs.is_empty() {
                 break;
             }
-            for p in procs {
-                let _ = nix::sys::signal::kill(p.pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            crate::init::pin::signal_all(
+                procs.iter().map(|p| p.identity()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         crate::logging::last_words(&format!("rayhead: {reason}"), LAST_WORDS);
         std::process::exit(i32::from(exit::INTERNAL));

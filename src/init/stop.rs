@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pin::{self, Pinned};
 use super::proctree;
 use super::reaper::Reaper;
 use super::{output, spawn};
@@ -164,7 +165,7 @@ async fn run_stop_command(
             }
             _ = sleep_until(until) => {
                 tracing::warn!(command = %line, "stop command timed out: killing it");
-                let _ = killpg(spawned.pid, Signal::SIGKILL);
+                let _ = reaper.signal_group(spawned.pid, Signal::SIGKILL);
                 return false;
             }
             Some(sig) = signals.recv() => {
@@ -222,12 +223,14 @@ fn terminate(group: Option<(Pid, Signal)>) -> usize {
             let _ = killpg(pgid, Signal::SIGCONT);
         }
     }
-    for p in &procs {
-        if group.is_some_and(|(pgid, _)| p.pgid == pgid) {
-            continue;
-        }
-        let _ = kill(p.pid, Signal::SIGTERM);
-        let _ = kill(p.pid, Signal::SIGCONT);
+    let rest: Vec<_> = procs
+        .iter()
+        .filter(|p| group.is_none_or(|(pgid, _)| p.pgid != pgid))
+        .filter_map(|p| Pinned::pin(p.identity()))
+        .collect();
+    for p in &rest {
+        let _ = p.signal(Signal::SIGTERM);
+        let _ = p.signal(Signal::SIGCONT);
     }
     procs.len()
 }
@@ -235,8 +238,6 @@ fn terminate(group: Option<(Pid, Signal)>) -> usize {
 /// SIGKILL to every live descendant; returns how many there were.
 fn kill_all() -> usize {
     let procs = proctree::live_descendants_of_self();
-    for p in &procs {
-        let _ = kill(p.pid, Signal::SIGKILL);
-    }
+    pin::signal_all(procs.iter().map(|p| p.identity()), Signal::SIGKILL);
     procs.len()
 }

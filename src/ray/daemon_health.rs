@@ -27,14 +27,17 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
+use crate::init::pin::Identity;
 use crate::init::proctree;
 
-/// Each watched daemon's descendants, as last seen.
+/// Each watched daemon's descendants, as last seen: by identity, since
+/// any of them may have exited and its pid gone to another by the time a
+/// restart kills them.
 #[derive(Clone, Default)]
-pub struct Families(Arc<Mutex<HashMap<Pid, Vec<Pid>>>>);
+pub struct Families(Arc<Mutex<HashMap<Pid, Vec<Identity>>>>);
 
 impl Families {
-    fn record(&self, pid: Pid, kids: Vec<Pid>) {
+    fn record(&self, pid: Pid, kids: Vec<Identity>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -42,7 +45,7 @@ impl Families {
     }
 
     /// The descendants last seen of `pid`, forgotten.
-    pub fn take(&self, pid: Pid) -> Vec<Pid> {
+    pub fn take(&self, pid: Pid) -> Vec<Identity> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
