@@ -56,15 +56,15 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
     // read-only /tmp the TCP server still serves, and `rayhead probe` falls
     // back to it.
     let mut socket = None;
-    if let Some(path) = cfg.probe.socket.as_deref() {
-        match crate::probe::bind_socket(path).await {
-            Ok(l) => {
-                tracing::info!(socket = %path.display(), "probe socket listening");
+    if let Some(place) = crate::probe::socket::SocketPlace::of(&cfg.probe.socket) {
+        match crate::probe::bind_socket(&place) {
+            Ok((l, bound)) => {
+                tracing::info!(socket = %place.path.display(), "probe socket listening");
                 listeners.push(crate::probe::Listener::Unix(l));
-                socket = Some(path);
+                socket = Some(bound);
             }
             Err(e) => {
-                tracing::warn!(socket = %path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
+                tracing::warn!(socket = %place.path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
             }
         }
     }
@@ -88,9 +88,9 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
     for s in servers {
         let _ = s.await;
     }
-    // Ours only: a socket another rayhead serves is left alone.
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
+    // Ours only: a socket put there since is left alone.
+    if let Some(bound) = socket {
+        bound.remove();
     }
     exit
 }
