@@ -11,6 +11,7 @@ pub mod dev;
 pub mod exit;
 pub mod init;
 pub mod logging;
+pub mod private_dir;
 pub mod probe;
 #[cfg(test)]
 mod proptests;

@@ -120,7 +120,8 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         );
     }
     let saved = dir.cluster().map_err(Exit::Config)?;
-    let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers);
+    let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers)
+        .map_err(Exit::Config)?;
     cluster
         .head_spec()
         .check()

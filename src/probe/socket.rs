@@ -19,10 +19,11 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::SocketSetting;
+use crate::private_dir::{self, with_purpose};
 
 /// Where the socket is, resolved from `probe.socket`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,46 +72,14 @@ fn refuse(what: &Path, why: impl std::fmt::Display) -> io::Error {
     )
 }
 
-/// Checks that `dir` is a directory (not a symlink to one) owned by `uid`
-/// with no group or other permissions.
+/// Checks rayhead's own directory for the socket: see [`private_dir::check`].
 pub fn check_own_dir(dir: &Path, uid: u32) -> io::Result<()> {
-    let meta = fs::symlink_metadata(dir)?;
-    if !meta.file_type().is_dir() {
-        return Err(refuse(
-            dir,
-            "is not a directory (a symlink or a file is in the way): refusing to use it for the probe socket",
-        ));
-    }
-    if meta.uid() != uid {
-        return Err(refuse(
-            dir,
-            format!(
-                "is owned by uid {}, not by this user (uid {uid}): refusing to serve or trust the probe socket in it",
-                meta.uid()
-            ),
-        ));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(refuse(
-            dir,
-            format!(
-                "has mode {mode:04o}: group or others could replace the probe socket; it must be 0700"
-            ),
-        ));
-    }
-    Ok(())
+    private_dir::check(dir, uid).map_err(|e| with_purpose(e, "the probe socket"))
 }
 
-/// Creates rayhead's own directory 0700 (explicitly: the umask plays no
-/// part), or checks the one that is there.
+/// Creates rayhead's own directory for the socket 0700, or checks it.
 pub fn make_own_dir(dir: &Path, uid: u32) -> io::Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    check_own_dir(dir, uid)
+    private_dir::make(dir, uid).map_err(|e| with_purpose(e, "the probe socket"))
 }
 
 /// What is at `path` before a bind: nothing, a stale socket of this user's
