@@ -320,9 +320,14 @@ impl<'a> Supervisor<'a> {
     /// Checks a daemon's health every ray.health-interval, until it is gone.
     fn watch_health(&self, daemon: Daemon, pid: Pid) {
         let spec = self.specs.get(&daemon);
+        // Only a daemon still unreaped: its pid may be anyone's after.
+        let Some(pinned) = self.init.reaper.pin(pid) else {
+            return;
+        };
         let target = Target {
             daemon,
             pid,
+            start: pinned.identity().start,
             check: daemon.spec().check,
             http: spec.and_then(|s| http_target(s.arg("--host"), s.arg("--port"))),
         };
