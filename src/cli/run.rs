@@ -63,6 +63,13 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
                 listeners.push(crate::probe::Listener::Unix(l));
                 socket = Some(bound);
             }
+            // rayhead probe believes nothing in a refused directory of its
+            // own; anywhere else, an unserved socket sends it to the port.
+            Err(e)
+                if place.own_dir.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                tracing::error!(socket = %place.path.display(), error = %e, "cannot serve probe.socket; rayhead probe fails until the directory is removed or probe.socket is set elsewhere")
+            }
             Err(e) => {
                 tracing::warn!(socket = %place.path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
             }
