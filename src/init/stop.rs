@@ -192,8 +192,19 @@ fn forward(plan: &StopPlan, sig: Signal) {
 }
 
 /// Sends `sig` to a process group; a group that is already gone is fine.
+/// Only while one of rayhead's own live descendants is in it: a group id
+/// is a pid, free again once the group is empty, and a stranger that
+/// takes it and leads a group of its own must not get the signal.
 pub fn forward_to_group(pgid: Pid, sig: Signal) {
-    match killpg(pgid, sig) {
+    let ours = proctree::live_descendants_of_self()
+        .iter()
+        .any(|p| p.pgid == pgid);
+    let sent = if ours {
+        killpg(pgid, sig)
+    } else {
+        Err(nix::errno::Errno::ESRCH)
+    };
+    match sent {
         Ok(()) => tracing::info!(
             signal = sig.as_str(),
             pgid = pgid.as_raw(),
