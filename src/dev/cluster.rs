@@ -87,6 +87,24 @@ pub const WORKER_RECONNECT_TIMEOUT_S: &str = "600";
 /// The manifests' client check interval (`ray.client-check-interval`).
 const CLIENT_CHECK_MS: &str = "100";
 
+/// Ray's temp dir for the state dir `root` (absolute): in it when the
+/// path is short enough for Ray's sockets, else a predictable one in /tmp,
+/// named after a hash of `root`.
+pub fn ray_temp_root(root: &std::path::Path) -> PathBuf {
+    let in_state = root.join("ray");
+    if in_state.join("worker-00").as_os_str().len() <= RAY_TEMP_DIR_MAX {
+        return in_state;
+    }
+    let hash = root
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    PathBuf::from(format!("/tmp/rayhead-dev-{:08x}", hash as u32))
+}
+
 impl Cluster {
     pub fn new(
         dir: &StateDir,
@@ -96,20 +114,7 @@ impl Cluster {
         head_timeout: Option<Duration>,
         workers: u32,
     ) -> Result<Cluster, String> {
-        let in_state = dir.join("ray");
-        let ray_root = if in_state.join("worker-00").as_os_str().len() <= RAY_TEMP_DIR_MAX {
-            in_state
-        } else {
-            let hash = dir
-                .root
-                .as_os_str()
-                .as_bytes()
-                .iter()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                });
-            PathBuf::from(format!("/tmp/rayhead-dev-{:08x}", hash as u32))
-        };
+        let ray_root = ray_temp_root(&dir.root);
         // Ray puts the session's sockets and logs there: a predictable
         // path in /tmp that another user made first would be theirs.
         private_dir::make(&ray_root, private_dir::my_uid()).map_err(|e| {
