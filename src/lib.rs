@@ -12,6 +12,7 @@ pub mod exit;
 pub mod init;
 pub mod logging;
 pub mod memory;
+pub mod private_dir;
 pub mod probe;
 #[cfg(test)]
 mod proptests;

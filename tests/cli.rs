@@ -184,3 +184,61 @@ fn each_bad_key_exits_64_and_is_named() {
     }
     assert!(tried >= 20, "only {tried} keys tried");
 }
+
+/// The exec probe believes only a server of its own user (or root): a
+/// rayhead running as another user (here uid 65534, as a process that
+/// squatted the socket would) answers `ok`, and `rayhead probe` refuses
+/// the answer, fails, and says why, rather than ask probe.listen.
+#[test]
+fn the_exec_probe_refuses_another_users_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to run a server as another uid");
+        return;
+    }
+    let dir = Dir::new("probe-peer");
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(dir.path(), 0o755);
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    open(&shared, 0o777);
+    let sock = shared.join("probe.sock");
+    let cmd = dir
+        .rayhead()
+        .args(["run", "--", "sleep", "60"])
+        .env("RAYHEAD_PROBE_SOCKET", &sock);
+    // SAFETY: setgid and setuid are async-signal-safe.
+    let cmd = unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        })
+    };
+    let _squatter = cmd.spawn();
+    crate::ray_util::eventually(LIMIT, "the other user's socket", || {
+        rayhead::probe::client::query_socket(
+            &rayhead::probe::socket::SocketPlace {
+                path: sock.clone(),
+                own_dir: None,
+            },
+            "/livez",
+        )
+        .map(drop)
+    });
+    let out = dir
+        .rayhead()
+        .args(["probe", "live"])
+        .env("RAYHEAD_PROBE_SOCKET", &sock)
+        .spawn_named("probe-")
+        .wait(LIMIT);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("served by uid 65534") && out.stderr.contains("refusing"),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stdout.contains("ok"), "{}", out.dump());
+}

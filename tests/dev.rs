@@ -293,6 +293,61 @@ fn dev_refuses_bad_options_naming_each() {
     assert!(out.stderr.contains("--state-dir"), "{}", out.dump());
 }
 
+/// Removes a directory a test made outside its own temp dir.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A long state dir puts Ray's temp dir at a predictable path in /tmp.
+/// Made first by someone else (ours but 0777; owned by uid 65534 when the
+/// tests run as root), it would give them the session's sockets and logs:
+/// the runner refuses it, naming it, and leaves what is in it.
+#[test]
+fn dev_refuses_a_ray_temp_dir_made_first_by_another() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("dev-squat");
+    fake_ray(&dir);
+    let path = format!("{}:/usr/bin:/bin", dir.join("bin").display());
+    let state = dir.join("a-state-dir-long-enough-to-need-tmp");
+    let squat = rayhead::dev::cluster::ray_temp_root(&state);
+    assert!(squat.starts_with("/tmp"), "{}", squat.display());
+    let _gone = RemoveDir(squat.clone());
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(squat.join("theirs"), "planted").unwrap();
+    let mut cases = vec![("mode 0777", None)];
+    if nix::unistd::geteuid().is_root() {
+        cases.push(("owned by uid 65534", Some(65534)));
+    }
+    for (why, owner) in cases {
+        if let Some(uid) = owner {
+            std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&squat, Some(uid), Some(uid)).unwrap();
+        }
+        let out = dir
+            .rayhead()
+            .env("PATH", &path)
+            .args(["dev", "--workers", "0", "--state-dir"])
+            .arg_path(&state)
+            .run(LIMIT);
+        out.assert_code(i32::from(rayhead::exit::CONFIG));
+        let shown = squat.display().to_string();
+        assert!(
+            out.stderr.contains(&shown) && out.stderr.contains(why),
+            "{}",
+            out.dump()
+        );
+        assert_eq!(
+            std::fs::read_to_string(squat.join("theirs")).unwrap(),
+            "planted"
+        );
+    }
+}
+
 /// The fake Ray's `ray start` fails, so `rayhead run` exits 85 at once.
 fn fake_dev(dir: &Dir, args: &[&str]) -> DevRun {
     fake_ray(dir);

@@ -84,9 +84,16 @@ fn shipped_manifests_validate_and_match_rayhead() {
                 "KubeRay would replace the command: {h:#}"
             );
             assert_eq!(h["readiness"]["path"], "/readyz");
-            assert_eq!(h["liveness"]["path"], "/livez");
             assert_eq!(h["readiness"]["port"], probe_port);
-            assert_eq!(h["liveness"]["port"], probe_port);
+            // Liveness is the exec probe over the socket, which no pod
+            // sharing the HTTP port can crowd out; it runs the very binary
+            // that the container runs.
+            assert_eq!(h["liveness"]["path"], Value::Null, "{h:#}");
+            assert_eq!(
+                h["liveness"]["exec"],
+                serde_json::json!([h["command"][0], "probe", "live"]),
+                "{h:#}"
+            );
             assert!(
                 h["grace"].as_u64().unwrap() > grace.as_secs(),
                 "terminationGracePeriodSeconds must exceed init.stop-grace: {h:#}"
@@ -166,7 +173,9 @@ fn the_init_variant_is_the_plain_manifest_plus_the_install() {
         .clone();
     for h in [&mut plain, &mut init] {
         let o = h.as_object_mut().unwrap();
-        for k in ["command", "image", "init"] {
+        // The exec liveness probe runs the container's own binary (checked
+        // against the command by the test above), so its path differs too.
+        for k in ["command", "image", "init", "liveness"] {
             o.remove(k);
         }
         o["mounts"].as_object_mut().unwrap().remove(&bin);

@@ -488,3 +488,97 @@ fn redis_warnings_are_logged_once_and_a_replica_is_not_ready() {
         why.contains("is a replica").then_some(())
     });
 }
+
+/// A test's own process, killed and reaped even if the test fails.
+struct Guarded(std::process::Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 18's reused pid, end to end: the log monitor's family (a child
+/// of its own) is recorded; the child exits and the kernel is steered
+/// (`ns_last_pid`, root only) to give its pid to an unrelated process;
+/// then the log monitor dies, and its restart SIGKILLs its family as last
+/// seen. The unrelated process must live: the family is kept by identity.
+#[test]
+fn a_restart_never_kills_a_process_that_took_a_family_members_pid() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to steer pids");
+        return;
+    }
+    let _lock = ray_lock();
+    let dir = Dir::new("fake-pid-reuse");
+    dir.write("gcs-lives", "");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    // The family is recorded on the first check and then every fifth:
+    // at 2 s and 12 s after adoption.
+    let cmd = rayhead(
+        &dir,
+        None,
+        &["gcs.unhealthy-after=60s", "ray.health-interval=2s"],
+    );
+    let ray = dir.join("bin/ray");
+    let text = std::fs::read_to_string(&ray).unwrap().replace(
+        "\"$D/bin/raylet\" &\n",
+        "\"$D/bin/raylet\" &\n    \"$D/bin/log_monitor.py\" &\n",
+    );
+    std::fs::write(&ray, text).unwrap();
+    let monitor = dir.write(
+        "bin/log_monitor.py",
+        "#!/bin/sh\n[ -e \"$D/kid\" ] || { sleep 1000 & echo $! > \"$D/kid\"; }\nwhile :; do sleep 0.1; done\n",
+    );
+    std::fs::set_permissions(&monitor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = cmd.spawn();
+    wait_adopted(&dir);
+    let kid: i32 = eventually(LIMIT, "the log monitor's child", || {
+        dir.read("kid").trim().parse().ok()
+    });
+    eventually(LIMIT, "the log monitor adopted", || {
+        dir.read("stderr")
+            .contains("daemon=\"log_monitor\"")
+            .then_some(())
+    });
+    // Past the first check, well before the next record.
+    std::thread::sleep(Duration::from_secs(3));
+    kill(nix::unistd::Pid::from_raw(kid), Signal::SIGKILL).unwrap();
+    eventually(LIMIT, "the child reaped", || {
+        (!std::path::Path::new(&format!("/proc/{kid}")).exists()).then_some(())
+    });
+    let mut unrelated = None;
+    for _ in 0..50 {
+        if std::fs::write("/proc/sys/kernel/ns_last_pid", (kid - 1).to_string()).is_err() {
+            eprintln!("cannot steer pids here");
+            return;
+        }
+        let p = Guarded(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        if p.0.id() as i32 == kid {
+            unrelated = Some(p);
+            break;
+        }
+    }
+    let Some(mut unrelated) = unrelated else {
+        eprintln!("the pid went to another process each time");
+        return;
+    };
+    let lm = find_comm(run.rayhead_pid(), "log_monitor.py");
+    assert_eq!(lm.len(), 1, "{lm:?}");
+    kill(lm[0], Signal::SIGKILL).unwrap();
+    eventually(LIMIT, "the log monitor restarted", || {
+        dir.read("stderr")
+            .contains("restarted log_monitor in place")
+            .then_some(())
+    });
+    assert!(
+        unrelated.0.try_wait().unwrap().is_none(),
+        "the process that took the family member's pid was killed"
+    );
+}

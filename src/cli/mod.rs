@@ -379,10 +379,12 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
     let (ok, text) = match &args.url {
         Some(u) => client::query(u, path),
         None => match cli.load(&args.config) {
-            Ok(cfg) => match &cfg.probe.socket {
-                Some(sock) if client::socket_answers(sock) => client::query_socket(sock, path),
-                _ => client::query(&client::base_url(cfg.probe.listen), path),
-            },
+            Ok(cfg) => {
+                let place = crate::probe::socket::SocketPlace::of(&cfg.probe.socket);
+                place
+                    .and_then(|p| client::query_socket(&p, path))
+                    .unwrap_or_else(|| client::query(&client::base_url(cfg.probe.listen), path))
+            }
             Err(e) => {
                 crate::logging::err(&format!("rayhead: {e}"));
                 return exit::CONFIG;

@@ -56,15 +56,22 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
     // read-only /tmp the TCP server still serves, and `rayhead probe` falls
     // back to it.
     let mut socket = None;
-    if let Some(path) = cfg.probe.socket.as_deref() {
-        match crate::probe::bind_socket(path).await {
-            Ok(l) => {
-                tracing::info!(socket = %path.display(), "probe socket listening");
+    if let Some(place) = crate::probe::socket::SocketPlace::of(&cfg.probe.socket) {
+        match crate::probe::bind_socket(&place) {
+            Ok((l, bound)) => {
+                tracing::info!(socket = %place.path.display(), "probe socket listening");
                 listeners.push(crate::probe::Listener::Unix(l));
-                socket = Some(path);
+                socket = Some(bound);
+            }
+            // rayhead probe believes nothing in a refused directory of its
+            // own; anywhere else, an unserved socket sends it to the port.
+            Err(e)
+                if place.own_dir.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                tracing::error!(socket = %place.path.display(), error = %e, "cannot serve probe.socket; rayhead probe fails until the directory is removed or probe.socket is set elsewhere")
             }
             Err(e) => {
-                tracing::warn!(socket = %path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
+                tracing::warn!(socket = %place.path.display(), error = %e, "cannot serve probe.socket; the exec probe will use probe.listen")
             }
         }
     }
@@ -88,9 +95,9 @@ async fn supervise(cfg: &Config, job: Job) -> Exit {
     for s in servers {
         let _ = s.await;
     }
-    // Ours only: a socket another rayhead serves is left alone.
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
+    // Ours only: a socket put there since is left alone.
+    if let Some(bound) = socket {
+        bound.remove();
     }
     exit
 }
@@ -169,9 +176,10 @@ pub(super) fn install_panic_hook(termination_log: Option<std::path::PathBuf>) {
             if procs.is_empty() {
                 break;
             }
-            for p in procs {
-                let _ = nix::sys::signal::kill(p.pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            crate::init::pin::signal_all(
+                procs.iter().map(|p| p.identity()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         crate::logging::last_words(&format!("rayhead: {reason}"), LAST_WORDS);
         std::process::exit(i32::from(exit::INTERNAL));

@@ -254,15 +254,11 @@ pub(super) fn build(
     };
     let probe = ProbeConfig {
         listen,
-        // "auto": named after the TCP port, which two rayheads on one
-        // machine cannot share either, so neither's exec probe asks the
-        // other.
         socket: match v.text(&PROBE_SOCKET).as_deref() {
-            Some("auto") => Some(PathBuf::from(format!(
-                "/tmp/rayhead-probe-{}.sock",
-                listen.port()
-            ))),
-            _ => path(&PROBE_SOCKET),
+            Some("auto") => SocketSetting::Auto {
+                port: listen.port(),
+            },
+            _ => path(&PROBE_SOCKET).map_or(SocketSetting::Off, SocketSetting::At),
         },
         stall_after: v.duration(&PROBE_STALL_AFTER),
     };

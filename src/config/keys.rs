@@ -445,7 +445,7 @@ pub static PROBE_SOCKET: Key = Key {
     kind: Kind::Text,
     default: Some("auto"),
     aliases: &[],
-    doc: "A Unix socket serving the same routes, for `rayhead probe`: no network peer can reach it, so no flood can crowd the exec probe out. \"auto\" is /tmp/rayhead-probe-<probe.listen's port>.sock, so that two rayheads on one machine never share one; \"\" turns it off.",
+    doc: "A Unix socket serving the same routes, for `rayhead probe`: no network peer can reach it, so no flood can crowd the exec probe out. \"auto\" is probe-<probe.listen's port>.sock (two rayheads on one machine never share one) in a directory of rayhead's own, created 0700: $XDG_RUNTIME_DIR/rayhead when set, else /tmp/rayhead-<uid>; one owned by another user or open to others is refused. A path given is never unlinked unless it is a socket of this user's. \"\" turns it off.",
 };
 
 pub static PROBE_STALL_AFTER: Key = Key {

@@ -243,11 +243,24 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
 }
 
+/// `probe.socket`: where the exec probe's Unix socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSetting {
+    /// `""`: no socket; `rayhead probe` asks probe.listen.
+    Off,
+    /// `"auto"`: `probe-<port>.sock` (probe.listen's port, which two
+    /// rayheads on one machine cannot share either) in rayhead's own 0700
+    /// directory: see `probe::socket`.
+    Auto { port: u16 },
+    /// A path given: used as it is, but never unlinked unless it is a
+    /// socket of this user's.
+    At(PathBuf),
+}
+
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
     pub listen: SocketAddr,
-    /// `None`: turned off.
-    pub socket: Option<PathBuf>,
+    pub socket: SocketSetting,
     pub stall_after: Duration,
 }
 

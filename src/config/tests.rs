@@ -505,18 +505,12 @@ fn every_check_holds_on_both_sides() {
     // probe.listen is read, not defaulted; the socket follows its port.
     let cfg = ok(&["probe.listen=127.0.0.1:9"]);
     assert_eq!(cfg.probe.listen, "127.0.0.1:9".parse().unwrap());
+    assert_eq!(cfg.probe.socket, SocketSetting::Auto { port: 9 });
+    assert_eq!(ok(&[]).probe.socket, SocketSetting::Auto { port: 8099 });
+    assert_eq!(ok(&["probe.socket="]).probe.socket, SocketSetting::Off);
     assert_eq!(
-        cfg.probe.socket.as_deref(),
-        Some(std::path::Path::new("/tmp/rayhead-probe-9.sock"))
-    );
-    assert_eq!(
-        ok(&[]).probe.socket.as_deref(),
-        Some(std::path::Path::new("/tmp/rayhead-probe-8099.sock"))
-    );
-    assert_eq!(ok(&["probe.socket="]).probe.socket, None);
-    assert_eq!(
-        ok(&["probe.socket=/run/x.sock"]).probe.socket.as_deref(),
-        Some(std::path::Path::new("/run/x.sock"))
+        ok(&["probe.socket=/run/x.sock"]).probe.socket,
+        SocketSetting::At("/run/x.sock".into())
     );
 }
 

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::config::Secret;
+use crate::private_dir;
 use crate::redis::address::RedisAddress;
 
 use super::state_dir::{Saved, StateDir};
@@ -86,6 +87,24 @@ pub const WORKER_RECONNECT_TIMEOUT_S: &str = "600";
 /// The manifests' client check interval (`ray.client-check-interval`).
 const CLIENT_CHECK_MS: &str = "100";
 
+/// Ray's temp dir for the state dir `root` (absolute): in it when the
+/// path is short enough for Ray's sockets, else a predictable one in /tmp,
+/// named after a hash of `root`.
+pub fn ray_temp_root(root: &std::path::Path) -> PathBuf {
+    let in_state = root.join("ray");
+    if in_state.join("worker-00").as_os_str().len() <= RAY_TEMP_DIR_MAX {
+        return in_state;
+    }
+    let hash = root
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    PathBuf::from(format!("/tmp/rayhead-dev-{:08x}", hash as u32))
+}
+
 impl Cluster {
     pub fn new(
         dir: &StateDir,
@@ -94,22 +113,16 @@ impl Cluster {
         redis: RedisSource,
         head_timeout: Option<Duration>,
         workers: u32,
-    ) -> Cluster {
-        let in_state = dir.join("ray");
-        let ray_root = if in_state.join("worker-00").as_os_str().len() <= RAY_TEMP_DIR_MAX {
-            in_state
-        } else {
-            let hash = dir
-                .root
-                .as_os_str()
-                .as_bytes()
-                .iter()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                });
-            PathBuf::from(format!("/tmp/rayhead-dev-{:08x}", hash as u32))
-        };
-        Cluster {
+    ) -> Result<Cluster, String> {
+        let ray_root = ray_temp_root(&dir.root);
+        // Ray puts the session's sockets and logs there: a predictable
+        // path in /tmp that another user made first would be theirs.
+        private_dir::make(&ray_root, private_dir::my_uid()).map_err(|e| {
+            format!(
+                "Ray's temp dir for this state dir, {e}; remove it if it is an old one of yours, else give a shorter --state-dir (it then holds Ray's temp dir)"
+            )
+        })?;
+        Ok(Cluster {
             saved,
             root: dir.root.clone(),
             ray_root,
@@ -117,7 +130,7 @@ impl Cluster {
             redis,
             head_timeout,
             workers,
-        }
+        })
     }
 
     pub fn gcs_address(&self) -> String {
@@ -410,5 +423,76 @@ pub fn install_hint(tool: &str) -> &'static str {
             "Install Redis (Debian/Ubuntu: `apt-get install -y redis-server`; macOS: \
              `brew install redis`), or use a Redis of your own with --redis-url redis://[:PASSWORD@]HOST:PORT"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Removes a temp root made in /tmp, even if the test fails.
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn cluster(dir: &StateDir) -> Result<Cluster, String> {
+        let saved = dir.cluster().unwrap();
+        let redis = RedisSource::Embedded {
+            server: PathBuf::new(),
+        };
+        Cluster::new(dir, saved, PathBuf::new(), redis, None, 0)
+    }
+
+    /// A long state dir puts Ray's temp root at a predictable path in
+    /// /tmp: made 0700 when it is not there; refused when another user
+    /// made it first, or when it is ours but open to others.
+    #[test]
+    fn a_temp_root_in_tmp_must_be_ours_and_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let long = tmp.path().join("a-state-dir-with-a-long-name");
+        let dir = StateDir::open(&long, false).unwrap();
+        let first = cluster(&dir).unwrap();
+        let _gone = Gone(first.ray_root.clone());
+        let shown = first.ray_root.to_string_lossy().into_owned();
+        assert!(shown.starts_with("/tmp/rayhead-dev-"), "{shown}");
+        let meta = std::fs::symlink_metadata(&first.ray_root).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        // Again: ours and 0700, used as it is.
+        cluster(&dir).unwrap();
+        std::fs::set_permissions(&first.ray_root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = cluster(&dir).err().unwrap();
+        assert!(e.contains("mode 0777") && e.contains("rayhead-dev-"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&first.ray_root, std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            std::os::unix::fs::chown(&first.ray_root, Some(65534), Some(65534)).unwrap();
+            let e = cluster(&dir).err().unwrap();
+            assert!(
+                e.contains("owned by uid 65534") && e.contains("--state-dir"),
+                "{e}"
+            );
+        }
+        // A symlink planted there is not followed.
+        std::fs::remove_dir_all(&first.ray_root).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &first.ray_root).unwrap();
+        let e = cluster(&dir).err().unwrap();
+        assert!(e.contains("not a directory"), "{e}");
+        std::fs::remove_file(&first.ray_root).unwrap();
+    }
+
+    /// A short state dir holds the temp root itself, 0700.
+    #[test]
+    fn a_temp_root_in_the_state_dir_is_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s"), false).unwrap();
+        let c = cluster(&dir).unwrap();
+        assert!(c.ray_root.starts_with(tmp.path()), "{:?}", c.ray_root);
+        let meta = std::fs::symlink_metadata(&c.ray_root).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -32,7 +32,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::init::reaper::ExitStatus;
-use crate::init::{proctree, Init};
+use crate::init::{pin, proctree, Init};
 use cluster::{Cluster, RedisSource};
 use kubelet::{Decision, Kubelet, Pod, RestartPolicy};
 use state_dir::StateDir;
@@ -120,7 +120,8 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         );
     }
     let saved = dir.cluster().map_err(Exit::Config)?;
-    let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers);
+    let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers)
+        .map_err(Exit::Config)?;
     cluster
         .head_spec()
         .check()
@@ -437,10 +438,9 @@ impl<'a> Runner<'a> {
             .filter(|p| p.ppid == me && !pods.contains(&p.pid))
         {
             tracing::info!(pid = orphan.pid.as_raw(), comm = %orphan.comm, "SIGKILL: left behind by a pod that exited");
-            for d in proctree::descendants(&snap, orphan.pid) {
-                let _ = kill(d.pid, Signal::SIGKILL);
-            }
-            let _ = kill(orphan.pid, Signal::SIGKILL);
+            // By identity: it may have exited since the snapshot.
+            let root = pin::Pinned::pin(orphan.identity());
+            pin::kill_tree(root.as_ref(), Vec::new());
         }
     }
 

@@ -47,7 +47,7 @@ impl DevRedis {
                     RedisSource::Embedded { server },
                     None,
                     0,
-                );
+                )?;
                 let mut cmd = cluster.command(Pod::Redis)?;
                 let child = cmd
                     .spawn()

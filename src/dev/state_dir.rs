@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::private_dir;
+
 /// What `cluster.json` keeps.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Saved {
@@ -56,7 +58,14 @@ impl StateDir {
     pub fn open(root: &Path, clean: bool) -> Result<StateDir, String> {
         let root = std::path::absolute(root)
             .map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
-        fs::create_dir_all(&root).map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
+        let uid = private_dir::my_uid();
+        // The state dir holds the Redis password, the AOF (job data) and
+        // the logs: 0700, whatever the umask. Its parents are the user's.
+        if let Some(parent) = root.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("--state-dir {}: {e}", parent.display()))?;
+        }
+        private_dir::make_or_close(&root, uid).map_err(|e| format!("--state-dir {e}"))?;
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -87,8 +96,8 @@ impl StateDir {
             }
         }
         for sub in ["redis", "logs"] {
-            fs::create_dir_all(root.join(sub))
-                .map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
+            private_dir::make_or_close(&root.join(sub), uid)
+                .map_err(|e| format!("--state-dir {e}"))?;
         }
         Ok(StateDir { root, _lock: lock })
     }
@@ -264,5 +273,55 @@ mod tests {
         drop(l);
         assert_eq!(pick_port(Some(p), &[]).unwrap(), p);
         assert_ne!(pick_port(Some(p), &[p]).unwrap(), p);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The state dir, logs/ and redis/ (the AOF holds job data) are 0700
+    /// whatever the umask; one of an earlier run with 0755 is closed.
+    #[test]
+    fn the_state_dir_and_its_dirs_are_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        drop(StateDir::open(&root, false).unwrap());
+        for d in ["", "logs", "redis"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        for d in ["", "logs", "redis"] {
+            fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        drop(StateDir::open(&root, false).unwrap());
+        for d in ["", "logs", "redis"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+    }
+
+    /// A state dir, or a dir in it, that others could write, or that is
+    /// another user's, is refused with the path and the reason.
+    #[test]
+    fn a_state_dir_others_could_fill_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&root, false).err().unwrap();
+        assert!(e.contains("mode 0777") && e.contains("--state-dir"), "{e}");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(root.join("logs")).unwrap();
+        fs::set_permissions(root.join("logs"), fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&root, false).err().unwrap();
+        assert!(e.contains("logs") && e.contains("mode 0777"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            let theirs = tmp.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+            let e = StateDir::open(&theirs, false).err().unwrap();
+            assert!(e.contains("owned by uid 1000"), "{e}");
+        }
     }
 }

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::Signal;
 use tokio::time::{sleep_until, Instant};
 
 use super::kubelet::Pod;
 use super::{is_stop, End, Event, Runner};
 use crate::exit::Exit;
-use crate::init::proctree;
+use crate::init::pin;
 use crate::init::stop::{self, StopPlan};
 
 /// How long the head and the workers get to stop before SIGKILL: more
@@ -82,7 +82,7 @@ impl Runner<'_> {
     async fn stop_pods(&mut self, pods: &[Pod], grace: Duration, mut hurry: bool) -> bool {
         for pod in pods {
             if let Some(pid) = self.running.get(pod) {
-                let _ = killpg(*pid, Signal::SIGTERM);
+                let _ = self.init.reaper.signal_group(*pid, Signal::SIGTERM);
             }
         }
         let deadline = crate::time::after(Instant::now(), grace);
@@ -113,11 +113,10 @@ impl Runner<'_> {
                         grace.as_secs()
                     ));
                 }
-                let family = proctree::descendants(&proctree::snapshot(), pid);
-                let _ = kill(pid, Signal::SIGKILL);
-                for p in family {
-                    let _ = kill(p.pid, Signal::SIGKILL);
-                }
+                // Only while unreaped: an exit not yet handled left the pid
+                // free for another (its orphans are the init's stop's).
+                let root = self.init.reaper.pin(pid);
+                pin::kill_tree(root.as_ref(), Vec::new());
             }
         }
         hurry

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use nix::unistd::Pid;
 
+use super::pin::Identity;
+
 /// One process, from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -23,6 +25,18 @@ pub struct ProcInfo {
     pub state: char,
     /// The kernel's 15-character command name.
     pub comm: String,
+    /// When it started, in clock ticks since boot (field 22): with the pid,
+    /// who it is (a reused pid starts later).
+    pub start: u64,
+}
+
+impl ProcInfo {
+    pub fn identity(&self) -> Identity {
+        Identity {
+            pid: self.pid,
+            start: self.start,
+        }
+    }
 }
 
 /// Parses the text of `/proc/<pid>/stat`. The command name is in parentheses
@@ -37,12 +51,15 @@ pub fn parse_stat(text: &str) -> Option<ProcInfo> {
     let state = rest.next()?.chars().next()?;
     let ppid: i32 = rest.next()?.parse().ok()?;
     let pgid: i32 = rest.next()?.parse().ok()?;
+    // Fields 6 to 21, then the start time.
+    let start: u64 = rest.nth(16)?.parse().ok()?;
     Some(ProcInfo {
         pid: Pid::from_raw(pid),
         ppid: Pid::from_raw(ppid),
         pgid: Pid::from_raw(pgid),
         state,
         comm,
+        start,
     })
 }
 
@@ -85,8 +102,10 @@ pub fn stat(pid: Pid) -> Option<ProcInfo> {
 
 /// The descendants of `pid`, walked down through each thread's
 /// `/proc/<pid>/task/<tid>/children`: a few small reads, where a whole
-/// `/proc` snapshot reads every process on the machine.
-pub fn descendants_of(pid: Pid) -> Vec<Pid> {
+/// `/proc` snapshot reads every process on the machine. Each comes with its
+/// identity, read with its parent checked, so that a list kept for later
+/// signals no process that took one of these pids since.
+pub fn descendants_of(pid: Pid) -> Vec<Identity> {
     let mut out = Vec::new();
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
@@ -99,8 +118,12 @@ pub fn descendants_of(pid: Pid) -> Vec<Pid> {
             };
             for kid in text.split_whitespace().filter_map(|k| k.parse().ok()) {
                 let kid = Pid::from_raw(kid);
-                if !out.contains(&kid) && out.len() < 10_000 {
-                    out.push(kid);
+                // Gone, or its pid reused by another's child, since the read.
+                let Some(info) = stat(kid).filter(|k| k.ppid == p) else {
+                    continue;
+                };
+                if !out.iter().any(|i: &Identity| i.pid == kid) && out.len() < 10_000 {
+                    out.push(info.identity());
                     queue.push(kid);
                 }
             }
@@ -150,7 +173,10 @@ mod tests {
 
     #[test]
     fn parses_names_with_spaces_and_parens() {
-        let p = parse_stat("42 (a (b) c) S 1 42 42 0 -1 4194560 ...").unwrap();
+        let p =
+            parse_stat("42 (a (b) c) S 1 42 42 0 -1 4194560 97 0 0 0 1 2 0 0 20 0 1 0 123456 7 8")
+                .unwrap();
+        assert_eq!(p.start, 123456);
         assert_eq!(p.pid, Pid::from_raw(42));
         assert_eq!(p.comm, "a (b) c");
         assert_eq!(p.state, 'S');
@@ -158,6 +184,7 @@ mod tests {
         assert_eq!(p.pgid, Pid::from_raw(42));
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S").is_none());
+        assert!(parse_stat("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0").is_none());
     }
 
     #[test]
@@ -168,6 +195,7 @@ mod tests {
             pgid: Pid::from_raw(pid),
             state: 'S',
             comm: String::new(),
+            start: 1,
         };
         let procs = vec![
             mk(1, 0),
@@ -202,7 +230,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
-        let mut under = Vec::new();
+        let mut under: Vec<Identity> = Vec::new();
         for _ in 0..500 {
             under = descendants_of(pid);
             if !under.is_empty() {
@@ -213,11 +241,9 @@ mod tests {
         let found = descendants_of(nix::unistd::getpid());
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        for p in &under {
-            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGKILL);
-        }
+        super::super::pin::signal_all(under.clone(), nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
-        assert!(found.contains(&pid), "{found:?}");
+        assert!(found.iter().any(|i| i.pid == pid), "{found:?}");
         assert_eq!(under.len(), 1, "the sleep under sh: {under:?}");
         assert!(stat(nix::unistd::getpid()).is_some());
     }

@@ -25,6 +25,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pin::{Identity, Pinned};
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -96,6 +98,9 @@ pub struct Mark(u64);
 struct Owner {
     name: String,
     tx: oneshot::Sender<ExitStatus>,
+    /// Read under the lock while the pid was unreaped, so it is this
+    /// process's; `None` if `/proc` could not be read.
+    id: Option<Identity>,
 }
 
 pub struct Reaper {
@@ -197,6 +202,7 @@ impl Reaper {
             Owner {
                 name: name.to_string(),
                 tx,
+                id: Identity::of(pid),
             },
         );
         self.idle.send_if_modified(|v| std::mem::replace(v, false));
@@ -236,10 +242,31 @@ impl Reaper {
                 Owner {
                     name: name.to_string(),
                     tx,
+                    id: Identity::of(pid),
                 },
             );
         }
         rx
+    }
+
+    /// Pins a process rayhead spawned or watches, for a signal: `None` once
+    /// it has been reaped (its pid may be anyone's now) or was never ours.
+    /// The lock keeps it from being reaped while it is pinned; the pidfd
+    /// keeps a signal from reaching another after that.
+    pub fn pin(&self, pid: Pid) -> Option<Pinned> {
+        let inner = self.lock();
+        Pinned::pin(inner.owners.get(&pid)?.id?)
+    }
+
+    /// Signals the process group that `leader` (a process rayhead spawned)
+    /// leads, only while the leader is unreaped: its pid, and so the
+    /// group's id, cannot be anyone else's then. `Err(ESRCH)` after.
+    pub fn signal_group(&self, leader: Pid, sig: Signal) -> nix::Result<()> {
+        let inner = self.lock();
+        if !inner.owners.contains_key(&leader) {
+            return Err(Errno::ESRCH);
+        }
+        nix::sys::signal::killpg(leader, sig)
     }
 
     /// `true` while rayhead has no child left to reap (its whole tree is gone).

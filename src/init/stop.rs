@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pin::{self, Pinned};
 use super::proctree;
 use super::reaper::Reaper;
 use super::{output, spawn};
@@ -164,7 +165,7 @@ async fn run_stop_command(
             }
             _ = sleep_until(until) => {
                 tracing::warn!(command = %line, "stop command timed out: killing it");
-                let _ = killpg(spawned.pid, Signal::SIGKILL);
+                let _ = reaper.signal_group(spawned.pid, Signal::SIGKILL);
                 return false;
             }
             Some(sig) = signals.recv() => {
@@ -191,8 +192,19 @@ fn forward(plan: &StopPlan, sig: Signal) {
 }
 
 /// Sends `sig` to a process group; a group that is already gone is fine.
+/// Only while one of rayhead's own live descendants is in it: a group id
+/// is a pid, free again once the group is empty, and a stranger that
+/// takes it and leads a group of its own must not get the signal.
 pub fn forward_to_group(pgid: Pid, sig: Signal) {
-    match killpg(pgid, sig) {
+    let ours = proctree::live_descendants_of_self()
+        .iter()
+        .any(|p| p.pgid == pgid);
+    let sent = if ours {
+        killpg(pgid, sig)
+    } else {
+        Err(nix::errno::Errno::ESRCH)
+    };
+    match sent {
         Ok(()) => tracing::info!(
             signal = sig.as_str(),
             pgid = pgid.as_raw(),
@@ -222,12 +234,14 @@ fn terminate(group: Option<(Pid, Signal)>) -> usize {
             let _ = killpg(pgid, Signal::SIGCONT);
         }
     }
-    for p in &procs {
-        if group.is_some_and(|(pgid, _)| p.pgid == pgid) {
-            continue;
-        }
-        let _ = kill(p.pid, Signal::SIGTERM);
-        let _ = kill(p.pid, Signal::SIGCONT);
+    let rest: Vec<_> = procs
+        .iter()
+        .filter(|p| group.is_none_or(|(pgid, _)| p.pgid != pgid))
+        .filter_map(|p| Pinned::pin(p.identity()))
+        .collect();
+    for p in &rest {
+        let _ = p.signal(Signal::SIGTERM);
+        let _ = p.signal(Signal::SIGCONT);
     }
     procs.len()
 }
@@ -235,8 +249,6 @@ fn terminate(group: Option<(Pid, Signal)>) -> usize {
 /// SIGKILL to every live descendant; returns how many there were.
 fn kill_all() -> usize {
     let procs = proctree::live_descendants_of_self();
-    for p in &procs {
-        let _ = kill(p.pid, Signal::SIGKILL);
-    }
+    pin::signal_all(procs.iter().map(|p| p.identity()), Signal::SIGKILL);
     procs.len()
 }

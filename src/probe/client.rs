@@ -6,8 +6,9 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
+
+use super::socket::{self, SocketPlace};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,18 +33,26 @@ pub fn query(base: &str, path: &str) -> (bool, String) {
     verdict(&url, fetch_tcp(base, path))
 }
 
-/// Queries `path` over the Unix socket `socket`.
-pub fn query_socket(socket: &Path, path: &str) -> (bool, String) {
-    let url = format!("unix:{}:{path}", socket.display());
-    let answer = UnixStream::connect(socket)
+/// Queries `path` over the exec probe's Unix socket; `None` when nothing
+/// serves it (the caller asks probe.listen instead). Fails closed: a
+/// directory of rayhead's own that another user could have filled, or a
+/// server running as another user (not root), gives a failed probe that
+/// says why, never its answer.
+pub fn query_socket(place: &SocketPlace, path: &str) -> Option<(bool, String)> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let url = format!("unix:{}:{path}", place.path.display());
+    if let Some(dir) = &place.own_dir {
+        match socket::check_own_dir(dir, uid) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(verdict(&url, Err(e.to_string()))),
+        }
+    }
+    let stream = UnixStream::connect(&place.path).ok()?;
+    let answer = socket::check_peer(&stream, &place.path, uid)
         .map_err(|e| e.to_string())
-        .and_then(|s| exchange(s, "localhost", path));
-    verdict(&url, answer)
-}
-
-/// Whether something serves `socket` now.
-pub fn socket_answers(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
+        .and_then(|()| exchange(stream, "localhost", path));
+    Some(verdict(&url, answer))
 }
 
 fn verdict(url: &str, answer: Result<(u16, String), String>) -> (bool, String) {

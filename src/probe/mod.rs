@@ -11,11 +11,11 @@
 
 pub mod client;
 pub mod routes;
+pub mod socket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::Snapshot;
+use socket::SocketPlace;
 
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -205,19 +206,23 @@ async fn connection<S>(
     }
 }
 
-/// Binds `probe.socket`: a stale socket file (a rayhead that died) is
-/// replaced; one that answers belongs to another rayhead, and is an error.
-pub async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another rayhead serves it",
-            ));
-        }
-        std::fs::remove_file(path)?;
+/// Binds `probe.socket`: rayhead's own directory is made (or checked)
+/// first; a stale socket of this user's (a rayhead that died) is replaced;
+/// one that answers belongs to another rayhead, and anything else in the
+/// way (a file, a symlink, another user's socket) is left alone: both are
+/// errors that name the path.
+pub fn bind_socket(place: &SocketPlace) -> std::io::Result<(UnixListener, socket::Bound)> {
+    let uid = nix::unistd::geteuid().as_raw();
+    if let Some(dir) = &place.own_dir {
+        socket::make_own_dir(dir, uid)?;
     }
-    UnixListener::bind(path)
+    // A local connect is answered or refused at once: no need to await.
+    socket::clear_stale(&place.path, uid, || {
+        std::os::unix::net::UnixStream::connect(&place.path).is_ok()
+    })?;
+    let listener = UnixListener::bind(&place.path)?;
+    let bound = socket::Bound::record(&place.path)?;
+    Ok((listener, bound))
 }
 
 fn respond(reply: routes::Reply, head: bool) -> Response<Full<Bytes>> {

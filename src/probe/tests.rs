@@ -383,3 +383,181 @@ async fn garbage_slow_and_oversized_clients_do_not_hurt() {
     assert_eq!(s.req("GET", "/livez").await.0, 200);
     s.stop().await;
 }
+
+mod socket_place {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::super::socket::*;
+    use super::super::{bind_socket, client};
+    use crate::config::SocketSetting;
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    fn at(path: &Path) -> SocketPlace {
+        SocketPlace::resolve(&SocketSetting::At(path.into()), None, me()).unwrap()
+    }
+
+    fn chown(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    }
+
+    #[test]
+    fn auto_is_in_rayheads_own_directory() {
+        let auto = SocketSetting::Auto { port: 8099 };
+        let p = SocketPlace::resolve(&auto, Some("/run/user/1000".into()), 1000).unwrap();
+        assert_eq!(p.path, Path::new("/run/user/1000/rayhead/probe-8099.sock"));
+        assert_eq!(
+            p.own_dir.as_deref(),
+            Some(Path::new("/run/user/1000/rayhead"))
+        );
+        for xdg in [None, Some("".into()), Some("relative/dir".into())] {
+            let p = SocketPlace::resolve(&auto, xdg, 1000).unwrap();
+            assert_eq!(p.path, Path::new("/tmp/rayhead-1000/probe-8099.sock"));
+        }
+        assert_eq!(SocketPlace::resolve(&SocketSetting::Off, None, 0), None);
+        assert_eq!(at(Path::new("/x.sock")).own_dir, None);
+    }
+
+    /// The directory is made 0700 whatever the umask, and a second
+    /// rayhead (or `rayhead probe`) accepts it.
+    #[test]
+    fn the_own_directory_is_made_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rayhead");
+        make_own_dir(&dir, me()).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700);
+        make_own_dir(&dir, me()).unwrap();
+        check_own_dir(&dir, me()).unwrap();
+    }
+
+    /// Another user's directory, one of ours open to others, and a
+    /// symlink to one of ours are each refused with a reason; the socket
+    /// is not served there, and `rayhead probe` believes nothing there.
+    #[test]
+    fn a_directory_others_could_fill_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = tmp.path().join("link");
+        let ours = tmp.path().join("ours");
+        make_own_dir(&ours, me()).unwrap();
+        std::os::unix::fs::symlink(&ours, &link).unwrap();
+        let cases: Vec<(&Path, &str)> = if me() == 0 {
+            chown(&theirs, 65534);
+            vec![
+                (&theirs, "owned by uid 65534"),
+                (&open, "mode 0777"),
+                (&link, "not a directory"),
+            ]
+        } else {
+            vec![(&open, "mode 0777"), (&link, "not a directory")]
+        };
+        for (dir, why) in cases {
+            let e = make_own_dir(dir, me()).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains(&*dir.to_string_lossy()),
+                "{e}"
+            );
+            let place = SocketPlace {
+                path: dir.join("probe-1.sock"),
+                own_dir: Some(dir.to_path_buf()),
+            };
+            let e = bind_socket(&place).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+            let (ok, text) = client::query_socket(&place, "/livez").expect("fails closed");
+            assert!(!ok && text.contains(why), "{text}");
+        }
+        // Nothing was served in the open one.
+        assert!(!open.join("probe-1.sock").exists());
+    }
+
+    /// A mis-set probe.socket naming a file, or a symlink planted at the
+    /// path: neither is deleted, and the error names the path and why.
+    #[tokio::test]
+    async fn a_squatted_path_is_not_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("precious.txt");
+        std::fs::write(&file, "data").unwrap();
+        let e = bind_socket(&at(&file)).unwrap_err().to_string();
+        assert!(
+            e.contains("a file is in the way") && e.contains("precious.txt"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+        let link = tmp.path().join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = bind_socket(&at(&link)).unwrap_err().to_string();
+        assert!(e.contains("a symlink"), "{e}");
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+    }
+
+    /// A stale socket of ours is replaced; a live one is another
+    /// rayhead's; another user's socket is never replaced.
+    #[tokio::test]
+    async fn only_a_stale_socket_of_ours_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("probe.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let (live, bound) = bind_socket(&at(&path)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let e = bind_socket(&at(&path)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        drop(live);
+        if me() == 0 {
+            chown(&path, 65534);
+            let e = bind_socket(&at(&path)).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+            assert!(path.exists());
+            chown(&path, 0);
+        }
+        // The exit removes the socket bound, but not a file or another
+        // user's socket put there since.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "not a socket").unwrap();
+        let bound_again = bound;
+        bound_again.remove();
+        assert!(path.exists(), "a file was removed");
+        std::fs::remove_file(&path).unwrap();
+        let (_l, bound) = bind_socket(&at(&path)).unwrap();
+        if me() == 0 {
+            chown(&path, 65534);
+            let (dev, ino) = {
+                let m = std::fs::metadata(&path).unwrap();
+                (m.dev(), m.ino())
+            };
+            assert!(dev > 0 && ino > 0);
+            // Same inode, another owner: not ours any more.
+            let probe_bound = Bound::record(&path);
+            assert!(probe_bound.is_ok());
+            bound.remove();
+            assert!(path.exists(), "another user's socket was removed");
+            chown(&path, 0);
+            probe_bound.unwrap().remove();
+            assert!(!path.exists());
+            return;
+        }
+        bound.remove();
+        assert!(!path.exists());
+    }
+
+    /// Nothing serves the socket: the caller falls back to probe.listen.
+    #[test]
+    fn an_unserved_socket_falls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(client::query_socket(&at(&tmp.path().join("none.sock")), "/livez").is_none());
+        let auto = SocketPlace {
+            path: tmp.path().join("missing/probe-1.sock"),
+            own_dir: Some(tmp.path().join("missing")),
+        };
+        assert!(client::query_socket(&auto, "/livez").is_none());
+    }
+}

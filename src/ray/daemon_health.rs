@@ -27,14 +27,17 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
+use crate::init::pin::Identity;
 use crate::init::proctree;
 
-/// Each watched daemon's descendants, as last seen.
+/// Each watched daemon's descendants, as last seen: by identity, since
+/// any of them may have exited and its pid gone to another by the time a
+/// restart kills them.
 #[derive(Clone, Default)]
-pub struct Families(Arc<Mutex<HashMap<Pid, Vec<Pid>>>>);
+pub struct Families(Arc<Mutex<HashMap<Pid, Vec<Identity>>>>);
 
 impl Families {
-    fn record(&self, pid: Pid, kids: Vec<Pid>) {
+    fn record(&self, pid: Pid, kids: Vec<Identity>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -42,7 +45,7 @@ impl Families {
     }
 
     /// The descendants last seen of `pid`, forgotten.
-    pub fn take(&self, pid: Pid) -> Vec<Pid> {
+    pub fn take(&self, pid: Pid) -> Vec<Identity> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -56,6 +59,10 @@ impl Families {
 pub struct Target {
     pub daemon: Daemon,
     pub pid: Pid,
+    /// Its start time, read while the reaper held it unreaped: once the
+    /// pid names a process that started at another time, the daemon is
+    /// gone, and neither its health nor its family is that process's.
+    pub start: u64,
     pub check: Check,
     /// For HTTP: the `--host` and `--port` of its argv.
     pub http: Option<(String, u16)>,
@@ -83,14 +90,19 @@ pub async fn watch(
             _ = tokio::time::sleep(interval) => {}
             _ = cancel.cancelled() => return,
         }
-        let Some(me) = proctree::stat(target.pid) else {
+        let Some(me) = proctree::stat(target.pid).filter(|p| p.start == target.start) else {
             return;
         };
         if matches!(me.state, 'Z' | 'X') {
             return;
         }
         if restartable && checks.is_multiple_of(5) {
-            families.record(target.pid, proctree::descendants_of(target.pid));
+            let kids = proctree::descendants_of(target.pid);
+            // Kept only if the walk was the daemon's own: it still lived
+            // after it.
+            if proctree::stat(target.pid).is_some_and(|p| p.start == target.start) {
+                families.record(target.pid, kids);
+            }
         }
         checks += 1;
         let verdict = if matches!(me.state, 'T' | 't') {
@@ -282,5 +294,64 @@ mod tests {
         assert_eq!(t(Some("10.1.2.3"), Some("1")), Some(("10.1.2.3".into(), 1)));
         assert_eq!(t(None, Some("x")), None);
         assert_eq!(t(None, None), None);
+    }
+
+    /// The watched pid now names a process that started at another time
+    /// (the daemon exited, was reaped, and the pid was reused): the watch
+    /// ends without a health event, and records no family for a later
+    /// kill, while the same process under its own identity is watched.
+    #[tokio::test]
+    async fn a_reused_pid_is_neither_watched_nor_its_family_kept() {
+        let mut other = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(other.id() as i32);
+        let id = crate::init::pin::Identity::of(pid).unwrap();
+        let run = |start| {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let families = Families::default();
+            let target = Target {
+                daemon: Daemon::LogMonitor,
+                pid,
+                start,
+                check: Check::Process,
+                http: None,
+            };
+            let cancel = CancellationToken::new();
+            let f = families.clone();
+            async move {
+                let task = tokio::spawn(watch(
+                    target,
+                    Duration::from_millis(10),
+                    Duration::from_secs(1),
+                    tx,
+                    f,
+                    cancel.clone(),
+                ));
+                let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+                cancel.cancel();
+                let _ = task.await;
+                (first.ok().flatten().is_some(), families.take(pid))
+            }
+        };
+        let (heard, family) = run(id.start + 1).await;
+        // Its own identity: the same process is watched (the control).
+        let (heard_own, _) = run(id.start).await;
+        crate::init::pin::signal_all(
+            proctree::descendants_of(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(
+            !heard,
+            "a health event for a process that is not the daemon"
+        );
+        assert!(
+            family.is_empty(),
+            "a family kept for another process: {family:?}"
+        );
+        assert!(heard_own);
     }
 }

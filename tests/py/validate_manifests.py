@@ -56,7 +56,8 @@ def head_facts(spec):
     pod = tmpl.get("spec", {})
     c = (pod.get("containers") or [{}])[0]
     probe = lambda p: {"path": c.get(p, {}).get("httpGet", {}).get("path"),
-                       "port": c.get(p, {}).get("httpGet", {}).get("port")}
+                       "port": c.get(p, {}).get("httpGet", {}).get("port"),
+                       "exec": c.get(p, {}).get("exec", {}).get("command")}
     return {
         "command": c.get("command"),
         "image": c.get("image"),

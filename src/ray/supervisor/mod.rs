@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
@@ -35,7 +35,7 @@ use crate::exit::Exit;
 use crate::init::output::{self, Tail};
 use crate::init::reaper::{ExitStatus, Mark};
 use crate::init::stop::{self, StopPlan};
-use crate::init::{proctree, spawn, Init};
+use crate::init::{pin, proctree, spawn, Init};
 use crate::state::{Phase, State};
 use machine::{Action, Event, Machine, Outcome, StartError};
 
@@ -179,31 +179,31 @@ impl<'a> Supervisor<'a> {
             }
             Action::Adopt(found) => self.adopt(found),
             Action::WatchHealth(daemon, pid) => self.watch_health(daemon, pid),
+            // Each by identity: the daemon may be reaped already, and the
+            // family list is seconds old; a pid reused since is spared.
             Action::KillTree(pid) => {
-                let mut pids = self.families.take(pid);
-                pids.extend(
-                    proctree::descendants(&proctree::snapshot(), pid)
-                        .into_iter()
-                        .map(|p| p.pid),
-                );
-                let _ = kill(pid, Signal::SIGKILL);
-                for p in pids {
-                    let _ = kill(p, Signal::SIGKILL);
-                }
+                let root = self.init.reaper.pin(pid);
+                pin::kill_tree(root.as_ref(), self.families.take(pid));
             }
             Action::Monitor(mode) => {
                 self.mode_tx.send_replace(mode);
             }
             Action::Kill(pid) => {
-                let _ = kill(pid, Signal::SIGKILL);
+                if let Some(p) = self.init.reaper.pin(pid) {
+                    let _ = p.signal(Signal::SIGKILL);
+                }
             }
             Action::KillBlockGcs => {
+                // `ray start --block` reaps it, not rayhead: it is held by
+                // the identity the scan saw.
                 let parent = self.ray_start.unwrap_or_else(nix::unistd::getpid);
-                for (d, pid) in daemons::find(&proctree::snapshot(), parent) {
-                    if d == Daemon::GcsServer {
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
-                }
+                let snap = proctree::snapshot();
+                let gcs = daemons::find(&snap, parent)
+                    .into_iter()
+                    .filter(|(d, _)| *d == Daemon::GcsServer)
+                    .filter_map(|(_, pid)| snap.iter().find(|p| p.pid == pid))
+                    .map(|p| p.identity());
+                pin::signal_all(gcs, Signal::SIGKILL);
             }
             Action::StartDaemon(daemon) => {
                 let started = self.start_daemon(daemon);
@@ -326,9 +326,14 @@ impl<'a> Supervisor<'a> {
     /// Checks a daemon's health every ray.health-interval, until it is gone.
     fn watch_health(&self, daemon: Daemon, pid: Pid) {
         let spec = self.specs.get(&daemon);
+        // Only a daemon still unreaped: its pid may be anyone's after.
+        let Some(pinned) = self.init.reaper.pin(pid) else {
+            return;
+        };
         let target = Target {
             daemon,
             pid,
+            start: pinned.identity().start,
             check: daemon.spec().check,
             http: spec.and_then(|s| http_target(s.arg("--host"), s.arg("--port"))),
         };
