@@ -25,6 +25,24 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A word of anything but whitespace: arbitrary Unicode, with the
+/// characters the redactor looks at made common.
+fn word() -> impl Strategy<Value = String> {
+    prop_oneof!["\\PC{0,12}", "[-'\"=:@/,{}a-z]{0,12}",]
+        .prop_map(|w| w.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
+/// One or more whitespace characters of any kind, as a line may hold them.
+fn separator() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            ' ', '\t', '\r', '\n', '\u{a0}', '\u{2028}', '\u{85}', '\u{3000}', '\u{b}',
+        ]),
+        1..3,
+    )
+    .prop_map(|v| v.into_iter().collect())
+}
+
 /// A secret that cannot appear in text by chance.
 fn secret() -> impl Strategy<Value = String> {
     "[A-Za-z0-9]{12,24}".prop_map(|s| format!("Zq{s}"))
@@ -93,22 +111,61 @@ proptest! {
     }
 
     #[test]
-    fn no_secret_survives_redaction(words in prop::collection::vec("[a-z=/:-]{0,12}", 0..6), pw in secret(), opt in "(redis[-_]password|passwd|token|secret|x-credential)", form in 0..7u8, quote in "['\"]?") {
-        let mut argv: Vec<String> = words.clone();
-        match form {
-            0 => argv.push(format!("{quote}--{opt}={pw}{quote}")),
-            1 => { argv.push(format!("{quote}--{opt}{quote}")); argv.push(format!("{quote}{pw}{quote}")); }
-            2 => argv.push(format!("{quote}redis://user:{pw}@h:1/0{quote}")),
-            3 => argv.push(format!("rediss://{pw}@h:6379")),
-            4 => argv.push(format!("{quote}{}={pw}{quote}", opt.to_uppercase().replace('-', "_"))),
-            5 => argv.push(format!("--worker_command=python w.py --{opt}={pw} -Dray.{opt}={pw} x")),
-            _ => argv.push(format!("-{opt}={pw}")),
+    fn no_secret_survives_redaction(
+        words in prop::collection::vec(word(), 0..6),
+        seps in prop::collection::vec(separator(), 8),
+        pw in secret(),
+        opt in "(redis[-_]password|passwd|token|secret|x-credential|REDIS_PASSWORD)",
+        form in 0..14u8,
+        quote in "['\"]?",
+    ) {
+        let s = |i: usize| seps[i % seps.len()].as_str();
+        let q = quote.as_str();
+        let placed = match form {
+            0 => format!("{q}--{opt}={pw}{q}"),
+            1 => format!("{q}--{opt}{q}{}{q}{pw}{q}", s(0)),
+            2 => format!("{q}redis://user:{pw}@h:1/0{q}"),
+            3 => format!("rediss://{pw}@h:6379"),
+            4 => format!("{q}{}={pw}{q}", opt.to_uppercase().replace('-', "_")),
+            5 => format!("--worker_command=python w.py --{opt}={pw} -Dray.{opt}={pw} x"),
+            6 => format!("-{opt}={pw}"),
+            // The tail of a quoted value.
+            7 => format!("--{opt}='{pw}{}{pw}'{}x", s(1), s(2)),
+            8 => format!("{{\"{opt}\":{}\"{pw}{}{pw}\", \"port\": 1}}", s(3), s(4)),
+            9 => format!("redis-server{}--port 1 --requirepass{}{pw}{}--masterauth {pw}", s(5), s(6), s(7)),
+            10 => format!("/usr/bin/redis-cli -h h{}-a{}{pw} ping", s(0), s(1)),
+            11 => format!("redis://:{pw}@a:1,rediss://u:{pw}@b:2"),
+            12 => format!("redis://:{pw}/{pw}==@127.0.0.1"),
+            _ => format!("{{'{opt}': '{pw}'}}"),
+        };
+        let mut line = String::new();
+        for (i, w) in words.iter().enumerate() {
+            line.push_str(w);
+            line.push_str(s(i));
         }
-        let line = argv.join(" ");
-        prop_assert!(!crate::redact::command_line(&argv).contains(&pw));
-        prop_assert!(!crate::redact::line(&line).contains(&pw), "{}", crate::redact::line(&line));
-        let quoted = format!("'{}'", line);
+        line.push_str(&placed);
+        line.push_str(s(7));
+        line.push_str("tail");
+        let got = crate::redact::line(&line);
+        prop_assert!(!got.contains(&pw), "{line:?} -> {got:?}");
+        let quoted = format!("'{line}'");
         prop_assert!(!crate::redact::line(&quoted).contains(&pw));
+        // As an argv: cut at whitespace as a shell would, and whole.
+        let argv: Vec<&str> = line.split(char::is_whitespace).filter(|w| !w.is_empty()).collect();
+        let got = crate::redact::command_line(&argv);
+        prop_assert!(!got.contains(&pw), "{argv:?} -> {got:?}");
+        let got = crate::redact::command_line(&["sh", "-c", &line]);
+        prop_assert!(!got.contains(&pw), "{line:?} -> {got:?}");
+    }
+
+    #[test]
+    fn the_redactor_takes_any_text(t in any::<String>(), u in "(\\PC|[\r\n\t\u{a0}\u{2028}'\"=:@/, -]){0,200}") {
+        for t in [&t, &u] {
+            let _ = crate::redact::line(t);
+            let _ = crate::redact::url(t);
+            let words: Vec<&str> = t.split(' ').collect();
+            prop_assert_eq!(crate::redact::argv(&words).len(), words.len());
+        }
     }
 
     #[test]

@@ -183,3 +183,55 @@ fn each_bad_key_exits_64_and_is_named() {
     }
     assert!(tried >= 20, "only {tried} keys tried");
 }
+
+/// A command whose words hold whitespace that is not a space (a `\r`, a
+/// non-breaking space) once sent PID 1 into unbounded recursion in the
+/// redactor; and the secrets of a command line, in every spelling, are
+/// redacted from what rayhead logs of it (a plain command's own output is
+/// its own: it is not rayhead's to rewrite).
+#[test]
+fn run_logs_any_command_line_without_crashing_or_leaking() {
+    let dir = Dir::new("run-words");
+    for script in [
+        "true; echo https://x/y\r",
+        "true; echo https://x/y\u{a0}",
+        "echo a\u{2028}b\u{85}c\u{3000}\u{b}d",
+    ] {
+        let out = dir
+            .rayhead()
+            .args(["run", "--", "sh", "-c", script])
+            .run(LIMIT);
+        out.assert_code(0);
+    }
+    let secret = "Zq7hunter2secret";
+    for argv in [
+        vec![
+            "redis-server",
+            "--port",
+            "0",
+            "--requirepass",
+            secret,
+            "--version",
+        ],
+        vec!["redis-cli", "-a", secret, "--version"],
+        vec![
+            "sh",
+            "-c",
+            &format!(": --redis-password  {secret}"),
+            "--masterauth",
+        ],
+        vec![
+            "sh",
+            "-c",
+            &format!(": '{{\"redis_password\": \"a {secret}\"}}'"),
+        ],
+        vec![
+            "sh",
+            "-c",
+            ": redis://:Ab/Zq7hunter2secret==@127.0.0.1,redis://:Zq7hunter2secret@h:1",
+        ],
+    ] {
+        let out = dir.rayhead().args(["run", "--"]).args(argv).run(LIMIT);
+        out.assert_no_secret(secret);
+    }
+}
