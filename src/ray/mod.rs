@@ -7,6 +7,9 @@ pub mod command;
 pub mod daemon_health;
 pub mod daemons;
 pub mod health;
+pub mod shell;
+#[cfg(test)]
+mod shell_oracle;
 mod supervisor;
 
 use std::time::Duration;
