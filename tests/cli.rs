@@ -235,3 +235,53 @@ fn run_logs_any_command_line_without_crashing_or_leaking() {
         out.assert_no_secret(secret);
     }
 }
+
+/// A URL password with a `/` (the review's case), a password in the
+/// second entry of a comma list, one cut at a comma: `redis-check` fails
+/// on each without echoing it; `config check` lists the address and a
+/// start command with a literal password, masked.
+#[test]
+fn addresses_and_config_never_show_a_password() {
+    let dir = Dir::new("address-leaks");
+    let secret = "Zq7Cd3secret";
+    for address in [
+        format!("redis://:Ab/{secret}==@127.0.0.1"),
+        format!("rediss://u:{secret}?x#y@h:0"),
+        format!("a:1,redis://:{secret}@b:2,c"),
+        format!("redis://:{}@h:1", secret.replace("Cd3", ",Cd3")),
+        format!("{secret}://u:p@h:1"),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("RAY_REDIS_ADDRESS", &address)
+            .args(["redis-check"])
+            .run(LIMIT);
+        assert_ne!(out.code, Some(0), "{address}: {}", out.dump());
+        out.assert_no_secret(secret)
+            .assert_no_secret("Zq7")
+            .assert_no_secret("Cd3secret");
+    }
+    let out = dir
+        .rayhead()
+        .env(
+            "RAY_REDIS_ADDRESS",
+            format!("redis://:Ab/{secret}==@127.0.0.1:1"),
+        )
+        .env(
+            "KUBERAY_GEN_RAY_START_CMD",
+            format!("ray start --head --redis-password={secret} --x-token  '{secret} b'"),
+        )
+        .args(["config", "check"])
+        .run(LIMIT);
+    out.assert_code(0).assert_no_secret(secret);
+    assert!(
+        out.stdout.contains("redis://:<redacted>@127.0.0.1:1"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("--redis-password=<redacted>"),
+        "{}",
+        out.dump()
+    );
+}
