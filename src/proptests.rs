@@ -94,14 +94,79 @@ proptest! {
     }
 
     #[test]
-    fn the_start_command_splitter_never_panics(t in "\\PC{0,80}", v in text()) {
+    fn the_start_command_splitter_never_panics(t in prop_oneof![any::<String>(), "\\PC{0,80}", "[$'\"\\\\{}() a-z\\n]{0,40}"], v in text()) {
         let env = [("REDIS_PASSWORD", v.as_str())];
         let _ = crate::ray::command::from_text(&t, &env);
         let _ = crate::config::value::split_command(&t);
     }
 
     #[test]
-    fn redis_addresses_never_panic_nor_show_their_password(t in "\\PC{0,60}", host in "[a-z]{1,10}", port in any::<u16>(), pw in secret()) {
+    fn config_values_parse_or_say_why(t in prop_oneof![any::<String>(), text()], k in 0..KEYS.len()) {
+        use crate::config::keys::EnvUnit;
+        use crate::config::value::parse_text;
+        let kind = KEYS[k].kind;
+        for unit in [EnvUnit::Plain, EnvUnit::Seconds, EnvUnit::Milliseconds] {
+            if let Err(e) = parse_text(kind, unit, &t) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_with_any_password_never_show_it(
+        host in "[a-z]{1,10}",
+        port in any::<u16>(),
+        pw in (secret(), "[/?#@:,=%]{0,3}", secret()).prop_map(|(a, b, c)| format!("{a}{b}{c}")),
+        form in 0..6u8,
+        junk in "\\PC{0,8}",
+    ) {
+        let text = match form {
+            0 => format!("redis://u:{pw}@{host}:{port}"),
+            1 => format!("rediss://{pw}@{host}{junk}"),
+            2 => format!("redis://:{pw}@[::1]:{port},b:1"),
+            3 => format!("a:1,redis://:{pw}@{host}:{port}"),
+            4 => format!("redis://:{pw}@{junk}"),
+            _ => format!("{junk}://:{pw}@{host}:{port}"),
+        };
+        // Cut at the comma Ray cuts a list at, each part is a secret: none
+        // of the halves may show.
+        let parts: Vec<&str> = pw.split(',').filter(|p| p.len() >= 4).collect();
+        let shown = match crate::redis::address::parse(&text) {
+            Ok(a) => format!("{a} {a:?}"),
+            Err(e) => e,
+        };
+        for p in parts {
+            prop_assert!(!shown.contains(p), "{text:?} -> {shown}");
+        }
+        prop_assert!(!crate::redact::line(&text).contains(&pw));
+    }
+
+    #[test]
+    fn any_http_answer_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..300), length in any::<u64>()) {
+        let _ = crate::probe::client::parse_answer(&raw);
+        let mut with_length = format!("HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+        with_length.extend_from_slice(&raw);
+        for bytes in [&raw, &with_length] {
+            let read = crate::probe::client::read_answer(&mut std::io::Cursor::new(bytes)).unwrap();
+            prop_assert!(read.len() <= bytes.len());
+            let _ = crate::probe::client::parse_answer(&read);
+        }
+    }
+
+    #[test]
+    fn any_proc_stat_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..100), comm in prop::collection::vec(any::<u8>(), 0..20), pid in 1..i32::MAX) {
+        let _ = crate::init::proctree::parse_stat(&raw);
+        let _ = crate::init::proctree::split_nul(&raw);
+        // Whatever a process calls itself, it is seen.
+        let mut stat = format!("{pid} (").into_bytes();
+        stat.extend_from_slice(&comm);
+        stat.extend_from_slice(b") S 1 1 0 -1");
+        let p = crate::init::proctree::parse_stat(&stat);
+        prop_assert_eq!(p.map(|p| p.pid.as_raw()), Some(pid));
+    }
+
+    #[test]
+    fn redis_addresses_never_panic_nor_show_their_password(t in prop_oneof![any::<String>(), "\\PC{0,60}"], host in "[a-z]{1,10}", port in any::<u16>(), pw in secret()) {
         let _ = crate::redis::address::parse(&t);
         for form in [format!("redis://u:{pw}@{host}:{port}"), format!("rediss://{pw}@{host}:{port}/0"), format!("redis://:{pw}@[::1]:{port},b:1")] {
             if let Ok(a) = crate::redis::address::parse(&form) {
