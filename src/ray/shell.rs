@@ -58,11 +58,15 @@ pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
                 cur.clear();
                 in_word = false;
                 quoted = false;
-                if c == '\n' && chars[i..].iter().any(|c| !matches!(c, ' ' | '\t' | '\n')) {
-                    return Err(format!(
-                        "a newline {} starts a second command; rayhead runs one `ray start`",
-                        at(i)
-                    ));
+                if c == '\n' {
+                    // The end, unless a second command follows.
+                    if chars[i..].iter().any(|c| !matches!(c, ' ' | '\t' | '\n')) {
+                        return Err(format!(
+                            "a newline {} starts a second command; rayhead runs one `ray start`",
+                            at(i)
+                        ));
+                    }
+                    return Ok(out);
                 }
                 i += 1;
             }
@@ -271,6 +275,10 @@ mod tests {
         assert_eq!(argv("a\\\nb \"c\\\nd\" 'e\\\nf'"), ["ab", "cd", "e\\\nf"]);
         assert_eq!(argv("  a\r\u{a0}b\t\\# \n\n "), ["a\r\u{a0}b", "#"]);
         assert_eq!(argv("a#b }"), ["a#b", "}"]);
+        // Huge inputs end (each character is looked at about once).
+        for unit in ["\n", " \n", "$A", "'x'", "\\\n", "\"$A\""] {
+            let _ = argv(&format!("a {}", unit.repeat(200_000)));
+        }
         let w = words("$U ${V} $U", &[("A", "a")]).unwrap();
         assert_eq!(w.unset, ["U", "V"]);
     }
