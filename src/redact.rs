@@ -12,7 +12,8 @@
 //! next word", "hide until this quote closes").
 
 /// Marks an option name as secret when it contains one of these words
-/// (`requirepass` and `masterauth` are Redis's own password settings).
+/// (`requirepass` and `masterauth` are Redis's own password settings,
+/// `REDISCLI_AUTH` redis-cli's password variable).
 const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
@@ -21,6 +22,7 @@ const SECRET_WORDS: &[&str] = &[
     "credential",
     "requirepass",
     "masterauth",
+    "rediscli_auth",
 ];
 
 /// Option names that are secret only as a whole: redis-cli's `--pass`, and
@@ -360,6 +362,7 @@ mod tests {
             "redis-server /etc/r.conf requirepass hunter2",
             "/usr/bin/redis-cli -h h -a hunter2 ping",
             "redis-cli --pass hunter2",
+            "env REDISCLI_AUTH=hunter2 redis-cli ping",
             "redis://:hunter2@a:1,redis://:s3cr3t@b:2",
             "a:1,redis://:hunter2@b:2",
             "redis://:hunter2/s3cr3t==@127.0.0.1",
