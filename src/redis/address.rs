@@ -68,8 +68,33 @@ impl Parts<'_> {
             Some(Some((user, _))) => format!("{user}:<redacted>@"),
             Some(None) => "<redacted>@".to_string(),
         };
-        let hostport = if self.hidden { "..." } else { self.hostport };
-        format!("{:?}", format!("{scheme}{user}{hostport}"))
+        format!("{:?}", format!("{scheme}{user}{}", self.host_port()))
+    }
+
+    /// The host and port as an error may show them: only a host name
+    /// before a port number. A user who forgot the `@` wrote the password
+    /// where the host or port goes (`redis://pw`, `redis://:pw`,
+    /// `redis://u:pw`).
+    fn host_port(&self) -> String {
+        let port_like =
+            |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        let host_like = |h: &str| {
+            let h = h
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(h);
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+                || (h.contains(':')
+                    && h.chars()
+                        .all(|c| c.is_ascii_hexdigit() || ":.%".contains(c)))
+        };
+        match self.hostport.rsplit_once(':') {
+            _ if self.hidden => "...".into(),
+            Some((h, p)) if port_like(p) && host_like(h) => format!("{h}:{p}"),
+            Some((_, p)) if port_like(p) => format!("...:{p}"),
+            _ => "...".into(),
+        }
     }
 }
 
@@ -150,6 +175,14 @@ pub fn parse(text: &str) -> Result<RedisAddress, String> {
     if host.is_empty() {
         return Err(format!("{shown}: no host; expected host:port"));
     }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_:%".contains(c))
+    {
+        return Err(format!(
+            "{shown}: the host is not a host name or an IP address"
+        ));
+    }
     let port: u16 = port
         .parse()
         .ok()
@@ -208,6 +241,12 @@ mod tests {
             ("redis://:hun,ter2@h:1", "no host"),
             ("hunter2://u:p@h:1", "unknown scheme"),
             ("redis://:hunter2@[::1", "unclosed"),
+            // No `@`: the password sits where the host or port goes.
+            ("redis://:hunter2", "no host"),
+            ("redis://u:hunter2", "not a number"),
+            ("redis://hunter2 x:1", "not a host name"),
+            ("redis://é:1", "not a host name"),
+            ("h:hunter2", "not a number"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
