@@ -285,3 +285,49 @@ fn addresses_and_config_never_show_a_password() {
         out.dump()
     );
 }
+
+/// A start command with what bash would act on and rayhead does not is a
+/// config error (64) that names the construct, in the log and the
+/// termination message, and never quotes the command's password.
+#[test]
+fn an_unsupported_start_command_is_a_named_config_error() {
+    let dir = Dir::new("start-shell");
+    let secret = "Zq7start-secret";
+    for (text, named) in [
+        (
+            "ray start --head --redis-password={S} $(id)",
+            "command substitution",
+        ),
+        (
+            "ray start --head --redis-password={S} `id`",
+            "command substitution",
+        ),
+        ("ray start --head --redis-password={S} ${X:-y}", "${...}"),
+        ("ray start --head --redis-password={S} *", "glob"),
+        (
+            "ray start --head --redis-password={S}\nrm -rf /",
+            "second command",
+        ),
+        (
+            "ray start --head --redis-password='{S}",
+            "unterminated single quote",
+        ),
+        (
+            "ray start --head --redis-password={S} ${X",
+            "unterminated ${",
+        ),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("KUBERAY_GEN_RAY_START_CMD", text.replace("{S}", secret))
+            .args(["run"])
+            .run(LIMIT);
+        out.assert_code(64).assert_no_secret(secret);
+        assert!(
+            out.termination_log.contains("ray.start-command")
+                && out.termination_log.contains(named),
+            "{text:?}: {}",
+            out.dump()
+        );
+    }
+}
