@@ -36,7 +36,7 @@ enum Quoting {
 
 /// Splits and expands `text` from `env`.
 pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
-    let chars: Vec<char> = text.chars().collect();
+    let chars = join_continued_lines(text);
     let mut out = Words {
         argv: Vec::new(),
         unset: Vec::new(),
@@ -95,8 +95,6 @@ pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
                         Some('\\') => {
                             match chars.get(i + 1) {
                                 Some(e @ ('$' | '"' | '\\' | '`')) => cur.push(*e),
-                                // A line continuation.
-                                Some('\n') => {}
                                 Some(e) => {
                                     cur.push('\\');
                                     cur.push(*e);
@@ -121,8 +119,6 @@ pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
             '\\' => {
                 in_word = true;
                 match chars.get(i + 1) {
-                    // A line continuation: nothing, not even a word break.
-                    Some('\n') => {}
                     Some(e) => cur.push(*e),
                     // bash keeps a trailing backslash.
                     None => cur.push('\\'),
@@ -148,6 +144,47 @@ pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
         out.argv.push(cur);
     }
     Ok(out)
+}
+
+/// The text with every line continuation (a backslash that is not itself
+/// quoted, before a newline, outside single quotes) removed. bash removes
+/// them as it reads, before it sees words or names, so `$A\<newline>B` is
+/// `$AB`. Error positions count in the joined text.
+fn join_continued_lines(text: &str) -> Vec<char> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::with_capacity(chars.len());
+    let (mut single, mut double) = (false, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if single {
+            single = c != '\'';
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\\' => match chars.get(i) {
+                Some('\n') => i += 1,
+                // An escaped character: never a quote or a continuation.
+                Some(&next) => {
+                    out.extend([c, next]);
+                    i += 1;
+                }
+                None => out.push(c),
+            },
+            '\'' if !double => {
+                single = true;
+                out.push(c);
+            }
+            '"' => {
+                double = !double;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// What an unquoted character starts in bash, when rayhead does not do it.
@@ -273,6 +310,13 @@ mod tests {
             ["$", "a$", "$", "$/", "$'", "\\"]
         );
         assert_eq!(argv("a\\\nb \"c\\\nd\" 'e\\\nf'"), ["ab", "cd", "e\\\nf"]);
+        // Continuations go before names are read, as in bash; an escaped
+        // backslash before a newline is no continuation.
+        assert_eq!(
+            argv("$\\\nA ${\\\nA} \"$A\\\nA\" x\\\\"),
+            ["a", "a", "", "x\\"]
+        );
+        assert!(words("a\\\\\nb", &[("A", "a")]).is_err());
         assert_eq!(argv("  a\r\u{a0}b\t\\# \n\n "), ["a\r\u{a0}b", "#"]);
         assert_eq!(argv("a#b }"), ["a#b", "}"]);
         // Huge inputs end (each character is looked at about once).

@@ -82,6 +82,8 @@ fn piece() -> impl Strategy<Value = String> {
         2 => var(UNQUOTED),
         1 => var(&[UNSET]),
         1 => lone_dollar(),
+        // A line continuation inside a word, even inside a name.
+        1 => Just("\\\n".to_string()),
     ]
 }
 
