@@ -56,10 +56,16 @@ pub fn prepare(
         ));
     }
     if !argv.iter().any(|a| a == "--head") {
-        return Err(
-            "ray.start-command: rayhead supervises a Ray head, but the command has no --head"
-                .into(),
-        );
+        // `--head\r` from a file saved with CRLF: bash keeps the `\r` in
+        // the word as well, but nobody sees it.
+        let hint = if argv.iter().any(|a| a.trim() == "--head") {
+            " (a word `--head` carries an invisible character, such as a carriage return from CRLF line ends)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "ray.start-command: rayhead supervises a Ray head, but the command has no --head{hint}"
+        ));
     }
     argv.retain(|a| a != "--block");
     if mode == RayMode::Block {
@@ -157,6 +163,9 @@ mod tests {
             .contains("--head"));
         assert!(prepare(v("python x.py"), RayMode::Direct, 1).is_err());
         assert!(prepare(v("ray start --head --port=abc"), RayMode::Direct, 1).is_err());
+        assert!(prepare(v("ray start --head\r"), RayMode::Direct, 1)
+            .unwrap_err()
+            .contains("carriage return"));
         assert!(is_ray_start(&v("/a/b/ray start")));
         assert!(!is_ray_start(&v("ray stop")));
     }
