@@ -242,3 +242,151 @@ fn the_exec_probe_refuses_another_users_socket() {
     );
     assert!(!out.stdout.contains("ok"), "{}", out.dump());
 }
+
+/// A command whose words hold whitespace that is not a space (a `\r`, a
+/// non-breaking space) once sent PID 1 into unbounded recursion in the
+/// redactor; and the secrets of a command line, in every spelling, are
+/// redacted from what rayhead logs of it (a plain command's own output is
+/// its own: it is not rayhead's to rewrite).
+#[test]
+fn run_logs_any_command_line_without_crashing_or_leaking() {
+    let dir = Dir::new("run-words");
+    for script in [
+        "true; echo https://x/y\r",
+        "true; echo https://x/y\u{a0}",
+        "echo a\u{2028}b\u{85}c\u{3000}\u{b}d",
+    ] {
+        let out = dir
+            .rayhead()
+            .args(["run", "--", "sh", "-c", script])
+            .run(LIMIT);
+        out.assert_code(0);
+    }
+    let secret = "Zq7hunter2secret";
+    for argv in [
+        vec![
+            "redis-server",
+            "--port",
+            "0",
+            "--requirepass",
+            secret,
+            "--version",
+        ],
+        vec!["redis-cli", "-a", secret, "--version"],
+        vec![
+            "sh",
+            "-c",
+            &format!(": --redis-password  {secret}"),
+            "--masterauth",
+        ],
+        vec![
+            "sh",
+            "-c",
+            &format!(": '{{\"redis_password\": \"a {secret}\"}}'"),
+        ],
+        vec![
+            "sh",
+            "-c",
+            ": redis://:Ab/Zq7hunter2secret==@127.0.0.1,redis://:Zq7hunter2secret@h:1",
+        ],
+    ] {
+        let out = dir.rayhead().args(["run", "--"]).args(argv).run(LIMIT);
+        out.assert_no_secret(secret);
+    }
+}
+
+/// A URL password with a `/` (the review's case), a password in the
+/// second entry of a comma list, one cut at a comma: `redis-check` fails
+/// on each without echoing it; `config check` lists the address and a
+/// start command with a literal password, masked.
+#[test]
+fn addresses_and_config_never_show_a_password() {
+    let dir = Dir::new("address-leaks");
+    let secret = "Zq7Cd3secret";
+    for address in [
+        format!("redis://:Ab/{secret}==@127.0.0.1"),
+        format!("rediss://u:{secret}?x#y@h:0"),
+        format!("a:1,redis://:{secret}@b:2,c"),
+        format!("redis://:{}@h:1", secret.replace("Cd3", ",Cd3")),
+        format!("{secret}://u:p@h:1"),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("RAY_REDIS_ADDRESS", &address)
+            .args(["redis-check"])
+            .run(LIMIT);
+        assert_ne!(out.code, Some(0), "{address}: {}", out.dump());
+        out.assert_no_secret(secret)
+            .assert_no_secret("Zq7")
+            .assert_no_secret("Cd3secret");
+    }
+    let out = dir
+        .rayhead()
+        .env(
+            "RAY_REDIS_ADDRESS",
+            format!("redis://:Ab/{secret}==@127.0.0.1:1"),
+        )
+        .env(
+            "KUBERAY_GEN_RAY_START_CMD",
+            format!("ray start --head --redis-password={secret} --x-token  '{secret} b'"),
+        )
+        .args(["config", "check"])
+        .run(LIMIT);
+    out.assert_code(0).assert_no_secret(secret);
+    assert!(
+        out.stdout.contains("redis://:<redacted>@127.0.0.1:1"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("--redis-password=<redacted>"),
+        "{}",
+        out.dump()
+    );
+}
+
+/// A start command with what bash would act on and rayhead does not is a
+/// config error (64) that names the construct, in the log and the
+/// termination message, and never quotes the command's password.
+#[test]
+fn an_unsupported_start_command_is_a_named_config_error() {
+    let dir = Dir::new("start-shell");
+    let secret = "Zq7start-secret";
+    for (text, named) in [
+        (
+            "ray start --head --redis-password={S} $(id)",
+            "command substitution",
+        ),
+        (
+            "ray start --head --redis-password={S} `id`",
+            "command substitution",
+        ),
+        ("ray start --head --redis-password={S} ${X:-y}", "${...}"),
+        ("ray start --head --redis-password={S} *", "glob"),
+        (
+            "ray start --head --redis-password={S}\nrm -rf /",
+            "second command",
+        ),
+        (
+            "ray start --head --redis-password='{S}",
+            "unterminated single quote",
+        ),
+        (
+            "ray start --head --redis-password={S} ${X",
+            "unterminated ${",
+        ),
+    ] {
+        let out = dir
+            .rayhead()
+            .env("KUBERAY_GEN_RAY_START_CMD", text.replace("{S}", secret))
+            .args(["run"])
+            .run(LIMIT);
+        out.assert_code(64).assert_no_secret(secret);
+        assert!(
+            out.termination_log.contains("ray.start-command")
+                && out.termination_log.contains(named),
+            "{text:?}: {}",
+            out.dump()
+        );
+    }
+}

@@ -19,7 +19,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// `ray start` starts gcs_server and raylet in the background and exits 0.
 /// The first gcs_server lives; the ones after it exit with code 3 (unless
 /// `$D/gcs-lives` exists). `$D/ray-start-fails` fails every start,
-/// `$D/ray-start-fails-once` the next one only.
+/// `$D/ray-start-fails-once` the next one only. Each gcs_server prints the
+/// Redis password to its output, a pipe from `ray start`, so that a leak
+/// through a restarted one shows.
 pub fn fake_ray(dir: &Dir) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -48,6 +50,9 @@ exit 2
         (
             "gcs_server",
             r#"#!/bin/sh
+# Like the real one's log lines: the password, to the pipe from ray start.
+echo "gcs_server --redis_password=$REDIS_PASSWORD"
+echo "connecting to redis://:$REDIS_PASSWORD@127.0.0.1:1" >&2
 if [ -e "$D/gcs-started" ] && [ ! -e "$D/gcs-lives" ]; then echo crash >> "$D/gcs-crashes"; exit 3; fi
 touch "$D/gcs-started" "$D/gcs-up"
 while :; do sleep 1; done

@@ -294,6 +294,49 @@ fn cleanup_escapes_glob_characters_and_falls_back_to_del() {
     assert_eq!(count(&r, "RAYa@*"), 1);
 }
 
+/// A key that is not UTF-8 (Ray's keys hold binary ids) made every run
+/// fail; it is listed, counted and deleted like any other.
+#[test]
+fn cleanup_deletes_keys_that_are_not_utf8() {
+    let dir = Dir::new("cleanup-bytes");
+    let r = RedisServer::start(&dir);
+    // Lua's decimal escapes write the bytes redis-cli's arguments cannot.
+    for key in [
+        "RAYns@\\255\\254NODE",
+        "RAYns@\\0\\10x",
+        "RAYns@JOB",
+        "RAYother@\\255",
+    ] {
+        r.cli(&[
+            "EVAL",
+            &format!("return redis.call('SET', '{key}', 'v')"),
+            "0",
+        ]);
+    }
+    assert_eq!(r.cli(&["DBSIZE"]).trim(), "4");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["redis-cleanup"];
+        args.extend_from_slice(extra);
+        with_redis(&dir, &r, &args)
+            .env("RAY_external_storage_namespace", "ns")
+            .run(LIMIT)
+    };
+    let out = run(&["--dry-run"]);
+    out.assert_code(0);
+    let mut listed: Vec<&str> = out.stdout.lines().collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["RAYns@JOB", "RAYns@\\x00\\x0ax", "RAYns@\\xff\\xfeNODE"],
+        "{}",
+        out.dump()
+    );
+    let out = run(&[]);
+    out.assert_code(0).assert_no_secret(&r.password);
+    assert!(out.stderr.contains("deleted 3 key(s)"), "{}", out.dump());
+    assert_eq!(r.cli(&["DBSIZE"]).trim(), "1", "the other namespace stays");
+}
+
 /// A redis-server in Sentinel mode, killed on drop.
 struct Sentinel {
     port: u16,

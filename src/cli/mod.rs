@@ -284,7 +284,7 @@ pub fn main() -> u8 {
                 let deadline = crate::time::after(tokio::time::Instant::now(), args.deadline);
                 let result =
                     crate::redis::cleanup::cleanup(&redis, &ns, args.dry_run, deadline, |k| {
-                        crate::logging::out(&format!("{k}\n"))
+                        crate::logging::out(&format!("{}\n", crate::redis::cleanup::show_key(k)))
                     })
                     .await;
                 match result {

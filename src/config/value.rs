@@ -56,15 +56,18 @@ impl fmt::Debug for Value {
 }
 
 impl Value {
-    /// The value as TOML text, with secrets redacted.
+    /// The value as TOML text, with secrets redacted: a secret key's value
+    /// whole, and in text and commands whatever looks like a secret (a URL's
+    /// password in `redis.address`, a literal `--redis-password=` in
+    /// `ray.start-command`).
     pub fn render(&self) -> String {
         match self {
             Value::Duration(d) => quote(&humantime::format_duration(*d).to_string()),
             Value::Count(n) => n.to_string(),
-            Value::Text(s) => quote(s),
+            Value::Text(s) => quote(&crate::redact::line(s)),
             Value::Secret(_) => quote("<redacted>"),
             Value::Signals(v) => list(v.iter().map(|s| s.as_str())),
-            Value::Argv(v) => list(v.iter().map(String::as_str)),
+            Value::Argv(v) => list(crate::redact::argv(v).iter().map(String::as_str)),
             Value::Listen(a) => quote(&a.to_string()),
             Value::Mark(m) => quote(&m.render()),
         }
@@ -396,6 +399,22 @@ mod tests {
     fn secrets_never_render() {
         let v = parse_text(Kind::Secret, EnvUnit::Plain, "hunter2").unwrap();
         assert!(!format!("{v:?} {}", v.render()).contains("hunter2"));
+        for text in [
+            "redis://:Ab/hunter2==@127.0.0.1:1",
+            "ray start --head --redis-password=hunter2",
+            "ray start --head --redis-password  hunter2",
+        ] {
+            let v = parse_text(Kind::Text, EnvUnit::Plain, text).unwrap();
+            assert!(
+                !format!("{v:?} {}", v.render()).contains("hunter2"),
+                "{text}"
+            );
+            let v = parse_text(Kind::Argv, EnvUnit::Plain, text).unwrap();
+            assert!(
+                !format!("{v:?} {}", v.render()).contains("hunter2"),
+                "{text}"
+            );
+        }
         let e = parse_toml(Kind::Secret, &toml::Value::Integer(5)).unwrap_err();
         assert!(!e.contains('5'), "{e}");
     }

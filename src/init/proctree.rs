@@ -39,18 +39,30 @@ impl ProcInfo {
     }
 }
 
-/// Parses the text of `/proc/<pid>/stat`. The command name is in parentheses
-/// and may itself hold spaces and parentheses, so the fields are read after
-/// the *last* `)`.
-pub fn parse_stat(text: &str) -> Option<ProcInfo> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid: i32 = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let mut rest = text.get(close + 1..)?.split_whitespace();
+/// Parses `/proc/<pid>/stat`. The command name is in parentheses and may
+/// itself hold spaces, parentheses and bytes that are not UTF-8 (a process
+/// names itself), so the fields are read after the *last* `)`, from bytes:
+/// a name that is not UTF-8 must not hide its process from a stop's walk.
+/// A pid that is not positive is refused (as a signal target it would mean
+/// a process group, or every process).
+pub fn parse_stat(raw: impl AsRef<[u8]>) -> Option<ProcInfo> {
+    let raw = raw.as_ref();
+    let open = raw.iter().position(|b| *b == b'(')?;
+    let close = raw.iter().rposition(|b| *b == b')')?;
+    let pid: i32 = std::str::from_utf8(&raw[..open])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = String::from_utf8_lossy(raw.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(raw.get(close + 1..)?).ok()?;
+    let mut rest = rest.split_whitespace();
     let state = rest.next()?.chars().next()?;
     let ppid: i32 = rest.next()?.parse().ok()?;
     let pgid: i32 = rest.next()?.parse().ok()?;
+    if pid <= 0 || ppid < 0 || pgid < 0 {
+        return None;
+    }
     // Fields 6 to 21, then the start time.
     let start: u64 = rest.nth(16)?.parse().ok()?;
     Some(ProcInfo {
@@ -90,14 +102,14 @@ pub fn snapshot_at(proc: &Path) -> Vec<ProcInfo> {
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
-        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|t| parse_stat(&t))
+        .filter_map(|e| fs::read(e.path().join("stat")).ok())
+        .filter_map(parse_stat)
         .collect()
 }
 
 /// One process, from `/proc/<pid>/stat`; `None` once it is gone.
 pub fn stat(pid: Pid) -> Option<ProcInfo> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(fs::read(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// The descendants of `pid`, walked down through each thread's
@@ -116,7 +128,8 @@ pub fn descendants_of(pid: Pid) -> Vec<Identity> {
             let Ok(text) = fs::read_to_string(t.path().join("children")) else {
                 continue;
             };
-            for kid in text.split_whitespace().filter_map(|k| k.parse().ok()) {
+            let kids = text.split_whitespace().filter_map(|k| k.parse().ok());
+            for kid in kids.filter(|k: &i32| *k > 0) {
                 let kid = Pid::from_raw(kid);
                 // Gone, or its pid reused by another's child, since the read.
                 let Some(info) = stat(kid).filter(|k| k.ppid == p) else {
@@ -185,6 +198,13 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S").is_none());
         assert!(parse_stat("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0").is_none());
+        assert!(parse_stat(")1 (x S 1 1").is_none());
+        assert!(parse_stat("-1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5").is_none());
+        let p = parse_stat(b"7 (\xff\xfe) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5").unwrap();
+        assert_eq!(
+            (p.pid, p.comm.as_str(), p.start),
+            (Pid::from_raw(7), "\u{fffd}\u{fffd}", 5)
+        );
     }
 
     #[test]

@@ -106,7 +106,12 @@ fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String
     let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead-probe\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let raw = read_answer(&mut s.take(MAX_RESPONSE))?;
-    let text = String::from_utf8_lossy(&raw);
+    parse_answer(&raw)
+}
+
+/// The status code and body of an HTTP answer, whatever bytes it holds.
+pub(crate) fn parse_answer(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or("the answer has no header end")?;
@@ -122,7 +127,7 @@ fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String
 /// Reads an answer: up to the end of its body when it has a
 /// Content-Length (a server may keep the connection open even for
 /// HTTP/1.0, as the Ray dashboard's aiohttp does), else to EOF.
-fn read_answer(r: &mut impl Read) -> Result<Vec<u8>, String> {
+pub(crate) fn read_answer(r: &mut impl Read) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -133,7 +138,8 @@ fn read_answer(r: &mut impl Read) -> Result<Vec<u8>, String> {
                     .and_then(|v| v.trim().parse::<usize>().ok())
             });
             if let Some(n) = length {
-                if raw.len() >= end + 4 + n {
+                // A Content-Length near usize::MAX must not overflow.
+                if raw.len() >= (end + 4).saturating_add(n) {
                     raw.truncate(end + 4 + n);
                     return Ok(raw);
                 }

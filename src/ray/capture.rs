@@ -63,7 +63,9 @@ impl DaemonSpec {
     }
 
     /// The command that starts it again. Its output is appended to the same
-    /// log files (or goes to rayhead's own stdout/stderr when it had none).
+    /// log files; when it had none (a pipe, as from `ray start`'s own
+    /// output), it is a pipe again, for the caller to pass through the
+    /// redactor: never rayhead's own stdout/stderr raw.
     pub fn command(&self) -> io::Result<Command> {
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
@@ -72,12 +74,14 @@ impl DaemonSpec {
             .current_dir(&self.cwd)
             .stdin(Stdio::null());
         let open = |p: &PathBuf| OpenOptions::new().append(true).create(true).open(p);
-        if let Some(p) = &self.stdout {
-            cmd.stdout(open(p)?);
-        }
-        if let Some(p) = &self.stderr {
-            cmd.stderr(open(p)?);
-        }
+        match &self.stdout {
+            Some(p) => cmd.stdout(open(p)?),
+            None => cmd.stdout(Stdio::piped()),
+        };
+        match &self.stderr {
+            Some(p) => cmd.stderr(open(p)?),
+            None => cmd.stderr(Stdio::piped()),
+        };
         spawn::prepare(&mut cmd);
         Ok(cmd)
     }
@@ -112,5 +116,41 @@ mod tests {
         assert!(!spec.argv.is_empty());
         assert_eq!(spec.cwd, std::env::current_dir().unwrap());
         assert!(spec.env.iter().any(|(k, _)| k == "PATH"));
+    }
+
+    /// A daemon whose output was a pipe gets a pipe again, which the
+    /// supervisor forwards through the redactor.
+    #[test]
+    fn a_piped_daemon_is_piped_again() {
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let daemon = Kill(
+            Command::new("sleep")
+                .arg("60")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = Pid::from_raw(daemon.0.id() as i32);
+        // Until it has exec'd (its cmdline is empty before).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let spec = loop {
+            match DaemonSpec::capture(pid) {
+                Ok(s) if s.argv.last().is_some_and(|a| a == "60") => break s,
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => panic!("never captured: {r:?}"),
+            }
+        };
+        assert_eq!((&spec.stdout, &spec.stderr), (&None, &None));
+        let again = Kill(spec.command().unwrap().spawn().unwrap());
+        assert!(again.0.stdout.is_some() && again.0.stderr.is_some());
     }
 }

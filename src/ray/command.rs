@@ -1,7 +1,7 @@
 //! The `ray start` command: from KubeRay's string or from argv, made ready to
 //! run under rayhead.
 
-use crate::config::{value::split_command, Env, RayMode};
+use crate::config::{Env, RayMode};
 
 /// A `ray start --head` invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,76 +23,22 @@ pub fn is_ray_start(argv: &[String]) -> bool {
         && argv[1] == "start"
 }
 
-/// Splits KubeRay's `ray start ...` string like bash would (quotes,
-/// backslashes), then expands `$VAR` and `${VAR}` in each word from `env`.
-/// KubeRay's string holds the literal `--redis-password=$REDIS_PASSWORD`:
-/// expanding per word keeps a password with spaces in one argument. An unset
-/// variable expands to nothing, as in bash; its name is returned for a
-/// warning.
+/// Reads KubeRay's `ray start ...` string as bash would (see
+/// [`super::shell`]), expanding `$VAR` and `${VAR}` from `env`. Returns the
+/// argv and the unset variables it named (they expand to nothing, as in
+/// bash), for a warning.
 pub fn from_text(text: &str, env: &dyn Env) -> Result<(Vec<String>, Vec<String>), String> {
-    let words = split_command(text).map_err(|e| format!("ray.start-command: {e}"))?;
-    let mut unset = Vec::new();
-    let mut argv = Vec::with_capacity(words.len());
-    for w in words {
-        argv.push(expand(&w, env, &mut unset)?);
-    }
-    Ok((argv, unset))
-}
-
-fn expand(word: &str, env: &dyn Env, unset: &mut Vec<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(word.len());
-    let mut chars = word.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let name: String = match chars.peek() {
-            Some((_, '{')) => {
-                chars.next();
-                let mut n = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '}')) => break,
-                        Some((_, c)) => n.push(c),
-                        None => {
-                            return Err(format!(
-                                "ray.start-command: unclosed ${{ in {:?}",
-                                crate::redact::argv(&[word])[0]
-                            ))
-                        }
-                    }
-                }
-                n
-            }
-            _ => {
-                let mut n = String::new();
-                while let Some((_, c)) = chars.peek() {
-                    if c.is_ascii_alphanumeric() || *c == '_' {
-                        n.push(*c);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-                n
-            }
-        };
-        if name.is_empty() {
-            out.push('$');
-            continue;
-        }
-        match env.var(&name) {
-            Ok(Some(v)) => out.push_str(&v),
-            Ok(None) => {
-                if !unset.contains(&name) {
-                    unset.push(name);
-                }
-            }
-            Err(e) => return Err(format!("ray.start-command: {e}")),
+    let words = super::shell::words(text, env).map_err(|e| format!("ray.start-command: {e}"))?;
+    if let Some(first) = words.argv.first() {
+        let name = first.split_once('=').map(|(n, _)| n);
+        if name.is_some_and(|n| {
+            n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            return Err("ray.start-command: starts with a variable assignment (NAME=value), which rayhead does not run; set the variable in the container's env".into());
         }
     }
-    Ok(out)
+    Ok((words.argv, words.unset))
 }
 
 /// Makes the argv fit the mode: `direct` drops `--block` (rayhead takes over
@@ -110,10 +56,16 @@ pub fn prepare(
         ));
     }
     if !argv.iter().any(|a| a == "--head") {
-        return Err(
-            "ray.start-command: rayhead supervises a Ray head, but the command has no --head"
-                .into(),
-        );
+        // `--head\r` from a file saved with CRLF: bash keeps the `\r` in
+        // the word as well, but nobody sees it.
+        let hint = if argv.iter().any(|a| a.trim() == "--head") {
+            " (a word `--head` carries an invisible character, such as a carriage return from CRLF line ends)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "ray.start-command: rayhead supervises a Ray head, but the command has no --head{hint}"
+        ));
     }
     argv.retain(|a| a != "--block");
     if mode == RayMode::Block {
@@ -162,6 +114,32 @@ mod tests {
         assert!(from_text("ray start ${A", &[("A", "a")]).is_err());
     }
 
+    /// What KubeRay generates, quoted resources and all; and what bash
+    /// leaves literal stays literal.
+    #[test]
+    fn kuberay_forms_read_as_bash_reads_them() {
+        let env = [("REDIS_PASSWORD", "p w*"), ("REDIS_USERNAME", "u")];
+        let text = "ray start --head --block --redis-password=$REDIS_PASSWORD --redis-username=${REDIS_USERNAME} --dashboard-host=0.0.0.0 --metrics-export-port=8080 --resources='{\"GPU\": 1}' --x='$HOME' --y=\\$HOME";
+        let (argv, unset) = from_text(text, &env).unwrap();
+        assert!(unset.is_empty());
+        for want in [
+            "--redis-password=p w*",
+            "--redis-username=u",
+            "--resources={\"GPU\": 1}",
+            "--x=$HOME",
+            "--y=$HOME",
+        ] {
+            assert!(argv.contains(&want.to_string()), "{want}: {argv:?}");
+        }
+        let e = from_text("A=1 ray start --head", &env).unwrap_err();
+        assert!(e.contains("assignment"), "{e}");
+        let e = from_text("ray start --head --redis-password=hunter2 $(id)", &env).unwrap_err();
+        assert!(
+            e.starts_with("ray.start-command: ") && !e.contains("hunter2"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn modes_and_port() {
         let env = [("REDIS_PASSWORD", "pw")];
@@ -185,6 +163,9 @@ mod tests {
             .contains("--head"));
         assert!(prepare(v("python x.py"), RayMode::Direct, 1).is_err());
         assert!(prepare(v("ray start --head --port=abc"), RayMode::Direct, 1).is_err());
+        assert!(prepare(v("ray start --head\r"), RayMode::Direct, 1)
+            .unwrap_err()
+            .contains("carriage return"));
         assert!(is_ray_start(&v("/a/b/ray start")));
         assert!(!is_ray_start(&v("ray stop")));
     }

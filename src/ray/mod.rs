@@ -8,6 +8,9 @@ pub mod daemon_health;
 pub mod daemons;
 pub mod health;
 mod memory;
+pub mod shell;
+#[cfg(test)]
+mod shell_oracle;
 mod supervisor;
 
 use std::time::Duration;

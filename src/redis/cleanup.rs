@@ -46,16 +46,38 @@ pub fn check_namespace(ns: Option<&str>) -> Result<&str, String> {
     }
 }
 
+/// A key as a listing shows it, one a line and unambiguous: its UTF-8 as it
+/// is, a backslash doubled, a control byte or a byte that is not UTF-8 as
+/// `\xNN` (a key is bytes, and Ray's keys hold binary ids).
+pub fn show_key(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len());
+    for chunk in key.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u8)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// Deletes (or, with `dry_run`, lists through `each`) every `RAY<ns>@*` key.
+/// Keys are bytes: one that is not UTF-8 is found, counted and deleted like
+/// any other (decoding them as text made one such key fail every run).
 pub async fn cleanup(
     redis: &Redis,
     ns: &str,
     dry_run: bool,
     deadline: Instant,
-    mut each: impl FnMut(&str),
+    mut each: impl FnMut(&[u8]),
 ) -> Result<Report, String> {
     let pattern = format!("RAY{}@*", escape_glob(ns));
-    let prefix = format!("RAY{ns}@");
+    let prefix = format!("RAY{ns}@").into_bytes();
     let mut report = Report::default();
     let mut cursor: u64 = 0;
     let mut attempt: u32 = 0;
@@ -63,7 +85,7 @@ pub async fn cleanup(
         let step = async {
             redis.ping().await.map_err(|e| e.to_string())?;
             let mut conn = redis.kept().ok_or("no connection")?;
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
@@ -73,7 +95,7 @@ pub async fn cleanup(
                 .await
                 .map_err(|e| e.to_string())?;
             // Belt and braces: only this namespace's keys, ever.
-            let keys: Vec<String> = keys
+            let keys: Vec<Vec<u8>> = keys
                 .into_iter()
                 .filter(|k| k.starts_with(&prefix))
                 .collect();
@@ -139,6 +161,17 @@ mod tests {
     fn escapes_every_glob_character() {
         assert_eq!(escape_glob("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
         assert_eq!(escape_glob("uid-123"), "uid-123");
+    }
+
+    #[test]
+    fn shows_any_key() {
+        assert_eq!(show_key(b"RAYns@NODE"), "RAYns@NODE");
+        assert_eq!(
+            show_key(b"RAYns@\xff\x00\xe2\x82"),
+            "RAYns@\\xff\\x00\\xe2\\x82"
+        );
+        assert_eq!(show_key(b"a\\b\nc"), "a\\\\b\\x0ac");
+        assert_eq!(show_key("RAYé@".as_bytes()), "RAYé@");
     }
 
     #[test]

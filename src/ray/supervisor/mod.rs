@@ -381,7 +381,7 @@ impl<'a> Supervisor<'a> {
                 retry: false,
             });
         };
-        let spawned = spec
+        let mut spawned = spec
             .command()
             .and_then(|mut cmd| self.init.reaper.spawn(&mut cmd, daemon.name()))
             .map_err(|e| StartError {
@@ -389,6 +389,15 @@ impl<'a> Supervisor<'a> {
                 retry: true,
             })?;
         let pid = spawned.pid;
+        // A daemon whose output was a pipe writes through the same
+        // redacting forwarder as `ray start` (its own tail: the start
+        // command's tail explains the start command's failure).
+        output::forward_spawned(
+            &mut spawned,
+            &output::Tail::default(),
+            &self.init.tracker,
+            &self.init.cancel.child_token(),
+        );
         // The moment of the restart, for timelines (`make bench`).
         tracing::info!(
             event = "daemon_started",
