@@ -270,3 +270,46 @@ fn e2e_under_a_memory_limit_the_gcs_is_restarted_before_the_oom_killer() {
         );
     }
 }
+
+/// A mark below a fresh GCS's size: one memory restart, then rayhead sees
+/// the new GCS over the mark at once, gives up on memory restarts, says so,
+/// and stays ready: never a restart loop.
+#[test]
+fn e2e_a_mark_below_a_fresh_gcs_restarts_once_and_never_loops() {
+    let _lock = ray_lock();
+    let dir = Dir::new("e2e-memory-leak");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let redis = RedisServer::start(&dir);
+    let head = start_head(
+        &dir,
+        Some(&redis),
+        &[
+            ("RAYHEAD_MEMORY_GCS_HIGH_WATER", "10MiB"),
+            ("RAYHEAD_MEMORY_SUSTAIN", "2s"),
+            ("RAYHEAD_MEMORY_MIN_INTERVAL", "1s"),
+        ],
+        "direct",
+    );
+    eventually(Duration::from_secs(120), "rayhead to give up", || {
+        dir.read("stderr")
+            .contains("gcs_memory_gave_up")
+            .then_some(())
+    });
+    // Many more samples and sustains go by: no second restart.
+    std::thread::sleep(Duration::from_secs(10));
+    let log = dir.read("stderr");
+    assert_eq!(count_lines(&log, "gcs_memory_restart"), 1, "{log}");
+    eventually(Duration::from_secs(30), "/readyz 200", || {
+        head.probe("/readyz").0.then_some(())
+    });
+    let (_, status) = head.probe("/status");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["memory"]["gcs_restarts"], 1, "{v:#}");
+    assert!(
+        v["memory"]["gave_up"]
+            .as_str()
+            .is_some_and(|s| s.contains("no longer restarts")),
+        "{v:#}"
+    );
+    assert_eq!(v["gcs"]["consecutive_failures"], 0, "{v:#}");
+}
