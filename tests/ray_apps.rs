@@ -115,6 +115,19 @@ impl Drop for Script {
     }
 }
 
+/// The Serve app deployed on the cluster at `addr`, and a steady load on
+/// it (serve_load.py), whose rows go to the CSV returned.
+pub fn serve_under_load(dir: &Dir, addr: &str) -> (Script, std::path::PathBuf) {
+    let port = free_port().to_string();
+    let mut app = Script::spawn("tests/py/serve_app.py", &[addr, &port]);
+    app.expect("DEPLOYED", Duration::from_secs(240));
+    drop(app);
+    let csv = dir.join("serve.csv");
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let load = Script::spawn("tests/py/serve_load.py", &[&url, csv.to_str().unwrap()]);
+    (load, csv)
+}
+
 /// The value of `name` in the environment `pid` started with.
 fn environ_var(pid: Pid, name: &str) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -238,14 +251,7 @@ fn e2e_serve_loses_no_request_across_gcs_kills() {
     let head = start_head(&dir, Some(&redis), &[], "direct");
     let _worker = start_worker(&dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    let port = free_port().to_string();
-    let mut app = Script::spawn("tests/py/serve_app.py", &[&addr, &port]);
-    app.expect("DEPLOYED", Duration::from_secs(240));
-    drop(app);
-
-    let csv = dir.join("serve.csv");
-    let url = format!("http://127.0.0.1:{port}/hello");
-    let load = Script::spawn("tests/py/serve_load.py", &[&url, csv.to_str().unwrap()]);
+    let (load, csv) = serve_under_load(&dir, &addr);
     let requests = || std::fs::read_to_string(&csv).unwrap_or_default();
     eventually(
         Duration::from_secs(30),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::ray_apps::Script;
+use crate::ray_apps::{serve_under_load, Script};
 use crate::ray_util::*;
 use crate::util::{count_lines, Dir};
 
@@ -34,11 +34,7 @@ impl MemCgroup {
         match made {
             Ok(dir) => Some(MemCgroup { dir }),
             Err(why) => {
-                let msg = format!("the OOM test cannot run here: {why}");
-                if std::env::var_os("CI").is_some_and(|v| v == "true") {
-                    panic!("{msg}");
-                }
-                eprintln!("NOT RUN: {msg}");
+                crate::util::cannot_run("the OOM test", &why);
                 None
             }
         }
@@ -148,13 +144,7 @@ fn under_limit(name: &str, mark: &str, headroom: u64, tasks: u64) -> Option<Unde
     );
     let _tasks_node = start_worker(&dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    let port = free_port().to_string();
-    let mut app = Script::spawn("tests/py/serve_app.py", &[&addr, &port]);
-    app.expect("DEPLOYED", Duration::from_secs(240));
-    drop(app);
-    let csv = dir.join("serve.csv");
-    let url = format!("http://127.0.0.1:{port}/hello");
-    let load = Script::spawn("tests/py/serve_load.py", &[&url, csv.to_str().unwrap()]);
+    let (load, _csv) = serve_under_load(&dir, &addr);
     std::thread::sleep(Duration::from_secs(5));
     cgroup.set_limit(cgroup.usage() + headroom);
 
