@@ -62,7 +62,8 @@ pub enum Mark {
 
 impl Mark {
     /// `off`, `N%` of the limit, or a size: whole bytes, or with `KiB`,
-    /// `MiB`, `GiB` (or `K`, `M`, `G`: the same binary units).
+    /// `MiB`, `GiB`, `TiB` (or `K`, `M`, `G`, `T`, and Kubernetes' `Ki`,
+    /// `Mi`, `Gi`, `Ti`: the same binary units).
     pub fn parse(text: &str) -> Result<Mark, String> {
         let t = text.trim();
         let bad = |why: &str| {
@@ -87,9 +88,10 @@ impl Mark {
             .map_err(|_| bad("not a whole number of bytes"))?;
         let shift = match unit.trim() {
             "" | "B" => 0,
-            "K" | "KiB" => 10,
-            "M" | "MiB" => 20,
-            "G" | "GiB" => 30,
+            "K" | "Ki" | "KiB" => 10,
+            "M" | "Mi" | "MiB" => 20,
+            "G" | "Gi" | "GiB" => 30,
+            "T" | "Ti" | "TiB" => 40,
             _ => return Err(bad("unknown unit")),
         };
         match n.checked_mul(1 << shift) {
@@ -417,6 +419,8 @@ mod tests {
             ("2G", Mark::Bytes(2 << 30)),
             ("4096", Mark::Bytes(4096)),
             ("3KiB", Mark::Bytes(3 << 10)),
+            ("512Mi", Mark::Bytes(512 << 20)),
+            ("1TiB", Mark::Bytes(1 << 40)),
         ] {
             assert_eq!(Mark::parse(text), Ok(mark), "{text}");
             assert_eq!(Mark::parse(&mark.render()), Ok(mark), "{text}");
@@ -429,7 +433,7 @@ mod tests {
             "101%",
             "-5%",
             "1.5GiB",
-            "5TiB",
+            "5PiB",
             "x",
             "%",
             "MiB",

@@ -121,7 +121,7 @@ impl Redactor {
                 .char_indices()
                 .map(|(i, c)| (from + i, c))
                 // `password://`: a URL's scheme, not a separator.
-                .find(|&(i, c)| matches!(c, '=' | ':') && !bare[i + 1..].starts_with("//"));
+                .find(|&(i, c)| c == '=' || (c == ':' && !bare[i + 1..].starts_with("//")));
             if let Some((i, _)) = separator {
                 let value_bare = bare[i + 1..].trim_matches(QUOTES);
                 self.hide = if value_bare.is_empty() || value_bare == "," {
@@ -187,6 +187,19 @@ impl Redactor {
         }
         if a.is_empty() {
             return String::new();
+        }
+        // One argument `--x-password=VALUE` (or `X_PASSWORD=VALUE`): all of
+        // VALUE is the secret, spaces and all (an unsplit `$REDIS_PASSWORD`).
+        // (Without a space in it, the word-by-word pass below hides it.)
+        if let Some((name, value)) = a.split_once('=') {
+            if value.contains(char::is_whitespace)
+                && !name.is_empty()
+                && !name.contains(char::is_whitespace)
+                && has_secret_word(name)
+            {
+                self.hide = open_quote(value).map_or(Hide::Nothing, Hide::UntilQuote);
+                return format!("{name}={REDACTED}");
+            }
         }
         // A quote left open by a hidden value keeps hiding into the next
         // arguments: an argv may be a quoted line cut at spaces.
@@ -269,6 +282,42 @@ pub fn url(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_starts_with_two_slashes_is_hidden() {
+        for text in [
+            "ray start --head --redis-password=//hunter2",
+            "REDIS_PASSWORD=//hunter2",
+            "password=//hunter2 next",
+        ] {
+            let out = line(text);
+            assert!(!out.contains("hunter2"), "{text}: {out}");
+        }
+        // A URL's scheme after a secret word is still a URL.
+        assert!(!line("token:redis://:hunter2@h:1").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_argument_with_a_spaced_value_is_hidden_whole() {
+        let out = argv(&[
+            "ray",
+            "start",
+            "--redis-password=pw with spaces hunter2",
+            "--head",
+        ]);
+        assert_eq!(out[2], "--redis-password=<redacted>");
+        assert_eq!(out[3], "--head");
+        let out = argv(&["gcs_server", "--redis_password=a b", "--port=1"]);
+        assert_eq!(
+            out,
+            ["gcs_server", "--redis_password=<redacted>", "--port=1"]
+        );
+    }
 }
 
 #[cfg(test)]

@@ -382,6 +382,10 @@ impl State {
                 unhealthy_at: None,
                 unready_after: Duration::ZERO,
             });
+            if e.pid != pid {
+                // Another process, or none: the old one's size is not its.
+                e.rss_bytes = None;
+            }
             e.pid = pid;
             e.state = state;
             e.required = required;

@@ -83,7 +83,7 @@ impl Machine {
             return Vec::new();
         }
         if let Some(t) = self.memory.restarted_at {
-            if now.saturating_duration_since(t) < self.cfg.memory.sustain {
+            if now.saturating_duration_since(t) < self.leak_window() {
                 return self.give_up_memory(rss, mark);
             }
         }
@@ -134,6 +134,17 @@ impl Machine {
             w.probation = None;
         }
         self.lost(now, reason)
+    }
+
+    /// How soon after a memory restart a GCS over the mark is a leak:
+    /// memory.sustain, but never less than three samples, or a sustain
+    /// shorter than the sampling would never see one and restarts would
+    /// repeat forever.
+    fn leak_window(&self) -> Duration {
+        self.cfg
+            .memory
+            .sustain
+            .max(self.cfg.ray.health_interval.saturating_mul(3))
     }
 
     fn give_up_memory(&mut self, rss: u64, mark: u64) -> Vec<Action> {

@@ -129,6 +129,7 @@ fn memory_restarts_are_not_failures_but_a_failed_one_counts() {
             "memory.sustain=1s",
             "memory.min-interval=1s",
             "gcs.max-restarts=1",
+            "ray.health-interval=1s",
         ],
     );
     let mut gcs = GCS;
@@ -205,4 +206,42 @@ fn an_unreadable_cgroup_is_shown_and_changes_nothing() {
         h.state.get().daemons["gcs_server"].rss_bytes,
         Some(50 * MIB)
     );
+}
+
+#[test]
+fn a_sustain_shorter_than_the_sampling_still_sees_a_leak() {
+    // Samples every 12 s, sustain 0: the leak window is three samples.
+    let mut h = H::at(
+        At::Running,
+        &[
+            "memory.gcs-high-water=10MiB",
+            "memory.sustain=0s",
+            "memory.min-interval=0s",
+            "ray.health-interval=12s",
+        ],
+    );
+    let over = |h: &mut H, gcs: i32| {
+        let a = h.ev(sample(gcs, 45, None));
+        h.advance(Duration::from_secs(12));
+        a
+    };
+    let a = over(&mut h, GCS);
+    let gcs = finish_restart(&mut h, GCS, &a);
+    for _ in 0..100 {
+        assert!(over(&mut h, gcs).is_empty());
+    }
+    assert_eq!(memory(&h).gcs_restarts, 1);
+    assert!(memory(&h).gave_up.is_some());
+}
+
+#[test]
+fn a_gone_daemons_size_is_not_kept() {
+    let mut h = H::at(At::Running, MARK);
+    h.ev(sample(GCS, 50, None));
+    assert_eq!(
+        h.state.get().daemons["gcs_server"].rss_bytes,
+        Some(50 * MIB)
+    );
+    h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
+    assert_eq!(h.state.get().daemons["gcs_server"].rss_bytes, None);
 }
