@@ -2,6 +2,7 @@
 `ray start` command and env, a worker node, and finding Ray's processes."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -117,3 +118,20 @@ def start_worker(tmp, name, gcs_port, env):
          f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_head(head, redis, tmp):
+    """A benchmark's teardown: SIGTERM to the head's and Redis's groups, the
+    head given 60 s before SIGKILL, then whatever still names `tmp`."""
+    for p in (head, redis):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-9", "-f", tmp])
+    redis.kill()
+    redis.wait()

@@ -11,7 +11,6 @@ With a real Ray head supervised by rayhead (Redis with a password, loopback):
 Figures only; no assertions. Usage: .venv/bin/python bench/probe.py
 """
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from common import PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, wait_serving  # noqa: E402
+from common import PASSWORD, RAYHEAD, VENV_BIN, env_for, free_port, stop_head, wait_serving  # noqa: E402
 
 
 # Long enough for the 10 ms CPU ticks to resolve 0.02 % of a core.
@@ -141,17 +140,7 @@ def main():
         cpu = (c1 - c0) / hz / (t1 - t0) * 100
         rss = rss_kib(pid)
     finally:
-        for p in (head, redis):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", tmp])
-        redis.kill()
+        stop_head(head, redis, tmp)
 
     ms = lambda x: f"{x * 1000:.2f} ms"
     print(f"\n/readyz under load: {len(lat)} requests at {rate:.0f}/s over 8 connections, {errors} non-200")

@@ -23,7 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from common import PASSWORD, RAYHEAD, env_for, free_port, procs_with, wait_serving  # noqa: E402
+from common import PASSWORD, RAYHEAD, env_for, free_port, procs_with, stop_head, wait_serving  # noqa: E402
 from probe import load, pct, wall  # noqa: E402
 
 STATIC = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "rayhead")
@@ -76,18 +76,7 @@ def round_for(binary, tmp):
         rss, hwm = status_kib(head.pid, "VmRSS"), status_kib(head.pid, "VmHWM")
         return recoveries, lat, errors, exec_t, rc, rss, hwm
     finally:
-        for p in (head, redis):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", tmp])
-        redis.kill()
-        redis.wait()
+        stop_head(head, redis, tmp)
 
 
 def main():
