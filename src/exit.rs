@@ -65,6 +65,14 @@ pub enum Exit {
     /// The GCS was lost in block mode, where rayhead does not restart it.
     #[error("{0}")]
     GcsLostInBlockMode(String),
+    /// The GCS's RocksDB storage path is missing, not a directory,
+    /// read-only or not writable: no GCS can start on it.
+    #[error("{0}")]
+    StorageUnusable(String),
+    /// The GCS's RocksDB storage stayed full (below gcs.storage-min-free)
+    /// until the gate's time ran out.
+    #[error("{0}")]
+    StorageFull(String),
     /// The command exists but cannot be executed (as a shell reports it).
     #[error("{0}")]
     CannotExecute(String),
@@ -95,6 +103,8 @@ impl Exit {
             Exit::RedisUnreachable(_) => 86,
             Exit::RedisAuth(_) => 87,
             Exit::GcsLostInBlockMode(_) => 88,
+            Exit::StorageUnusable(_) => 89,
+            Exit::StorageFull(_) => 90,
             Exit::CannotExecute(_) => 126,
             Exit::NotFound(_) => 127,
             Exit::ToolMissing(_) => TOOL_MISSING,
@@ -156,6 +166,8 @@ mod tests {
             Exit::RedisUnreachable(s()),
             Exit::RedisAuth(s()),
             Exit::GcsLostInBlockMode(s()),
+            Exit::StorageUnusable(s()),
+            Exit::StorageFull(s()),
             Exit::CannotExecute(s()),
             Exit::NotFound(s()),
             Exit::ToolMissing(s()),
@@ -174,6 +186,8 @@ mod tests {
                 | Exit::RedisUnreachable(_)
                 | Exit::RedisAuth(_)
                 | Exit::GcsLostInBlockMode(_)
+                | Exit::StorageUnusable(_)
+                | Exit::StorageFull(_)
                 | Exit::CannotExecute(_)
                 | Exit::NotFound(_)
                 | Exit::ToolMissing(_) => {}

@@ -56,7 +56,8 @@ pub struct ContainerMemory {
 pub enum Mark {
     Off,
     Bytes(u64),
-    /// Whole percents of the container's memory limit, 1 to 100.
+    /// Whole percents of a total (the container's memory limit, a volume's
+    /// size), 1 to 100.
     PercentOfLimit(u8),
 }
 
@@ -68,7 +69,7 @@ impl Mark {
         let t = text.trim();
         let bad = |why: &str| {
             format!(
-                "{:?}: {why}; expected \"off\", a percentage of the container's memory limit such as \"50%\", or a size such as \"512MiB\" or \"2GiB\"",
+                "{:?}: {why}; expected \"off\", a percentage (of the container's memory limit, or of the volume) such as \"50%\", or a size such as \"512MiB\" or \"2GiB\"",
                 crate::redact::line(text)
             )
         };
@@ -95,9 +96,7 @@ impl Mark {
             _ => return Err(bad("unknown unit")),
         };
         match n.checked_mul(1 << shift) {
-            Some(0) => Err(bad(
-                "a mark of 0 would restart at once; \"off\" turns it off",
-            )),
+            Some(0) => Err(bad("0 is not a mark; \"off\" turns it off")),
             Some(b) => Ok(Mark::Bytes(b)),
             None => Err(bad("too large")),
         }

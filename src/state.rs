@@ -158,6 +158,47 @@ pub struct RedisState {
     pub notes: Vec<String>,
 }
 
+/// Where the GCS keeps its state, as Ray resolves it (`RAY_gcs_storage`,
+/// `--system-config`, `RAY_REDIS_ADDRESS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// In gcs_server's memory: lost with it, so no fault tolerance.
+    Memory,
+    /// An external Redis.
+    Redis,
+    /// Embedded RocksDB on a volume (`RAY_gcs_storage_path`).
+    Rocksdb,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::Rocksdb => "rocksdb",
+        }
+    }
+}
+
+/// What the RocksDB storage check last found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RocksdbState {
+    /// `RAY_gcs_storage_path`.
+    pub path: String,
+    /// Bytes the database directory takes on disk.
+    pub used_bytes: Option<u64>,
+    /// Bytes an unprivileged writer can still use on its file system.
+    pub free_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+    /// `gcs.storage-min-free` in bytes now; `None`: off.
+    pub min_free_bytes: Option<u64>,
+    /// What makes the storage unusable, when something does.
+    pub problem: Option<String>,
+    #[serde(serialize_with = "opt_time")]
+    pub last_check: Option<SystemTime>,
+}
+
 /// The head's memory as rayhead last sampled it, and what it did about it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryState {
@@ -223,7 +264,10 @@ pub struct Snapshot {
     /// The GCS, when a Ray head is supervised.
     pub gcs: Option<GcsState>,
     pub fault_tolerant: bool,
+    /// The GCS's storage backend, when a Ray head is supervised.
+    pub gcs_storage: Option<Backend>,
     pub redis: Option<RedisState>,
+    pub rocksdb: Option<RocksdbState>,
     /// The head's memory, when a Ray head is supervised.
     pub memory: Option<MemoryState>,
     /// Every in-place recovery's duration, for the metrics' histogram.
@@ -246,7 +290,9 @@ impl Snapshot {
             daemons: BTreeMap::new(),
             gcs: None,
             fault_tolerant: false,
+            gcs_storage: None,
             redis: None,
+            rocksdb: None,
             memory: None,
             recoveries: Vec::new(),
             last_reason: None,
@@ -272,6 +318,11 @@ impl Snapshot {
                 last_check_seconds: None,
             }),
             fault_tolerant: redis_address.is_some(),
+            gcs_storage: Some(if redis_address.is_some() {
+                Backend::Redis
+            } else {
+                Backend::Memory
+            }),
             redis: redis_address.map(|address| RedisState {
                 address,
                 up: None,
@@ -284,6 +335,26 @@ impl Snapshot {
                 notes: Vec::new(),
             }),
             ..Snapshot::command()
+        }
+    }
+
+    /// The same head with its GCS on RocksDB at `path`: fault tolerant
+    /// without Redis.
+    pub fn with_rocksdb(self, path: String) -> Snapshot {
+        Snapshot {
+            fault_tolerant: true,
+            gcs_storage: Some(Backend::Rocksdb),
+            redis: None,
+            rocksdb: Some(RocksdbState {
+                path,
+                used_bytes: None,
+                free_bytes: None,
+                total_bytes: None,
+                min_free_bytes: None,
+                problem: None,
+                last_check: None,
+            }),
+            ..self
         }
     }
 }

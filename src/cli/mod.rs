@@ -3,6 +3,7 @@
 
 mod install;
 mod run;
+mod storage;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,8 @@ enum Command {
     Probe(ProbeArgs),
     /// Check Redis as the GCS uses it; exit 0 healthy, 1 unhealthy, 2 healthy with warnings.
     RedisCheck(RedisCheckArgs),
+    /// Check the GCS's storage as the head resolves it (RAY_gcs_storage, --system-config, RAY_REDIS_ADDRESS): RocksDB's path (exists, writable, free space, size), or Redis as redis-check does.
+    StorageCheck(storage::StorageCheckArgs),
     /// Delete the namespace's GCS keys (RAY<ns>@*): a drop-in for KubeRay's cleanup Job.
     RedisCleanup(RedisCleanupArgs),
     /// Run a GCS-fault-tolerant Ray cluster on this machine, as KubeRay would: Redis, a head under `rayhead run`, N workers; Ctrl-C stops it all.
@@ -51,11 +54,21 @@ enum Command {
     },
 }
 
+/// `rayhead dev --storage`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StorageArg {
+    Redis,
+    Rocksdb,
+}
+
 #[derive(Debug, Args)]
 struct DevArgs {
     /// Worker nodes, each `ray start --address ... --block` (the guide has one).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     workers: u32,
+    /// Where the GCS keeps its state: redis (embedded redis-server, or --redis-url) or rocksdb (in the state dir; no server needed). Default: redis when --redis-url is given or redis-server is installed, else rocksdb.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    storage: Option<StorageArg>,
     /// Use this Redis, redis://[[USER]:PASSWORD@]HOST:PORT or rediss://..., instead of an embedded redis-server (no password in the URL: REDIS_PASSWORD's).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
@@ -68,7 +81,7 @@ struct DevArgs {
     /// The head's RAY_gcs_rpc_server_reconnect_timeout_s, e.g. 60 or 60s (Ray's default: 60).
     #[arg(long, value_name = "DURATION", value_parser = parse_head_timeout)]
     head_timeout: Option<std::time::Duration>,
-    /// Start afresh: a new namespace, no Redis data, no logs.
+    /// Start afresh: a new namespace, no Redis data, no RocksDB, no logs.
     #[arg(long)]
     clean: bool,
     #[command(flatten)]
@@ -242,35 +255,10 @@ pub fn main() -> u8 {
                 1
             }
         },
-        Command::RedisCheck(args) => {
-            redis_command(&cli, &args.config, &args.dev, |redis, cfg| async move {
-                let mut f = redis.findings(cfg.redis.namespace.as_deref()).await;
-                if f.up && args.pings > 0 {
-                    let mut rtts = Vec::new();
-                    for _ in 0..args.pings {
-                        match redis.ping().await {
-                            Ok(d) => rtts.push(d.as_secs_f64()),
-                            Err(e) => f.notes.push(format!("a repeated PING failed: {e}")),
-                        }
-                    }
-                    rtts.sort_by(f64::total_cmp);
-                    if !rtts.is_empty() {
-                        let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
-                        f.ping_p50_seconds = Some(at(0.5));
-                        f.ping_p99_seconds = Some(at(0.99));
-                    }
-                }
-                if args.json {
-                    crate::logging::out(&format!(
-                        "{}\n",
-                        serde_json::to_string_pretty(&f).unwrap_or_default()
-                    ));
-                } else {
-                    crate::logging::out(&f.render());
-                }
-                f.exit_code()
-            })
-        }
+        Command::StorageCheck(args) => storage::check(&cli, args),
+        Command::RedisCheck(args) => redis_command(&cli, &args.config, &args.dev, |redis, cfg| {
+            storage::redis_report(redis, cfg, args.json, args.pings)
+        }),
         Command::RedisCleanup(args) => {
             redis_command(&cli, &args.config, &args.dev, |redis, cfg| async move {
                 let ns =
@@ -416,6 +404,10 @@ fn dev(cli: &Cli, args: &DevArgs) -> u8 {
     crate::init::spawn::close_inherited_fds();
     let opts = crate::dev::Options {
         workers: args.workers,
+        storage: args.storage.map(|s| match s {
+            StorageArg::Redis => crate::dev::Storage::Redis,
+            StorageArg::Rocksdb => crate::dev::Storage::Rocksdb,
+        }),
         redis_url: args.redis_url.clone(),
         state_dir: args.state_dir.clone(),
         restart_policy: args.restart_policy,

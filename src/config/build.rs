@@ -172,6 +172,9 @@ pub(super) fn build(
         deadline_margin: v.duration(&GCS_DEADLINE_MARGIN),
         max_restarts: u32::try_from(v.count(&GCS_MAX_RESTARTS)).unwrap_or(u32::MAX),
         stable_after: v.duration(&GCS_STABLE_AFTER),
+        storage_min_free: v.mark(&GCS_STORAGE_MIN_FREE),
+        storage_startup_timeout: v.duration(&GCS_STORAGE_STARTUP_TIMEOUT),
+        storage_check_interval: v.duration(&GCS_STORAGE_CHECK_INTERVAL),
     };
     if gcs.unhealthy_after < gcs.health_interval {
         problem(

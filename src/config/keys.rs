@@ -320,6 +320,30 @@ pub static GCS_STABLE_AFTER: Key = Key {
     doc: "A restarted GCS lost again within this long of answering SERVING counts as a failed restart.",
 };
 
+pub static GCS_STORAGE_MIN_FREE: Key = Key {
+    name: "gcs.storage-min-free",
+    kind: Kind::Mark,
+    default: Some("64MiB"),
+    aliases: &[],
+    doc: "With the GCS on RocksDB (RAY_gcs_storage=rocksdb): the free space the storage path must have before ray start and before each in-place restart. RocksDB needs room for its write-ahead logs (about 13 MiB each, preallocated) and compactions. A size (\"64MiB\"), a share of the volume (\"5%\"), or \"off\".",
+};
+
+pub static GCS_STORAGE_STARTUP_TIMEOUT: Key = Key {
+    name: "gcs.storage-startup-timeout",
+    kind: Kind::Duration,
+    default: Some("5m"),
+    aliases: &[],
+    doc: "With the GCS on RocksDB: how long the start gate waits for a full storage path to have gcs.storage-min-free before rayhead gives up (exit 90). A missing, read-only or unwritable path fails at once (exit 89).",
+};
+
+pub static GCS_STORAGE_CHECK_INTERVAL: Key = Key {
+    name: "gcs.storage-check-interval",
+    kind: Kind::Duration,
+    default: Some("5s"),
+    aliases: &[],
+    doc: "With the GCS on RocksDB: how often the storage path's free space and the database's size are read for /status and the metrics.",
+};
+
 pub static REDIS_ADDRESS: Key = Key {
     name: "redis.address",
     kind: Kind::Text,
@@ -508,6 +532,9 @@ pub static KEYS: &[&Key] = &[
     &GCS_DEADLINE_MARGIN,
     &GCS_MAX_RESTARTS,
     &GCS_STABLE_AFTER,
+    &GCS_STORAGE_MIN_FREE,
+    &GCS_STORAGE_STARTUP_TIMEOUT,
+    &GCS_STORAGE_CHECK_INTERVAL,
     &REDIS_ADDRESS,
     &REDIS_USERNAME,
     &REDIS_PASSWORD,

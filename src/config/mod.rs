@@ -222,6 +222,10 @@ pub struct GcsConfig {
     pub deadline_margin: Duration,
     pub max_restarts: u32,
     pub stable_after: Duration,
+    /// RocksDB only: the free space needed to start a GCS.
+    pub storage_min_free: crate::memory::Mark,
+    pub storage_startup_timeout: Duration,
+    pub storage_check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -183,10 +183,7 @@ pub fn expected(kind: Kind) -> String {
         Kind::Signals => "a list of signal names such as [\"SIGTERM\", \"SIGHUP\"]".into(),
         Kind::Argv => "a command, as a list of strings or one string".into(),
         Kind::Listen => "an address such as \"0.0.0.0:8099\"".into(),
-        Kind::Mark => {
-            "\"off\", a share of the memory limit such as \"50%\", or a size such as \"2GiB\""
-                .into()
-        }
+        Kind::Mark => "\"off\", a share such as \"50%\", or a size such as \"2GiB\"".into(),
     }
 }
 

@@ -71,7 +71,8 @@ pub struct Cluster {
     /// /tmp when the state dir's is too long for Ray's Unix sockets.
     pub ray_root: PathBuf,
     pub ray: PathBuf,
-    pub redis: RedisSource,
+    /// The GCS's Redis; `None`: the GCS stores in RocksDB, in `gcs/`.
+    pub redis: Option<RedisSource>,
     /// `--head-timeout`: the head's RAY_gcs_rpc_server_reconnect_timeout_s.
     pub head_timeout: Option<Duration>,
     pub workers: u32,
@@ -110,7 +111,7 @@ impl Cluster {
         dir: &StateDir,
         saved: Saved,
         ray: PathBuf,
-        redis: RedisSource,
+        redis: Option<RedisSource>,
         head_timeout: Option<Duration>,
         workers: u32,
     ) -> Result<Cluster, String> {
@@ -153,10 +154,35 @@ impl Cluster {
         self.root.join("head-termination.log")
     }
 
-    /// The Redis as `RAY_REDIS_ADDRESS` (never with the password), its
-    /// password and username.
-    pub fn redis_address(&self) -> (String, Option<Secret>, Option<String>) {
+    /// RAY_gcs_storage_path with `--storage rocksdb`: in the state dir, so
+    /// that the next run finds the database, as a restarted head pod finds
+    /// its PVC.
+    pub fn rocksdb_path(&self) -> PathBuf {
+        self.root.join("gcs")
+    }
+
+    /// The GCS's store in words, for the banner.
+    pub fn store_shown(&self) -> String {
         match &self.redis {
+            None => format!("RocksDB in {}", self.rocksdb_path().display()),
+            Some(RedisSource::Embedded { .. }) => format!(
+                "Redis {} (embedded, AOF in {}), namespace {}",
+                self.redis_shown(),
+                self.root.join("redis").display(),
+                self.saved.namespace
+            ),
+            Some(RedisSource::External(_)) => format!(
+                "Redis {} (--redis-url), namespace {}",
+                self.redis_shown(),
+                self.saved.namespace
+            ),
+        }
+    }
+
+    /// The Redis as `RAY_REDIS_ADDRESS` (never with the password), its
+    /// password and username; `None` with RocksDB.
+    pub fn redis_address(&self) -> Option<(String, Option<Secret>, Option<String>)> {
+        Some(match self.redis.as_ref()? {
             RedisSource::Embedded { .. } => (
                 format!("127.0.0.1:{}", self.saved.ports.redis),
                 Some(Secret::new(self.saved.redis_password.clone())),
@@ -175,12 +201,14 @@ impl Cluster {
                 };
                 (addr, a.password.clone(), a.username.clone())
             }
-        }
+        })
     }
 
     /// The Redis URL to show: the password masked.
     pub fn redis_shown(&self) -> String {
-        let (addr, password, user) = self.redis_address();
+        let Some((addr, password, user)) = self.redis_address() else {
+            return "none (RocksDB)".into();
+        };
         let (scheme, hostport) = match addr.strip_prefix("rediss://") {
             Some(h) => ("rediss", h.to_string()),
             None => ("redis", addr),
@@ -218,8 +246,8 @@ impl Cluster {
         use super::kubelet::Pod;
         let mut cmd = match pod {
             Pod::Redis => {
-                let RedisSource::Embedded { server } = &self.redis else {
-                    return Err("no embedded Redis with --redis-url".into());
+                let Some(RedisSource::Embedded { server }) = &self.redis else {
+                    return Err("no embedded Redis with --redis-url or RocksDB".into());
                 };
                 let mut c = Command::new(server);
                 c.arg(self.write_redis_conf()?);
@@ -269,7 +297,6 @@ impl Cluster {
     pub fn head_spec(&self) -> HeadSpec {
         let temp = self.ray_root.join("head");
         let p = &self.saved.ports;
-        let (addr, password, user) = self.redis_address();
         let mut start = format!(
             "{} start --head --block --port={} --node-ip-address=127.0.0.1 --temp-dir={} \
              --dashboard-host=127.0.0.1 --dashboard-port={} --dashboard-agent-listen-port={} \
@@ -307,24 +334,40 @@ impl Cluster {
         ];
         let plain = |k: &str, v: String| (k.to_string(), Some(Secret::new(v)));
         let mut env = vec![
-            plain("RAY_REDIS_ADDRESS", addr),
-            plain(
-                "RAY_external_storage_namespace",
-                self.saved.namespace.clone(),
-            ),
             plain("RAY_ADDRESS", self.gcs_address()),
             plain("RAY_PORT", p.gcs.to_string()),
             plain("RAY_DISABLE_USAGE_STATS", "1".into()),
             ("REDIS_PASSWORD".to_string(), None),
             ("REDIS_USERNAME".to_string(), None),
+            // The runner's own env must not choose the head's store.
+            ("RAY_REDIS_ADDRESS".to_string(), None),
+            ("RAY_gcs_storage".to_string(), None),
+            ("RAY_gcs_storage_path".to_string(), None),
         ];
-        if let Some(pw) = password {
-            start.push_str(" --redis-password=$REDIS_PASSWORD");
-            env.push(("REDIS_PASSWORD".into(), Some(pw)));
-        }
-        if let Some(u) = user {
-            start.push_str(" --redis-username=$REDIS_USERNAME");
-            env.push(plain("REDIS_USERNAME", u));
+        match self.redis_address() {
+            // What KubeRay 1.7 gives a head with backend: rocksdb.
+            None => {
+                env.push(plain("RAY_gcs_storage", "rocksdb".into()));
+                env.push(plain(
+                    "RAY_gcs_storage_path",
+                    self.rocksdb_path().display().to_string(),
+                ));
+            }
+            Some((addr, password, user)) => {
+                env.push(plain("RAY_REDIS_ADDRESS", addr));
+                env.push(plain(
+                    "RAY_external_storage_namespace",
+                    self.saved.namespace.clone(),
+                ));
+                if let Some(pw) = password {
+                    start.push_str(" --redis-password=$REDIS_PASSWORD");
+                    env.push(("REDIS_PASSWORD".into(), Some(pw)));
+                }
+                if let Some(u) = user {
+                    start.push_str(" --redis-username=$REDIS_USERNAME");
+                    env.push(plain("REDIS_USERNAME", u));
+                }
+            }
         }
         if let Some(t) = self.head_timeout {
             env.push(plain(
@@ -445,7 +488,37 @@ mod tests {
         let redis = RedisSource::Embedded {
             server: PathBuf::new(),
         };
-        Cluster::new(dir, saved, PathBuf::new(), redis, None, 0)
+        Cluster::new(dir, saved, PathBuf::new(), Some(redis), None, 0)
+    }
+
+    /// With RocksDB the head gets what KubeRay 1.7 gives it, no Redis of
+    /// the runner's env leaks in, and the head accepts the result.
+    #[test]
+    fn a_rocksdb_head_gets_the_storage_env_and_no_redis() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s"), false).unwrap();
+        let saved = dir.cluster().unwrap();
+        let c = Cluster::new(&dir, saved, PathBuf::from("/bin/ray"), None, None, 0).unwrap();
+        let spec = c.head_spec();
+        let last = |k: &str| {
+            spec.env
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.as_ref().map(|v| v.expose().to_string()))
+        };
+        assert_eq!(last("RAY_gcs_storage").as_deref(), Some("rocksdb"));
+        assert_eq!(
+            last("RAY_gcs_storage_path"),
+            Some(c.rocksdb_path().display().to_string())
+        );
+        assert!(c.rocksdb_path().is_dir());
+        assert_eq!(last("RAY_REDIS_ADDRESS"), None);
+        assert_eq!(last("REDIS_PASSWORD"), None);
+        let start = last("KUBERAY_GEN_RAY_START_CMD").unwrap();
+        assert!(!start.contains("redis"), "{start}");
+        spec.check().expect("the head accepts it");
+        assert!(c.store_shown().starts_with("RocksDB in "));
     }
 
     /// A long state dir puts Ray's temp root at a predictable path in

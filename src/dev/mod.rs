@@ -1,5 +1,6 @@
 //! `rayhead dev`: a whole GCS-fault-tolerant Ray cluster on one machine, run
-//! the way KubeRay and the kubelet would run it: a Redis, a head container
+//! the way KubeRay and the kubelet would run it: a Redis (or RocksDB in the
+//! state dir, which needs no server), a head container
 //! whose PID 1 is `rayhead run` (this very binary, so the supervision code
 //! is the one a pod runs), and N worker nodes. Every pod is a child of the
 //! runner, under its reaper, and is restarted per `--restart-policy` with
@@ -38,10 +39,22 @@ use kubelet::{Decision, Kubelet, Pod, RestartPolicy};
 use state_dir::StateDir;
 use status::{HeadView, Line, Printer};
 
+/// Where the dev cluster's GCS keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A Redis: embedded `redis-server`, or `--redis-url`.
+    Redis,
+    /// RocksDB in the state dir's `gcs/`: no server to run.
+    Rocksdb,
+}
+
 /// `rayhead dev`'s options.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub workers: u32,
+    /// `None`: Redis when `--redis-url` is given or `redis-server` is
+    /// installed, else RocksDB.
+    pub storage: Option<Storage>,
     pub redis_url: Option<String>,
     pub state_dir: PathBuf,
     pub restart_policy: RestartPolicy,
@@ -66,9 +79,10 @@ pub async fn run(cfg: &Config, opts: Options) -> Exit {
         Ok(i) => i,
         Err(e) => return Exit::Internal(format!("cannot set up the init: {e}")),
     };
-    let redis = match redis_client(cfg, &cluster) {
-        Ok(r) => r,
-        Err(e) => return Exit::Config(e),
+    let redis = match cluster.redis.is_some().then(|| redis_client(cfg, &cluster)) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => return Exit::Config(e),
     };
     let redis_startup = cfg.redis.startup_timeout.min(REDIS_STARTUP);
     let exit = Runner::new(cluster, redis, opts.restart_policy, &mut init)
@@ -88,7 +102,23 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         ))
     };
     let ray = cluster::which("ray").ok_or_else(|| missing("ray"))?;
+    let storage = match (opts.storage, &opts.redis_url) {
+        (Some(Storage::Rocksdb), Some(_)) => {
+            return Err(Exit::Config(
+                "--redis-url with --storage rocksdb: the GCS would not use that Redis; drop one"
+                    .into(),
+            ))
+        }
+        (Some(s), _) => s,
+        (None, Some(_)) => Storage::Redis,
+        (None, None) if cluster::which("redis-server").is_some() => Storage::Redis,
+        (None, None) => {
+            tracing::info!("redis-server is not installed: the GCS stores in RocksDB in the state dir (--storage rocksdb); install redis-server or pass --storage redis for Redis");
+            Storage::Rocksdb
+        }
+    };
     let redis = match &opts.redis_url {
+        _ if storage == Storage::Rocksdb => None,
         Some(url) => {
             let mut a = crate::redis::address::parse(url)
                 .map_err(|e| Exit::Config(format!("--redis-url {e}")))?;
@@ -99,16 +129,16 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
                     .filter(|p| !p.is_empty())
                     .map(crate::config::Secret::new);
             }
-            RedisSource::External(a)
+            Some(RedisSource::External(a))
         }
-        None => RedisSource::Embedded {
+        None => Some(RedisSource::Embedded {
             server: cluster::which("redis-server").ok_or_else(|| missing("redis-server"))?,
-        },
+        }),
     };
     // --clean forgets the namespace; in a Redis of the user's, its keys
     // stay, and the user should know which.
     let forgotten = match (&redis, opts.clean) {
-        (RedisSource::External(_), true) => StateDir::saved(&opts.state_dir).ok(),
+        (Some(RedisSource::External(_)), true) => StateDir::saved(&opts.state_dir).ok(),
         _ => None,
     };
     let dir = StateDir::open(&opts.state_dir, opts.clean).map_err(Exit::Config)?;
@@ -132,7 +162,9 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
 /// The runner's own client of the cluster's Redis, to know it answers
 /// before the head starts.
 fn redis_client(cfg: &Config, cluster: &Cluster) -> Result<crate::redis::Redis, String> {
-    let (address, password, username) = cluster.redis_address();
+    let Some((address, password, username)) = cluster.redis_address() else {
+        return Err("no Redis: the GCS stores in RocksDB".into());
+    };
     let mut rc = cfg.redis.clone();
     rc.address = Some(address);
     rc.password = password;
@@ -161,7 +193,8 @@ enum End {
 
 struct Runner<'a> {
     cluster: Cluster,
-    redis: crate::redis::Redis,
+    /// The runner's client of the cluster's Redis; `None` with RocksDB.
+    redis: Option<crate::redis::Redis>,
     policy: RestartPolicy,
     init: &'a mut Init,
     kubelet: Kubelet,
@@ -185,7 +218,7 @@ struct Runner<'a> {
 impl<'a> Runner<'a> {
     fn new(
         cluster: Cluster,
-        redis: crate::redis::Redis,
+        redis: Option<crate::redis::Redis>,
         policy: RestartPolicy,
         init: &'a mut Init,
     ) -> Self {
@@ -212,7 +245,7 @@ impl<'a> Runner<'a> {
 
     async fn run(mut self, redis_startup: Duration) -> Exit {
         self.banner();
-        if matches!(self.cluster.redis, RedisSource::Embedded { .. }) {
+        if matches!(self.cluster.redis, Some(RedisSource::Embedded { .. })) {
             self.start(Pod::Redis);
         }
         self.gate_redis(redis_startup);
@@ -247,19 +280,13 @@ impl<'a> Runner<'a> {
 
     fn banner(&mut self) {
         let c = &self.cluster;
-        let redis_kind = match &c.redis {
-            RedisSource::Embedded { .. } => {
-                format!("embedded, AOF in {}", c.root.join("redis").display())
-            }
-            RedisSource::External(_) => "--redis-url".into(),
-        };
         let text = format!(
             "a Ray cluster with GCS fault tolerance: 1 head, {} worker(s), --restart-policy {:?}\n\
              \x20 export RAY_ADDRESS={}\n\
              \x20 dashboard  {}\n\
              \x20 readiness  {}/readyz   liveness {}/livez\n\
              \x20 status     {}/status   (or: rayhead probe status --url {})\n\
-             \x20 Redis      {} ({redis_kind}), namespace {}\n\
+             \x20 GCS store  {}\n\
              \x20 state dir  {} (logs in {})",
             c.workers,
             self.policy,
@@ -269,8 +296,7 @@ impl<'a> Runner<'a> {
             c.probe_url(),
             c.probe_url(),
             c.probe_url(),
-            c.redis_shown(),
-            c.saved.namespace,
+            c.store_shown(),
             shown_path(&c.root),
             shown_path(&c.root.join("logs")),
         );
@@ -280,15 +306,19 @@ impl<'a> Runner<'a> {
     /// Waits, in a task, for the cluster's Redis to answer: the head is
     /// started only then, as a KubeRay head needs its Redis.
     fn gate_redis(&self, limit: Duration) {
-        let redis = self.redis.clone();
+        let Some(redis) = self.redis.clone() else {
+            // RocksDB: the head's own gate checks the storage path.
+            let _ = self.tx.send(Event::RedisReady);
+            return;
+        };
         let tx = self.tx.clone();
         let cancel = self.init.cancel.child_token();
         let shown = self.cluster.redis_shown();
         let see = match self.cluster.redis {
-            RedisSource::Embedded { .. } => {
+            Some(RedisSource::Embedded { .. }) => {
                 format!("; see {}", shown_path(&self.cluster.log(Pod::Redis)))
             }
-            RedisSource::External(_) => String::new(),
+            _ => String::new(),
         };
         let until = crate::time::after(Instant::now(), limit);
         self.init.tracker.spawn(async move {

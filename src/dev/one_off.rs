@@ -44,7 +44,7 @@ impl DevRedis {
                     &dir,
                     saved.clone(),
                     PathBuf::new(),
-                    RedisSource::Embedded { server },
+                    Some(RedisSource::Embedded { server }),
                     None,
                     0,
                 )?;

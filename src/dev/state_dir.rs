@@ -7,6 +7,7 @@
 //!   lock              flock: one runner per state dir
 //!   cluster.json      namespace, Redis password, ports (mode 0600)
 //!   redis/            the embedded Redis: redis.conf (0600), its AOF
+//!   gcs/              the GCS's RocksDB with --storage rocksdb (a PVC's /data/gcs)
 //!   logs/             head.log, worker-N.log, redis.log
 //!   head-termination.log
 //! ```
@@ -95,7 +96,7 @@ impl StateDir {
                 r.map_err(|e| format!("--clean: cannot remove {}: {e}", p.display()))?;
             }
         }
-        for sub in ["redis", "logs"] {
+        for sub in ["redis", "logs", "gcs"] {
             private_dir::make_or_close(&root.join(sub), uid)
                 .map_err(|e| format!("--state-dir {e}"))?;
         }

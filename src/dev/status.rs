@@ -20,6 +20,9 @@ pub struct HeadView {
     pub last_recovery_seconds: Option<f64>,
     pub last_loss_reason: Option<String>,
     pub redis_up: Option<bool>,
+    /// With RocksDB: `Some(None)` usable, `Some(Some(problem))` not;
+    /// `None`: not RocksDB, or not checked yet.
+    pub rocksdb_problem: Option<Option<String>>,
     /// Worker nodes ALIVE in the cluster, when the runner asked the
     /// dashboard.
     pub workers_joined: Option<usize>,
@@ -39,6 +42,9 @@ impl HeadView {
             last_recovery_seconds: v["gcs"]["last_recovery_seconds"].as_f64(),
             last_loss_reason: s(&v["gcs"]["last_loss_reason"]),
             redis_up: v["redis"]["up"].as_bool(),
+            rocksdb_problem: v["rocksdb"]["last_check"]
+                .is_string()
+                .then(|| s(&v["rocksdb"]["problem"])),
             workers_joined: None,
         }
     }
@@ -87,14 +93,16 @@ impl std::fmt::Display for Line<'_> {
         if let Some(s) = h.last_recovery_seconds {
             write!(f, " (last recovery {s:.3}s)")?;
         }
-        let redis = match h.redis_up {
-            Some(true) => "up",
-            Some(false) => "DOWN",
-            None => "-",
+        let store = match (&h.rocksdb_problem, h.redis_up) {
+            (Some(None), _) => "RocksDB ok",
+            (Some(Some(_)), _) => "RocksDB UNUSABLE (see /status)",
+            (None, Some(true)) => "Redis up",
+            (None, Some(false)) => "Redis DOWN",
+            (None, None) => "store -",
         };
         write!(
             f,
-            " | Redis {redis} | workers {}/{} | pod restarts {}",
+            " | {store} | workers {}/{} | pod restarts {}",
             self.workers_up, self.workers, self.pod_restarts
         )
     }

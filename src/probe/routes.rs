@@ -109,7 +109,7 @@ pub fn route(
 
 /// Every readiness check: its name, whether it passes, and why not. The
 /// phase; the GCS, when a Ray head is supervised; every process the
-/// supervisor marked required; and Redis, with fault tolerance.
+/// supervisor marked required; and the GCS's storage (Redis or RocksDB).
 pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, String)> {
     let mut checks = vec![(
         "phase",
@@ -151,6 +151,17 @@ pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, S
                 ),
                 (_, Some(e)) => format!("Redis at {} is down: {e}", r.address),
                 _ => format!("Redis at {} is down", r.address),
+            },
+        ));
+    }
+    if let Some(r) = &snap.rocksdb {
+        checks.push((
+            "rocksdb",
+            r.last_check.is_some() && r.problem.is_none(),
+            match (&r.last_check, &r.problem) {
+                (None, _) => format!("the GCS storage at {} is not checked yet", r.path),
+                (_, Some(p)) => p.clone(),
+                _ => String::new(),
             },
         ));
     }
@@ -243,6 +254,67 @@ struct DaemonLabel {
 /// Recovery buckets: around the 0.1 s rayhead takes, up to the 60 s window.
 const RECOVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
+fn gauge(v: i64) -> Gauge {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    g
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: String,
+}
+
+/// The GCS's storage backend, and RocksDB's disk: what fills it, and what
+/// is left before the gate holds restarts back.
+fn storage_metrics(reg: &mut Registry, snap: &Snapshot) {
+    if let Some(b) = snap.gcs_storage {
+        let info: Family<BackendLabel, Gauge> = Family::default();
+        info.get_or_create(&BackendLabel {
+            backend: b.as_str().into(),
+        })
+        .set(1);
+        reg.register(
+            "gcs_storage_info",
+            "The GCS's storage backend (memory, redis, rocksdb), as the label",
+            info,
+        );
+    }
+    let Some(r) = &snap.rocksdb else { return };
+    let bytes = [
+        (
+            "gcs_storage_used_bytes",
+            "Bytes the RocksDB directory (RAY_gcs_storage_path) takes on disk",
+            r.used_bytes,
+        ),
+        (
+            "gcs_storage_free_bytes",
+            "Bytes still free for the GCS on the storage's file system",
+            r.free_bytes,
+        ),
+        (
+            "gcs_storage_size_bytes",
+            "The storage file system's size",
+            r.total_bytes,
+        ),
+        (
+            "gcs_storage_min_free_bytes",
+            "gcs.storage-min-free in bytes: below it, no GCS is started",
+            r.min_free_bytes,
+        ),
+    ];
+    for (name, help, value) in bytes {
+        if let Some(v) = value {
+            reg.register(name, help, gauge(i64::try_from(v).unwrap_or(i64::MAX)));
+        }
+    }
+    reg.register(
+        "gcs_storage_usable",
+        "1 when the last check found the RocksDB storage usable",
+        gauge((r.last_check.is_some() && r.problem.is_none()) as i64),
+    );
+}
+
 /// Each daemon's RSS, the container's memory and limit, and what rayhead did
 /// about the GCS's memory.
 fn memory_metrics(reg: &mut Registry, snap: &Snapshot) {
@@ -307,11 +379,6 @@ fn memory_metrics(reg: &mut Registry, snap: &Snapshot) {
 
 fn metrics(snap: &Snapshot) -> Reply {
     let mut reg = Registry::with_prefix("rayhead");
-    let gauge = |v: i64| {
-        let g: Gauge = Gauge::default();
-        g.set(v);
-        g
-    };
     let fgauge = |v: f64| {
         let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
         g.set(v);
@@ -348,6 +415,7 @@ fn metrics(snap: &Snapshot) -> Reply {
             );
         }
     }
+    storage_metrics(&mut reg, snap);
     if let Some(r) = &snap.redis {
         reg.register(
             "redis_up",

@@ -10,6 +10,9 @@ pub struct StartCommand {
     pub argv: Vec<String>,
     /// The GCS port: `--port`, else the configured default.
     pub gcs_port: u16,
+    /// `--system-config`'s JSON, as given: Ray's `_system_config`, which
+    /// beats the `RAY_*` env for the GCS (its storage backend, for one).
+    pub system_config: Option<String>,
 }
 
 /// Whether an argv is a `ray start` invocation (`ray start ...`, or a path to
@@ -71,26 +74,36 @@ pub fn prepare(
     if mode == RayMode::Block {
         argv.push("--block".into());
     }
-    let mut gcs_port = default_port;
-    let mut i = 0;
-    while i < argv.len() {
-        let a = &argv[i];
-        let value = if let Some(v) = a.strip_prefix("--port=") {
-            Some(v.to_string())
-        } else if a == "--port" {
-            argv.get(i + 1).cloned()
-        } else {
-            None
-        };
-        if let Some(v) = value {
-            gcs_port =
-                v.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    format!("ray.start-command: --port {v:?} is not a port number")
-                })?;
+    let gcs_port = match flag_value(&argv, "--port") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("ray.start-command: --port {v:?} is not a port number"))?,
+        None => default_port,
+    };
+    let system_config = flag_value(&argv, "--system-config").map(str::to_string);
+    Ok(StartCommand {
+        argv,
+        gcs_port,
+        system_config,
+    })
+}
+
+/// The value of `--name=value` or `--name value`; the last one wins, as
+/// `ray start`'s parser (click) has it.
+fn flag_value<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for (i, a) in argv.iter().enumerate() {
+        if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v);
+        } else if a == name {
+            if let Some(v) = argv.get(i + 1) {
+                found = Some(v.as_str());
+            }
         }
-        i += 1;
     }
-    Ok(StartCommand { argv, gcs_port })
+    found
 }
 
 #[cfg(test)]

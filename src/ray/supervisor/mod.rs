@@ -1,5 +1,5 @@
 //! The supervisor's event loop: every source (signals, the reaper's exits,
-//! GCS health, `ray start`, the Redis gate, the heartbeat, the machine's own
+//! GCS health, `ray start`, the store gate, the heartbeat, the machine's own
 //! timer) feeds one [`Supervisor::next_event`]; the [`Machine`] decides; this
 //! driver carries out its actions and, at the end, tears the head down.
 //!
@@ -60,7 +60,7 @@ pub(super) struct Supervisor<'a> {
     families: Families,
     /// `ray start`'s pid: its process group is the head's (block mode).
     ray_start: Option<Pid>,
-    /// The Redis gate under way, cancelled when another replaces it.
+    /// The store gate under way, cancelled when another replaces it.
     gate: Option<CancellationToken>,
     /// The reaper's mark taken before the last `/proc` scan.
     scan_mark: Option<Mark>,
@@ -71,10 +71,10 @@ impl<'a> Supervisor<'a> {
     pub(super) fn new(cfg: &'a Config, plan: Plan, state: State, init: &'a mut Init) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let tail = Tail::default();
-        let redis = plan.redis.as_ref().map(|r| r.address.to_string());
+        let store = plan.store.as_ref().map(|s| s.info(cfg));
         Supervisor {
             cfg,
-            machine: Machine::new(cfg, redis, state.clone(), tail.clone()),
+            machine: Machine::new(cfg, store, state.clone(), tail.clone()),
             plan,
             state,
             init,
@@ -169,7 +169,7 @@ impl<'a> Supervisor<'a> {
     /// Carries out one action; `Some` ends the loop.
     fn execute(&mut self, action: Action) -> Option<Outcome> {
         match action {
-            Action::WaitForRedis { until, purpose } => self.wait_for_redis(until, purpose),
+            Action::WaitForStore { until, purpose } => self.wait_for_store(until, purpose),
             Action::LaunchRay => self.launch_ray(),
             Action::Scan => {
                 let mark = self.init.reaper.mark();
@@ -214,11 +214,11 @@ impl<'a> Supervisor<'a> {
         None
     }
 
-    /// Waits for Redis in a task of its own, so the loop hears everything
-    /// else meanwhile; a newer gate cancels an older one.
-    fn wait_for_redis(&mut self, until: Instant, purpose: &'static str) {
-        let Some(redis) = self.plan.redis.clone() else {
-            self.pending.push_back(Event::RedisReady);
+    /// Waits for the store in a task of its own, so the loop hears
+    /// everything else meanwhile; a newer gate cancels an older one.
+    fn wait_for_store(&mut self, until: Instant, purpose: &'static str) {
+        let Some(store) = self.plan.store.clone() else {
+            self.pending.push_back(Event::StoreReady);
             return;
         };
         if let Some(old) = self.gate.take() {
@@ -229,10 +229,10 @@ impl<'a> Supervisor<'a> {
         let tx = self.events_tx.clone();
         self.init.tracker.spawn(async move {
             tokio::select! {
-                r = redis.wait_ready(until, purpose) => {
+                r = store.wait_ready(until, purpose) => {
                     let _ = tx.send(match r {
-                        Ok(_) => Event::RedisReady,
-                        Err(e) => Event::RedisFailed(e),
+                        Ok(()) => Event::StoreReady,
+                        Err(e) => Event::StoreFailed(e),
                     });
                 }
                 _ = cancel.cancelled() => {}

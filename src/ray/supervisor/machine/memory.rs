@@ -59,7 +59,7 @@ impl Machine {
             .flatten();
         // Only a GCS that rayhead can restart in place with its state (fault
         // tolerance, direct mode) has a mark: elsewhere a restart is a loss.
-        let restartable = self.redis.is_some() && self.cfg.ray.mode == RayMode::Direct;
+        let restartable = self.store.is_some() && self.cfg.ray.mode == RayMode::Direct;
         let mark = restartable
             .then(|| self.cfg.memory.gcs_high_water.bytes(limit))
             .flatten();

@@ -26,8 +26,8 @@ use crate::init::reaper::ExitStatus;
 use crate::init::stop;
 use crate::ray::daemons::{Daemon, Policy, TABLE};
 use crate::ray::health::{self, Health, Mode, Observation};
-use crate::redis::PingError;
 use crate::state::{ChildStatus, GcsHealth, Phase, State};
+use crate::storage::{GateError, StoreInfo};
 use crate::time::{after, wall_after};
 
 mod daemons;
@@ -68,11 +68,12 @@ pub enum Event {
         /// What answered, or why it failed.
         detail: String,
     },
-    /// Redis answered an authenticated PING at the gate.
-    RedisReady,
-    /// Redis did not answer at the gate before its time ran out, or
-    /// rejected the credentials.
-    RedisFailed(PingError),
+    /// The store passed the gate: Redis answered an authenticated PING, or
+    /// the RocksDB path is writable with room.
+    StoreReady,
+    /// The store did not pass the gate before its time ran out, or failed
+    /// in a way waiting will not fix.
+    StoreFailed(GateError),
     /// The head's memory, sampled every ray.health-interval.
     Memory(MemorySample),
     /// The heartbeat: the loop is alive.
@@ -109,9 +110,9 @@ pub enum Timer {
 /// What the driver must do.
 #[derive(Debug, PartialEq)]
 pub enum Action {
-    /// Wait for Redis to answer an authenticated PING until `until`;
-    /// report [`Event::RedisReady`] or [`Event::RedisFailed`].
-    WaitForRedis {
+    /// Wait for the store to be usable by a GCS until `until`; report
+    /// [`Event::StoreReady`] or [`Event::StoreFailed`].
+    WaitForStore {
         until: Instant,
         purpose: &'static str,
     },
@@ -158,7 +159,7 @@ const RESCAN: Duration = Duration::from_millis(50);
 const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 enum Stage {
-    /// Waiting for Redis before `ray start`.
+    /// Waiting for the store before `ray start`.
     StartGate,
     /// `ray start` runs (direct mode).
     Launching,
@@ -188,6 +189,8 @@ struct Recovery {
     deadline: Instant,
     reason: String,
     last_error: String,
+    /// Why the storage gate did not pass, when that ended the recovery.
+    storage: Option<crate::storage::DiskProblem>,
     attempts: u32,
     step: Step,
 }
@@ -195,9 +198,10 @@ struct Recovery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// The old gcs_server was SIGKILLed; waiting until it is reaped. Two
-    /// GCS processes must never share a Redis namespace.
+    /// GCS processes must never share a Redis namespace, and a second one
+    /// on RocksDB exits at once (the database's `LOCK`).
     Reaping(Pid),
-    /// Waiting for Redis: the GCS aborts without it.
+    /// Waiting for the store: the GCS aborts without it.
     Gate,
     /// After a failed restart.
     Backoff(Instant),
@@ -209,8 +213,8 @@ enum Step {
 
 pub struct Machine {
     cfg: Config,
-    /// Redis's address without a password, when there is fault tolerance.
-    redis: Option<String>,
+    /// The GCS's storage, when there is fault tolerance.
+    store: Option<StoreInfo>,
     state: State,
     tail: Tail,
     stage: Stage,
@@ -255,12 +259,12 @@ enum DaemonStep {
 }
 
 impl Machine {
-    pub fn new(cfg: &Config, redis: Option<String>, state: State, tail: Tail) -> Machine {
+    pub fn new(cfg: &Config, store: Option<StoreInfo>, state: State, tail: Tail) -> Machine {
         let mark = cfg.memory.gcs_high_water.render();
         state.update(|s| s.memory = Some(crate::state::MemoryState::new(mark)));
         Machine {
             cfg: cfg.clone(),
-            redis,
+            store,
             state,
             tail,
             stage: Stage::StartGate,
@@ -273,15 +277,15 @@ impl Machine {
         }
     }
 
-    /// The first actions: the Redis start gate, or `ray start` at once.
+    /// The first actions: the store's start gate, or `ray start` at once.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.state
             .set_phase(Phase::Starting, "starting the Ray head");
-        if self.redis.is_some() {
+        if let Some(store) = &self.store {
             self.stage = Stage::StartGate;
-            tracing::info!("waiting for Redis before ray start");
-            vec![Action::WaitForRedis {
-                until: after(now, self.cfg.redis.startup_timeout),
+            tracing::info!(store = %store.describe, "waiting for the GCS storage before ray start");
+            vec![Action::WaitForStore {
+                until: after(now, store.startup_timeout),
                 purpose: "start gate",
             }]
         } else {
@@ -385,21 +389,16 @@ impl Machine {
     /// Events whose meaning depends on the stage alone.
     fn staged(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match (&mut self.stage, event) {
-            (Stage::StartGate, Event::RedisReady) => {
-                tracing::info!("Redis answers");
+            (Stage::StartGate, Event::StoreReady) => {
+                if let Some(store) = &self.store {
+                    tracing::info!(store = %store.describe, "the GCS storage is ready");
+                }
                 self.launch(now)
             }
-            (Stage::StartGate, Event::RedisFailed(e)) => {
-                let address = self.redis.clone().unwrap_or_default();
-                let exit = if e.is_permanent() {
-                    Exit::RedisAuth(format!(
-                        "Redis at {address} rejected the credentials ({e}); check REDIS_PASSWORD and REDIS_USERNAME"
-                    ))
-                } else {
-                    Exit::RedisUnreachable(format!(
-                        "Redis at {address} did not answer within redis.startup-timeout ({}): {e}",
-                        humantime::format_duration(self.cfg.redis.startup_timeout)
-                    ))
+            (Stage::StartGate, Event::StoreFailed(e)) => {
+                let exit = match &self.store {
+                    Some(store) => store.start_gate_exit(&e),
+                    None => Exit::Internal(format!("a store gate failed without a store: {e}")),
                 };
                 vec![Action::Finish(Outcome::Fail(exit))]
             }
@@ -464,14 +463,21 @@ impl Machine {
                 self.state.update_gcs(|g| g.consecutive_failures = 0);
                 Vec::new()
             }
-            (Stage::Recovering(r), Event::RedisReady) if r.step == Step::Gate => {
+            (Stage::Recovering(r), Event::StoreReady) if r.step == Step::Gate => {
                 r.step = Step::Spawning;
                 vec![Action::StartDaemon(Daemon::GcsServer)]
             }
-            (Stage::Recovering(r), Event::RedisFailed(e)) if r.step == Step::Gate => {
-                r.last_error = match &self.redis {
-                    Some(a) => format!("Redis at {a} is not answering: {e}"),
-                    None => format!("Redis is not answering: {e}"),
+            (Stage::Recovering(r), Event::StoreFailed(e)) if r.step == Step::Gate => {
+                r.last_error = match (&self.store, &e) {
+                    (_, GateError::Disk(p)) => p.to_string(),
+                    (Some(s), GateError::Redis(p)) => {
+                        format!("{} is not answering: {p}", s.describe)
+                    }
+                    (None, GateError::Redis(p)) => format!("Redis is not answering: {p}"),
+                };
+                r.storage = match e {
+                    GateError::Disk(p) => Some(p),
+                    GateError::Redis(_) => None,
                 };
                 vec![self.not_recovered(now)]
             }

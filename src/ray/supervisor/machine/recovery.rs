@@ -107,10 +107,10 @@ impl Machine {
             ))));
             return actions;
         }
-        if self.redis.is_none() {
+        if self.store.is_none() {
             actions.push(Action::Finish(Outcome::Fail(
                 Exit::GcsLostWithoutFaultTolerance(format!(
-                    "GCS lost ({reason}) without fault tolerance (no Redis): its state is gone, so the head exits"
+                    "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
                 )),
             )));
             return actions;
@@ -134,6 +134,7 @@ impl Machine {
             deadline,
             reason,
             last_error: "no attempt finished".into(),
+            storage: None,
             attempts: 0,
             step,
         });
@@ -228,14 +229,29 @@ impl Machine {
     }
 
     pub(super) fn not_recovered(&self, now: Instant) -> Action {
-        let (took, reason, last) = match &self.stage {
+        let (took, reason, last, storage) = match &self.stage {
             Stage::Recovering(r) => (
                 now.saturating_duration_since(r.t0),
                 r.reason.as_str(),
                 r.last_error.as_str(),
+                r.storage.as_ref(),
             ),
-            _ => (Duration::ZERO, "", ""),
+            _ => (Duration::ZERO, "", "", None),
         };
+        if let Some(p) = storage {
+            // Its own exit: the storage, not the GCS, needs a person.
+            let waited = if p.is_permanent() {
+                String::new()
+            } else {
+                format!(
+                    " and stayed so for {:.1}s, until the recovery's deadline",
+                    took.as_secs_f64()
+                )
+            };
+            return Action::Finish(Outcome::Fail(p.exit(&format!(
+                "GCS lost ({reason}) and not restarted: {p}{waited}"
+            ))));
+        }
         Action::Finish(Outcome::Fail(Exit::GcsNotRecovered(format!(
             "GCS lost ({reason}) and not SERVING again within {:.1}s, before the head's reconnect timeout ({}) less gcs.deadline-margin ({}); last attempt: {last}",
             took.as_secs_f64(),
@@ -245,9 +261,10 @@ impl Machine {
     }
 }
 
-/// The restart gate: Redis must answer before a GCS starts, or it aborts.
+/// The restart gate: the store must be usable before a GCS starts, or it
+/// aborts (Redis unreachable) or dies at its first write (a full disk).
 pub(super) fn gate(deadline: Instant) -> Action {
-    Action::WaitForRedis {
+    Action::WaitForStore {
         until: deadline,
         purpose: "restart gate",
     }

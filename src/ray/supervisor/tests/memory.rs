@@ -41,7 +41,7 @@ fn finish_restart(h: &mut H, old: i32, actions: &[Action]) -> i32 {
     assert!(actions.contains(&Action::Kill(pid(old))), "{actions:?}");
     assert_eq!(h.phase(), Phase::Recovering);
     let a = h.exited(Daemon::GcsServer, old, ExitStatus::Signaled(9));
-    assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+    assert!(matches!(a[..], [Action::WaitForStore { .. }]), "{a:?}");
     let new = h.restart();
     h.advance(Duration::from_millis(100));
     let a = h.health(Health::Serving);

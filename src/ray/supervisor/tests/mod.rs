@@ -16,6 +16,7 @@ use crate::ray::daemons::Daemon;
 use crate::ray::health::{Health, Observation};
 use crate::redis::PingError;
 use crate::state::{ChildStatus, Phase, Snapshot, State};
+use crate::storage::{GateError, StoreInfo};
 
 const GCS: i32 = 10;
 const RAYLET: i32 = 11;
@@ -83,7 +84,10 @@ impl H {
         let cfg = config(sets);
         let redis = fault_tolerant.then(|| "127.0.0.1:1".to_string());
         let state = State::new(Snapshot::ray_head("127.0.0.1:6379".into(), redis.clone()));
-        let m = Machine::new(&cfg, redis, state.clone(), Tail::default());
+        let store = redis
+            .as_deref()
+            .map(|a| StoreInfo::redis(a, cfg.redis.startup_timeout));
+        let m = Machine::new(&cfg, store, state.clone(), Tail::default());
         H {
             m,
             state,
@@ -145,11 +149,11 @@ impl H {
     fn at(at: At, sets: &[&str]) -> H {
         let mut h = H::new(true, sets);
         let a = h.m.start(h.now);
-        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+        assert!(matches!(a[..], [Action::WaitForStore { .. }]), "{a:?}");
         if let At::StartGate = at {
             return h;
         }
-        let a = h.ev(Event::RedisReady);
+        let a = h.ev(Event::StoreReady);
         assert!(a.contains(&Action::LaunchRay), "{a:?}");
         if let At::Launching = at {
             return h;
@@ -177,14 +181,14 @@ impl H {
         let a = h.health(Health::NotServing);
         assert!(a.contains(&Action::Kill(pid(GCS))), "{a:?}");
         assert!(
-            !a.iter().any(|a| matches!(a, Action::WaitForRedis { .. })),
+            !a.iter().any(|a| matches!(a, Action::WaitForStore { .. })),
             "gate before the reap: {a:?}"
         );
         if let At::Reaping = at {
             return h;
         }
         let a = h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
-        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+        assert!(matches!(a[..], [Action::WaitForStore { .. }]), "{a:?}");
         if let At::Gate = at {
             return h;
         }
@@ -201,7 +205,7 @@ impl H {
 
     /// Through the gate to a new gcs_server, running but not SERVING.
     fn restart(&mut self) -> i32 {
-        let a = self.ev(Event::RedisReady);
+        let a = self.ev(Event::StoreReady);
         assert_eq!(a, vec![Action::StartDaemon(Daemon::GcsServer)]);
         let p = self.next_pid;
         self.next_pid += 1;
@@ -215,7 +219,7 @@ impl H {
     fn kill_and_recover(&mut self, p: i32) -> i32 {
         let a = self.exited(Daemon::GcsServer, p, ExitStatus::Signaled(9));
         assert!(
-            a.iter().any(|a| matches!(a, Action::WaitForRedis { .. })),
+            a.iter().any(|a| matches!(a, Action::WaitForStore { .. })),
             "{a:?}"
         );
         assert_eq!(self.phase(), Phase::Recovering);
@@ -254,7 +258,7 @@ fn recovery_succeeds_on_the_third_attempt() {
         assert!(a.is_empty(), "attempt {attempt}: {a:?}");
         let (t, a) = h.fire();
         assert_eq!(t, Timer::Backoff);
-        assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+        assert!(matches!(a[..], [Action::WaitForStore { .. }]), "{a:?}");
     }
     let third = h.restart();
     let a = h.health(Health::Serving);
@@ -457,14 +461,14 @@ fn other_daemons_follow_on_daemon_exit() {
 fn the_old_gcs_is_reaped_before_a_new_one_starts() {
     let mut h = H::at(At::Reaping, &[]);
     // Nothing starts until the old one is reaped, whatever else happens.
-    assert!(h.ev(Event::RedisReady).is_empty());
+    assert!(h.ev(Event::StoreReady).is_empty());
     assert!(h.ev(Event::Tick).is_empty());
     // A stale exit of another pid is not it.
     assert!(h
         .exited(Daemon::GcsServer, 999, ExitStatus::Exited(0))
         .is_empty());
     let a = h.exited(Daemon::GcsServer, GCS, ExitStatus::Signaled(9));
-    assert!(matches!(a[..], [Action::WaitForRedis { .. }]), "{a:?}");
+    assert!(matches!(a[..], [Action::WaitForStore { .. }]), "{a:?}");
 }
 
 #[test]
@@ -517,7 +521,7 @@ fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
 
     let mut h = H::new(true, &["ray.mode=block"]);
     h.m.start(h.now);
-    h.ev(Event::RedisReady);
+    h.ev(Event::StoreReady);
     h.health(Health::Serving);
     assert_eq!(h.phase(), Phase::Running);
     let a = h.health(Health::NotServing);
@@ -526,7 +530,7 @@ fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
     // ray start --block's own exit passes its code on.
     let mut h = H::new(true, &["ray.mode=block"]);
     h.m.start(h.now);
-    h.ev(Event::RedisReady);
+    h.ev(Event::StoreReady);
     let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
     assert_eq!(code(&a), Some(1));
 }
@@ -534,10 +538,12 @@ fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
 #[test]
 fn start_failures_have_their_codes() {
     let mut h = H::at(At::StartGate, &[]);
-    let a = h.ev(Event::RedisFailed(PingError::Auth("WRONGPASS".into())));
+    let a = h.ev(Event::StoreFailed(GateError::Redis(PingError::Auth(
+        "WRONGPASS".into(),
+    ))));
     assert_eq!(code(&a), Some(87));
     let mut h = H::at(At::StartGate, &[]);
-    let a = h.ev(Event::RedisFailed(PingError::Refused));
+    let a = h.ev(Event::StoreFailed(GateError::Redis(PingError::Refused)));
     assert_eq!(code(&a), Some(86));
     let mut h = H::at(At::Launching, &[]);
     let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
@@ -565,7 +571,7 @@ fn start_failures_have_their_codes() {
     assert!(scans > 10, "only {scans} scans in 2 s");
     // A gcs_server whose command was never captured cannot be restarted.
     let mut h = H::at(At::Gate, &[]);
-    h.ev(Event::RedisReady);
+    h.ev(Event::StoreReady);
     let a = h.ev(Event::Started(
         Daemon::GcsServer,
         Err(StartError {
@@ -640,8 +646,8 @@ mod random {
             4 => obs(Health::NotServing),
             5 => obs(Health::Refused),
             6 => obs(Health::Failed("timeout".into())),
-            7 => Event::RedisReady,
-            8 => Event::RedisFailed(PingError::Refused),
+            7 => Event::StoreReady,
+            8 => Event::StoreFailed(GateError::Redis(PingError::Refused)),
             9 => Event::Started(daemon, Ok(pid)),
             10 => Event::Started(
                 daemon,

@@ -1,0 +1,180 @@
+//! `rayhead storage-check`: the GCS's storage as the head would resolve it,
+//! checked as the head's gate checks it; and the Redis report that
+//! `redis-check` prints too.
+
+use std::path::Path;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{Cli, ConfigArgs};
+use crate::config::{Config, ProcessEnv};
+use crate::exit;
+use crate::storage::rocksdb::{human, used_bytes, Rocksdb};
+use crate::storage::Store;
+
+#[derive(Debug, Args)]
+pub(super) struct StorageCheckArgs {
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// What the RocksDB check found, for people and for `--json`.
+#[derive(Debug, Serialize)]
+struct RocksdbReport {
+    backend: &'static str,
+    path: String,
+    usable: bool,
+    problem: Option<String>,
+    free_bytes: Option<u64>,
+    total_bytes: Option<u64>,
+    min_free_bytes: Option<u64>,
+    used_bytes: Option<u64>,
+    /// Ray's `session_name` marker: the session a restarted head resumes.
+    session_name: Option<String>,
+}
+
+pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
+    let cfg = match cli.load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::logging::err(&format!("rayhead: {e}"));
+            return exit::CONFIG;
+        }
+    };
+    crate::logging::init(&cfg.log.level, cfg.log.format);
+    let store = match resolve(&cfg) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            crate::logging::err("rayhead storage-check: the GCS stores in memory (no RAY_gcs_storage=rocksdb, no RAY_REDIS_ADDRESS): there is no fault tolerance to check\n");
+            return exit::CONFIG;
+        }
+        Err(e) => {
+            crate::logging::err(&format!("rayhead storage-check: {e}\n"));
+            return exit::CONFIG;
+        }
+    };
+    match store {
+        Store::Rocksdb(db) => rocksdb_report(&db, args.json),
+        Store::Redis(redis) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(redis_report(*redis, cfg, args.json, 0)),
+            Err(e) => {
+                crate::logging::err(&format!("rayhead: cannot start a runtime: {e}\n"));
+                exit::INTERNAL
+            }
+        },
+    }
+}
+
+/// The store as `rayhead run` resolves it: with `ray.start-command`'s
+/// `--system-config` when there is a start command.
+fn resolve(cfg: &Config) -> Result<Option<Store>, String> {
+    match &cfg.ray.start_command {
+        Some(text) => crate::ray::Plan::new(cfg, crate::ray::StartFrom::Text(text), &ProcessEnv)
+            .map(|p| p.store),
+        None => crate::storage::resolve(cfg, None, &ProcessEnv),
+    }
+}
+
+/// Exit 0: usable; 1: not.
+fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
+    let checked = db.check();
+    let r = RocksdbReport {
+        backend: "rocksdb",
+        path: db.path.display().to_string(),
+        usable: checked.is_ok(),
+        problem: checked.as_ref().err().map(ToString::to_string),
+        free_bytes: checked.as_ref().ok().map(|d| d.free_bytes),
+        total_bytes: checked.as_ref().ok().map(|d| d.total_bytes),
+        min_free_bytes: checked.as_ref().ok().and_then(|d| d.min_free_bytes),
+        used_bytes: used_bytes(&db.path),
+        session_name: session_name(&db.path),
+    };
+    if json {
+        crate::logging::out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&r).unwrap_or_default()
+        ));
+    } else {
+        let opt = |v: Option<u64>| v.map_or_else(|| "unknown".into(), human);
+        let rows = [
+            ("backend", "rocksdb".to_string()),
+            ("path", r.path.clone()),
+            (
+                "usable",
+                match &r.problem {
+                    None => "yes".into(),
+                    Some(p) => format!("no: {p}"),
+                },
+            ),
+            ("free", opt(r.free_bytes)),
+            ("size", opt(r.total_bytes)),
+            (
+                "min free",
+                r.min_free_bytes.map_or_else(|| "off".into(), human),
+            ),
+            ("database", opt(r.used_bytes)),
+            (
+                "session",
+                r.session_name.clone().unwrap_or_else(|| "none yet".into()),
+            ),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("{k:<10} {v}\n"));
+        }
+        crate::logging::out(&out);
+    }
+    u8::from(!r.usable)
+}
+
+/// Ray's `session_name` marker beside the database, when it is there and
+/// reads as one line of text.
+fn session_name(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join("session_name")).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let line = text.trim();
+    (!line.is_empty() && line.len() <= 200 && !line.contains(char::is_control))
+        .then(|| line.to_string())
+}
+
+/// `redis-check`'s report: PING, role, persistence, eviction, memory, the
+/// namespace's tables; with `pings`, the round trip's median and p99.
+pub(super) async fn redis_report(
+    redis: crate::redis::Redis,
+    cfg: Config,
+    json: bool,
+    pings: u32,
+) -> u8 {
+    let mut f = redis.findings(cfg.redis.namespace.as_deref()).await;
+    if f.up && pings > 0 {
+        let mut rtts = Vec::new();
+        for _ in 0..pings {
+            match redis.ping().await {
+                Ok(d) => rtts.push(d.as_secs_f64()),
+                Err(e) => f.notes.push(format!("a repeated PING failed: {e}")),
+            }
+        }
+        rtts.sort_by(f64::total_cmp);
+        if !rtts.is_empty() {
+            let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+            f.ping_p50_seconds = Some(at(0.5));
+            f.ping_p99_seconds = Some(at(0.99));
+        }
+    }
+    if json {
+        crate::logging::out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&f).unwrap_or_default()
+        ));
+    } else {
+        crate::logging::out(&f.render());
+    }
+    f.exit_code()
+}
