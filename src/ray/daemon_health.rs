@@ -70,8 +70,9 @@ pub struct Target {
 
 /// Checks `target` every `interval` until it is gone or `cancel`. Each
 /// check is cheap enough to run every second or two for the life of the
-/// head: one `stat` read, a walk down its own children, and one request to
-/// a port found once and a connection kept.
+/// head: one `stat` read, a walk down its own children, and one request:
+/// over a gRPC channel kept to ports found once (the raylet), or over a new
+/// HTTP connection each time (the dashboard).
 pub async fn watch(
     target: Target,
     interval: Duration,
