@@ -20,4 +20,5 @@ pub mod ray;
 pub mod redact;
 pub mod redis;
 pub mod state;
+pub mod sys;
 pub mod time;

@@ -162,13 +162,13 @@ proptest! {
 
     #[test]
     fn any_proc_stat_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..100), comm in prop::collection::vec(any::<u8>(), 0..20), pid in 1..i32::MAX) {
-        let _ = crate::init::proctree::parse_stat(&raw);
-        let _ = crate::init::proctree::split_nul(&raw);
+        let _ = crate::sys::proctree::parse_stat(&raw);
+        let _ = crate::sys::proctree::split_nul(&raw);
         // Whatever a process calls itself, it is seen.
         let mut stat = format!("{pid} (").into_bytes();
         stat.extend_from_slice(&comm);
         stat.extend_from_slice(b") S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42");
-        let p = crate::init::proctree::parse_stat(&stat);
+        let p = crate::sys::proctree::parse_stat(&stat);
         prop_assert_eq!(p.map(|p| (p.pid.as_raw(), p.start)), Some((pid, 42)));
     }
 

@@ -27,8 +27,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
-use crate::init::pin::Identity;
-use crate::init::proctree;
+use crate::sys::proctree::{self, Identity};
 
 /// Each watched daemon's descendants, as last seen: by identity, since
 /// any of them may have exited and its pid gone to another by the time a
@@ -308,7 +307,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(other.id() as i32);
-        let id = crate::init::pin::Identity::of(pid).unwrap();
+        let id = crate::sys::proctree::Identity::of(pid).unwrap();
         let run = |start| {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let families = Families::default();
@@ -339,7 +338,7 @@ mod tests {
         let (heard, family) = run(id.start + 1).await;
         // Its own identity: the same process is watched (the control).
         let (heard_own, _) = run(id.start).await;
-        crate::init::pin::signal_all(
+        crate::sys::pin::signal_all(
             proctree::descendants_of(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
