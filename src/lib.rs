@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod exit;
+pub mod http_client;
 pub mod init;
 pub mod logging;
 pub mod memory;

@@ -150,13 +150,13 @@ proptest! {
 
     #[test]
     fn any_http_answer_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..300), length in any::<u64>()) {
-        let _ = crate::probe::client::parse_answer(&raw);
+        let _ = crate::http_client::parse_answer(&raw);
         let mut with_length = format!("HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
         with_length.extend_from_slice(&raw);
         for bytes in [&raw, &with_length] {
-            let read = crate::probe::client::read_answer(&mut std::io::Cursor::new(bytes)).unwrap();
+            let read = crate::http_client::read_answer(&mut std::io::Cursor::new(bytes)).unwrap();
             prop_assert!(read.len() <= bytes.len());
-            let _ = crate::probe::client::parse_answer(&read);
+            let _ = crate::http_client::parse_answer(&read);
         }
     }
 

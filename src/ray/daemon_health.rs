@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
+use crate::http_client;
 use crate::sys::proctree::{self, Identity};
 
 /// Each watched daemon's descendants, as last seen: by identity, since
@@ -186,18 +186,8 @@ impl GrpcPorts {
 
 /// `GET path` over HTTP/1.0: 200 is healthy.
 async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    match line.split_whitespace().nth(1) {
-        Some("200") => Ok(format!("{path} answered 200")),
+    match http_client::status_async(host, port, path, "rayhead").await? {
+        Some(200) => Ok(format!("{path} answered 200")),
         Some(code) => Err(format!("{path} answered {code}")),
         None => Err(format!("{path}: no HTTP answer")),
     }
