@@ -46,7 +46,7 @@ bench: setup
 # The pure modules, each against its unit tests (--lib): a mutant that
 # survives is behaviour no test pins down. Not part of `make test`.
 MUTANT_FILES = src/config/*.rs src/redact.rs src/exit.rs src/probe/routes.rs \
-	src/redis/address.rs src/ray/command.rs src/init/proctree.rs
+	src/redis/address.rs src/ray/command.rs src/sys/proctree.rs
 
 mutants:
 	command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants

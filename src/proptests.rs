@@ -150,25 +150,25 @@ proptest! {
 
     #[test]
     fn any_http_answer_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..300), length in any::<u64>()) {
-        let _ = crate::probe::client::parse_answer(&raw);
+        let _ = crate::http_client::parse_answer(&raw);
         let mut with_length = format!("HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
         with_length.extend_from_slice(&raw);
         for bytes in [&raw, &with_length] {
-            let read = crate::probe::client::read_answer(&mut std::io::Cursor::new(bytes)).unwrap();
+            let read = crate::http_client::read_answer(&mut std::io::Cursor::new(bytes)).unwrap();
             prop_assert!(read.len() <= bytes.len());
-            let _ = crate::probe::client::parse_answer(&read);
+            let _ = crate::http_client::parse_answer(&read);
         }
     }
 
     #[test]
     fn any_proc_stat_is_read_without_a_panic(raw in prop::collection::vec(any::<u8>(), 0..100), comm in prop::collection::vec(any::<u8>(), 0..20), pid in 1..i32::MAX) {
-        let _ = crate::init::proctree::parse_stat(&raw);
-        let _ = crate::init::proctree::split_nul(&raw);
+        let _ = crate::sys::proctree::parse_stat(&raw);
+        let _ = crate::sys::proctree::split_nul(&raw);
         // Whatever a process calls itself, it is seen.
         let mut stat = format!("{pid} (").into_bytes();
         stat.extend_from_slice(&comm);
         stat.extend_from_slice(b") S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42");
-        let p = crate::init::proctree::parse_stat(&stat);
+        let p = crate::sys::proctree::parse_stat(&stat);
         prop_assert_eq!(p.map(|p| (p.pid.as_raw(), p.start)), Some((pid, 42)));
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rayhead::init::proctree;
+use rayhead::sys::proctree;
 
 use crate::ray_fake::fake_ray;
 use crate::ray_util::{assert_all_dead, eventually, path_with_venv, ray_lock, KillByMarker};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rayhead::init::proctree;
+use rayhead::sys::proctree;
 
 use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
 use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};

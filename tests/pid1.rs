@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
-use rayhead::init::proctree;
+use rayhead::sys::proctree;
 
 use crate::util::{alive, count_lines, Dir, Output, TestCommand};
 

@@ -14,11 +14,11 @@ use crate::util::{count_lines, Dir};
 fn daemon_pid(head: &Head, word: &str) -> Pid {
     let root = head.run.rayhead_pid();
     eventually(Duration::from_secs(60), word, || {
-        rayhead::init::proctree::descendants(&rayhead::init::proctree::snapshot(), root)
+        rayhead::sys::proctree::descendants(&rayhead::sys::proctree::snapshot(), root)
             .into_iter()
             .filter(|p| p.ppid == root && p.state != 'Z')
             .find(|p| {
-                rayhead::init::proctree::cmdline(p.pid)
+                rayhead::sys::proctree::cmdline(p.pid)
                     .map(|a| a.iter().any(|w| w.to_string_lossy().contains(word)))
                     .unwrap_or(false)
             })

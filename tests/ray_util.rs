@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rayhead::init::proctree;
+use rayhead::sys::proctree;
 
 use crate::util::{count_lines, Dir, Running};
 
@@ -515,7 +515,7 @@ pub fn gcs_pid(head: &Head) -> Pid {
 /// before rayhead exits, checked dead after.
 pub fn head_processes(head: &Head) -> Vec<Pid> {
     let root = head.run.rayhead_pid();
-    let procs = rayhead::init::proctree::descendants(&rayhead::init::proctree::snapshot(), root);
+    let procs = rayhead::sys::proctree::descendants(&rayhead::sys::proctree::snapshot(), root);
     assert!(!procs.is_empty(), "the head has no processes");
     procs.into_iter().map(|p| p.pid).collect()
 }

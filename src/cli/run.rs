@@ -172,11 +172,11 @@ pub(super) fn install_panic_hook(termination_log: Option<std::path::PathBuf>) {
             let _ = exit::write_termination_message(p, &reason);
         }
         for _ in 0..3 {
-            let procs = crate::init::proctree::live_descendants_of_self();
+            let procs = crate::sys::proctree::live_descendants_of_self();
             if procs.is_empty() {
                 break;
             }
-            crate::init::pin::signal_all(
+            crate::sys::pin::signal_all(
                 procs.iter().map(|p| p.identity()),
                 nix::sys::signal::Signal::SIGKILL,
             );

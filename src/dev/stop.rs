@@ -9,8 +9,8 @@ use tokio::time::{sleep_until, Instant};
 use super::kubelet::Pod;
 use super::{is_stop, End, Event, Runner};
 use crate::exit::Exit;
-use crate::init::pin;
 use crate::init::stop::{self, StopPlan};
+use crate::sys::pin;
 
 /// How long the head and the workers get to stop before SIGKILL: more
 /// than the head's own grace (5 s), so that its tree goes its own way.

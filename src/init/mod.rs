@@ -3,8 +3,6 @@
 //! grace period before it exits with the command's own code.
 
 pub mod output;
-pub mod pin;
-pub mod proctree;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;

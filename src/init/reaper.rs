@@ -25,7 +25,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::pin::{Identity, Pinned};
+use crate::sys::pin::Pinned;
+use crate::sys::proctree::Identity;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

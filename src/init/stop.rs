@@ -15,10 +15,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::pin::{self, Pinned};
-use super::proctree;
 use super::reaper::Reaper;
 use super::{output, spawn};
+use crate::sys::pin::{self, Pinned};
+use crate::sys::proctree;
 
 /// What a stop does.
 #[derive(Debug, Clone)]

@@ -1,19 +1,16 @@
 //! `rayhead probe ready|live|status`: the exec-probe client.
 //!
 //! The kubelet runs it every few seconds, so it is a plain blocking HTTP/1.0
-//! exchange over one loopback socket: no async runtime, no TLS, no pool.
+//! exchange over one loopback socket ([`http_client::get`]): no async
+//! runtime, no TLS, no pool.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use super::socket::{self, SocketPlace};
+use crate::http_client;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
-/// Enough for `/status`; a larger answer is cut.
-const MAX_RESPONSE: u64 = 1 << 20;
+const USER_AGENT: &str = "rayhead-probe";
 
 /// The base URL for the server listening on `listen`: a wildcard address is
 /// reached through loopback.
@@ -51,7 +48,7 @@ pub fn query_socket(place: &SocketPlace, path: &str) -> Option<(bool, String)> {
     let stream = UnixStream::connect(&place.path).ok()?;
     let answer = socket::check_peer(&stream, &place.path, uid)
         .map_err(|e| e.to_string())
-        .and_then(|()| exchange(stream, "localhost", path));
+        .and_then(|()| http_client::get(stream, "localhost", path, USER_AGENT));
     Some(verdict(&url, answer))
 }
 
@@ -68,95 +65,15 @@ fn fetch_tcp(base: &str, path: &str) -> Result<(u16, String), String> {
         .strip_prefix("http://")
         .ok_or_else(|| format!("{base:?}: expected an http:// URL"))?
         .trim_end_matches('/');
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("{hostport:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport:?}: no address"))?;
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    exchange(s, hostport, path)
-}
-
-/// Timeouts a stream can take: TCP and Unix sockets alike.
-trait Timeouts: Read + Write {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
-}
-
-impl Timeouts for TcpStream {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-}
-
-impl Timeouts for UnixStream {
-    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-}
-
-/// One HTTP/1.0 request and its answer.
-fn exchange(mut s: impl Timeouts, host: &str, path: &str) -> Result<(u16, String), String> {
-    s.set_timeouts(IO_TIMEOUT).map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead-probe\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let raw = read_answer(&mut s.take(MAX_RESPONSE))?;
-    parse_answer(&raw)
-}
-
-/// The status code and body of an HTTP answer, whatever bytes it holds.
-pub(crate) fn parse_answer(raw: &[u8]) -> Result<(u16, String), String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the answer has no header end")?;
-    let code = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("the answer has no status line")?;
-    Ok((code, body.to_string()))
-}
-
-/// Reads an answer: up to the end of its body when it has a
-/// Content-Length (a server may keep the connection open even for
-/// HTTP/1.0, as the Ray dashboard's aiohttp does), else to EOF.
-pub(crate) fn read_answer(r: &mut impl Read) -> Result<Vec<u8>, String> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let length = head.lines().find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-            });
-            if let Some(n) = length {
-                // A Content-Length near usize::MAX must not overflow.
-                if raw.len() >= (end + 4).saturating_add(n) {
-                    raw.truncate(end + 4 + n);
-                    return Ok(raw);
-                }
-            }
-        }
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(raw),
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    http_client::get_tcp(hostport, path, USER_AGENT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_client::read_answer;
+    use std::io::{Read, Write};
+    use std::time::Duration;
 
     #[test]
     fn an_answer_ends_at_its_content_length_or_at_eof() {

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
-use crate::init::{proctree, spawn};
+use crate::init::spawn;
+use crate::sys::proctree;
 
 #[derive(Debug, Clone)]
 pub struct DaemonSpec {

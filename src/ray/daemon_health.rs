@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +26,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
 use super::supervisor::machine::Event;
-use crate::init::pin::Identity;
-use crate::init::proctree;
+use crate::http_client;
+use crate::sys::proctree::{self, Identity};
 
 /// Each watched daemon's descendants, as last seen: by identity, since
 /// any of them may have exited and its pid gone to another by the time a
@@ -70,8 +69,9 @@ pub struct Target {
 
 /// Checks `target` every `interval` until it is gone or `cancel`. Each
 /// check is cheap enough to run every second or two for the life of the
-/// head: one `stat` read, a walk down its own children, and one request to
-/// a port found once and a connection kept.
+/// head: one `stat` read, a walk down its own children, and one request:
+/// over a gRPC channel kept to ports found once (the raylet), or over a new
+/// HTTP connection each time (the dashboard).
 pub async fn watch(
     target: Target,
     interval: Duration,
@@ -186,18 +186,8 @@ impl GrpcPorts {
 
 /// `GET path` over HTTP/1.0: 200 is healthy.
 async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rayhead\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    match line.split_whitespace().nth(1) {
-        Some("200") => Ok(format!("{path} answered 200")),
+    match http_client::status_async(host, port, path, "rayhead").await? {
+        Some(200) => Ok(format!("{path} answered 200")),
         Some(code) => Err(format!("{path} answered {code}")),
         None => Err(format!("{path}: no HTTP answer")),
     }
@@ -307,7 +297,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(other.id() as i32);
-        let id = crate::init::pin::Identity::of(pid).unwrap();
+        let id = crate::sys::proctree::Identity::of(pid).unwrap();
         let run = |start| {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let families = Families::default();
@@ -338,7 +328,7 @@ mod tests {
         let (heard, family) = run(id.start + 1).await;
         // Its own identity: the same process is watched (the control).
         let (heard_own, _) = run(id.start).await;
-        crate::init::pin::signal_all(
+        crate::sys::pin::signal_all(
             proctree::descendants_of(pid),
             nix::sys::signal::Signal::SIGKILL,
         );

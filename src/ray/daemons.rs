@@ -7,7 +7,7 @@ use std::fmt;
 
 use nix::unistd::Pid;
 
-use crate::init::proctree::{self, ProcInfo};
+use crate::sys::proctree::{self, ProcInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Daemon {

@@ -84,17 +84,7 @@ impl Redis {
         if let Some(p) = &address.password {
             settings = settings.set_password(p.expose());
         }
-        let addr = if address.tls {
-            ConnectionAddr::TcpTls {
-                host: address.host.clone(),
-                port: address.port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(address.host.clone(), address.port)
-        };
-        let info = addr
+        let info = connection_addr(&address.host, address.port, address.tls)
             .into_connection_info()
             .map_err(|e| format!("redis.address: {e}"))?
             .set_redis_settings(settings);
@@ -145,15 +135,7 @@ impl Redis {
     async fn connect(&self) -> Result<MultiplexedConnection, PingError> {
         let mut conn = self.connect_to(self.info.clone()).await?;
         if let Some((host, port)) = self.sentinel_master(&mut conn).await? {
-            let addr = match &self.tls {
-                Some(_) => ConnectionAddr::TcpTls {
-                    host: host.clone(),
-                    port,
-                    insecure: false,
-                    tls_params: None,
-                },
-                None => ConnectionAddr::Tcp(host.clone(), port),
-            };
+            let addr = connection_addr(&host, port, self.tls.is_some());
             let info = self.info.clone().set_addr(addr);
             conn = self.connect_to(info).await?;
             *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host}:{port}"));
@@ -274,6 +256,22 @@ impl Redis {
                 }
             }
         }
+    }
+}
+
+/// Where to connect: `host:port`, over TLS (the host verified, never
+/// `insecure`) when `tls`. The configured address and a Sentinel's master
+/// alike.
+fn connection_addr(host: &str, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_string(), port)
     }
 }
 

@@ -35,8 +35,9 @@ use crate::exit::Exit;
 use crate::init::output::{self, Tail};
 use crate::init::reaper::{ExitStatus, Mark};
 use crate::init::stop::{self, StopPlan};
-use crate::init::{pin, proctree, spawn, Init};
+use crate::init::{spawn, Init};
 use crate::state::{Phase, State};
+use crate::sys::{pin, proctree};
 use machine::{Action, Event, Machine, Outcome, StartError};
 
 use crate::init::HEARTBEAT;

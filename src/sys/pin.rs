@@ -16,8 +16,9 @@
 //!   refuses the call), the start time is read again just before `kill`,
 //!   which leaves a window of microseconds instead of seconds.
 //!
-//! rayhead's own children are pinned by [`Reaper::pin`](super::reaper::Reaper::pin),
-//! which knows whether the pid was reaped.
+//! rayhead's own children are pinned by
+//! [`Reaper::pin`](crate::init::reaper::Reaper::pin), which knows whether
+//! the pid was reaped.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -25,25 +26,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::proctree;
-
-/// Who a process is: its pid and when it started. Two processes that share
-/// a pid have different start times (a reused pid cannot start before the
-/// process it replaces was reaped; within one clock tick is out of reach of
-/// a pid space that must wrap around first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Identity {
-    pub pid: Pid,
-    /// `/proc/<pid>/stat` field 22.
-    pub start: u64,
-}
-
-impl Identity {
-    /// The identity of the process now at `pid`; `None` once it is gone.
-    pub fn of(pid: Pid) -> Option<Identity> {
-        proctree::stat(pid).map(|p| p.identity())
-    }
-}
+use super::proctree::{self, Identity};
 
 /// A process held by identity: signals reach it or nobody.
 #[derive(Debug)]
@@ -107,6 +90,10 @@ where
 /// SIGKILLs `root` (if it is still pinned, with its descendants as they
 /// are now) and every process of `family` (an older list of its
 /// descendants) that still is who it was. Returns how many were killed.
+///
+/// The one way rayhead kills a process with its tree: a daemon before its
+/// restart (the supervisor), a pod's leftovers and a pod that outlived its
+/// grace (the dev runner).
 ///
 /// With `root` gone, only `family` is used: a walk down from a reaped pid
 /// would find the children of whoever has that pid now.

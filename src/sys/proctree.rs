@@ -13,7 +13,23 @@ use std::path::Path;
 
 use nix::unistd::Pid;
 
-use super::pin::Identity;
+/// Who a process is: its pid and when it started. Two processes that share
+/// a pid have different start times (a reused pid cannot start before the
+/// process it replaces was reaped; within one clock tick is out of reach of
+/// a pid space that must wrap around first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub pid: Pid,
+    /// `/proc/<pid>/stat` field 22.
+    pub start: u64,
+}
+
+impl Identity {
+    /// The identity of the process now at `pid`; `None` once it is gone.
+    pub fn of(pid: Pid) -> Option<Identity> {
+        stat(pid).map(|p| p.identity())
+    }
+}
 
 /// One process, from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
