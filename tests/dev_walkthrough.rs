@@ -12,13 +12,13 @@ use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMI
 use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
 use crate::util::Dir;
 
-/// The README's walkthrough: each `$ ` line (or `^C`) with the lines
-/// under it.
-fn walkthrough() -> Vec<(String, Vec<String>)> {
+/// The README's walkthrough under `heading`: each `$ ` line (or `^C`)
+/// with the lines under it.
+fn walkthrough(heading: &str) -> Vec<(String, Vec<String>)> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme
-        .split("## GCS fault tolerance in five minutes")
+        .split(heading)
         .nth(1)
         .expect("README has the walkthrough")
         .split("\n## ")
@@ -64,12 +64,79 @@ fn e2e_dev_runs_the_readme_walkthrough() {
     let dir = Dir::new("dv");
     let _cleanup = KillByMarker(dir.path().display().to_string());
     let _redis = RedisGuard(&dir);
-    let path = path_with_venv();
+    run_walkthrough(
+        "## GCS fault tolerance in five minutes",
+        &dir,
+        &path_with_venv(),
+    );
+}
+
+/// The RocksDB variant, on a PATH with every program of this machine but
+/// `redis-server`: what a machine without Redis has.
+#[test]
+fn e2e_dev_runs_the_rocksdb_walkthrough() {
+    let _ray = ray_lock();
+    let dir = Dir::new("dvr");
+    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let path = path_without_redis(&dir);
+    run_walkthrough(
+        "## The same walkthrough on RocksDB, without Redis",
+        &dir,
+        &path,
+    );
+    assert!(
+        !dir.join(&format!("{STATE}/redis/appendonlydir")).exists(),
+        "a Redis ran"
+    );
+}
+
+/// The venv, then a directory of links to every program on the usual
+/// PATH except Redis's.
+fn path_without_redis(dir: &Dir) -> String {
+    let bin = dir.join("bin-without-redis");
+    std::fs::create_dir(&bin).unwrap();
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("redis-") || bin.join(&name).exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+        }
+    }
+    let path = format!(
+        "{}:{}",
+        crate::ray_util::venv_bin().display(),
+        bin.display()
+    );
+    let which = std::process::Command::new("/bin/sh")
+        .args(["-c", "command -v redis-server"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!which.status.success(), "redis-server is still on {path}");
+    path
+}
+
+/// Runs the README's walkthrough under `heading` on `rayhead dev`, step by
+/// step, checking what the README says each step prints.
+fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
+    let path = path.to_string();
     let mut dev: Option<DevRun> = None;
     let mut address = String::new();
     let mut expected_so_far: Vec<String> = Vec::new();
     let mut counter_seen = 0;
-    for (cmd, expect) in walkthrough() {
+    for (cmd, expect) in walkthrough(heading) {
         let wait_lines = |dev: &DevRun, expected_so_far: &mut Vec<String>, limit| {
             for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
                 expected_so_far.push(shape(e));
@@ -79,9 +146,30 @@ fn e2e_dev_runs_the_readme_walkthrough() {
         };
         match cmd.as_str() {
             "make dev" => {
-                let d = DevRun::start(&dir, &path, &[]);
+                let d = DevRun::start(dir, &path, &[]);
                 wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
                 dev = Some(d);
+            }
+            c if c.starts_with("rayhead dev ") => {
+                let args: Vec<&str> = c.split(' ').skip(2).collect();
+                let d = DevRun::start(dir, &path, &args);
+                wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
+                dev = Some(d);
+            }
+            c if c.starts_with("rayhead storage-check --dev-state ") => {
+                let out = dir
+                    .rayhead()
+                    .env("PATH", &path)
+                    .args(["storage-check", "--dev-state", STATE])
+                    .run(LIMIT);
+                out.assert_code(0);
+                for e in &expect {
+                    assert!(
+                        out.stdout.lines().any(|l| l.trim() == e),
+                        "{e:?} in:\n{}",
+                        out.dump()
+                    );
+                }
             }
             ". .venv/bin/activate" => {}
             c if c.starts_with("export RAY_ADDRESS=") => {

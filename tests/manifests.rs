@@ -121,6 +121,67 @@ fn shipped_manifests_validate_and_match_rayhead() {
     assert_eq!(kinds, vec!["RayCluster", "RayCluster", "RayService"]);
 }
 
+/// KubeRay 1.7's RocksDB backend: the manifest validates against the CRD
+/// (whose commit has `backend` and `storage`), names the backend and a
+/// volume, and leaves to the operator what it insists on doing itself:
+/// the PVC, its mount at /data/gcs and the two RAY_gcs_storage variables
+/// (a RAY_gcs_storage set by hand is rejected). Its head is otherwise the
+/// plain manifest's: the same probes, command and grace.
+#[test]
+fn the_rocksdb_manifest_validates_and_leaves_the_volume_to_kuberay() {
+    let rocks = root().join(ROCKSDB_MANIFEST);
+    let plain = root().join(MANIFESTS[0]);
+    let (code, report) = validate(&[rocks.clone(), plain.clone()]);
+    assert_eq!(code, 0, "{report:#}");
+    let facts = |p: &PathBuf| {
+        let items = report[p.to_str().unwrap()].as_array().unwrap().clone();
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0][2], serde_json::json!([]), "{items:?}");
+        items[0][3].clone()
+    };
+    let (h, p) = (facts(&rocks), facts(&plain));
+    assert_eq!(h["backend"], "rocksdb", "{h:#}");
+    assert!(h["storage"]["size"].is_string(), "{h:#}");
+    assert_eq!(h["redis"], Value::Null, "{h:#}");
+    for var in [
+        "RAY_gcs_storage",
+        "RAY_gcs_storage_path",
+        "RAY_REDIS_ADDRESS",
+    ] {
+        assert_eq!(
+            h["head"][var],
+            Value::Null,
+            "{var} is KubeRay's to set: {h:#}"
+        );
+    }
+    assert!(h["mounts"].get("gcs-storage").is_none(), "{h:#}");
+    assert!(h["volumes"].get("gcs-storage").is_none(), "{h:#}");
+    for same in [
+        "command",
+        "annotation",
+        "readiness",
+        "liveness",
+        "grace",
+        "message_policy",
+        "image",
+        "workers",
+    ] {
+        assert_eq!(h[same], p[same], "{same} differs from the plain manifest");
+    }
+    // A backend the CRD does not know is refused: the check has teeth.
+    let text = std::fs::read_to_string(&rocks).unwrap();
+    let dir = Dir::new("rocksdb-manifest");
+    let broken = dir.write(
+        "etcd.yaml",
+        &text.replace("backend: rocksdb", "backend: etcd"),
+    );
+    let (code, report) = validate(&[broken]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(report.to_string().contains("etcd"), "{report:#}");
+}
+
+const ROCKSDB_MANIFEST: &str = "config/ray-cluster.rayhead-rocksdb.yaml";
+
 /// The init container copies rayhead into an emptyDir that the head
 /// mounts, and the head runs that copy: `rayhead install` writes the very
 /// path, seen through each container's mount, that the command runs.

@@ -16,4 +16,5 @@ mod ray_daemons;
 mod ray_e2e;
 mod ray_fake;
 mod ray_memory;
+mod ray_rocksdb;
 mod redis;

@@ -18,6 +18,9 @@ pub(super) struct StorageCheckArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Check the storage of `rayhead dev --state-dir DIR`: its RocksDB (DIR/gcs) when it holds a database, else its embedded Redis.
+    #[arg(long, value_name = "DIR")]
+    dev_state: Option<std::path::PathBuf>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -38,6 +41,33 @@ struct RocksdbReport {
 }
 
 pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
+    if let Some(dir) = &args.dev_state {
+        let db = dir.join("gcs");
+        if db.join("kv").is_dir() {
+            let cfg = match cli.load(&args.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::logging::err(&format!("rayhead: {e}"));
+                    return exit::CONFIG;
+                }
+            };
+            crate::logging::init(&cfg.log.level, cfg.log.format);
+            return match Rocksdb::new(absolute(&db), cfg.gcs.storage_min_free) {
+                Ok(db) => rocksdb_report(&db, args.json),
+                Err(e) => {
+                    crate::logging::err(&format!("rayhead storage-check: --dev-state: {e}\n"));
+                    exit::CONFIG
+                }
+            };
+        }
+        let dev = super::DevStateArgs {
+            dev_state: Some(dir.clone()),
+        };
+        let json = args.json;
+        return super::redis_command(cli, &args.config, &dev, |redis, cfg| {
+            redis_report(redis, cfg, json, 0)
+        });
+    }
     let cfg = match cli.load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -70,6 +100,11 @@ pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
             }
         },
     }
+}
+
+/// `p` from the working directory, as the user typed it relative.
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p))
 }
 
 /// The store as `rayhead run` resolves it: with `ray.start-command`'s

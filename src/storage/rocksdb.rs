@@ -284,7 +284,7 @@ impl Rocksdb {
                 return Err(problem);
             }
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(3)) {
-                tracing::warn!(problem = %problem, purpose, "waiting for the GCS storage");
+                tracing::warn!(problem = %problem, purpose, "the GCS storage is not usable yet: waiting before a GCS starts");
                 last_log = Some(Instant::now());
             }
             if until.saturating_duration_since(Instant::now()) <= POLL {

@@ -67,6 +67,8 @@ def head_facts(spec):
         "grace": pod.get("terminationGracePeriodSeconds"),
         "message_policy": c.get("terminationMessagePolicy"),
         "redis": spec.get("gcsFaultToleranceOptions", {}).get("redisAddress"),
+        "backend": spec.get("gcsFaultToleranceOptions", {}).get("backend"),
+        "storage": spec.get("gcsFaultToleranceOptions", {}).get("storage"),
         "mounts": {m["name"]: m["mountPath"] for m in c.get("volumeMounts") or []},
         "volumes": {v["name"]: sorted(k for k in v if k != "name") for v in pod.get("volumes") or []},
         "init": [{"image": i.get("image"), "command": i.get("command"),
