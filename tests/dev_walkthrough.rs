@@ -247,7 +247,7 @@ fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
             }
             "^C" => {
                 let d = dev.take().expect("running");
-                let password = saved(&dir).unwrap().redis_password;
+                let password = saved(dir).unwrap().redis_password;
                 let text = stop(d, Signal::SIGINT);
                 for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
                     assert!(
@@ -260,7 +260,7 @@ fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
                     !text.contains(&password) && !head_log.contains(&password),
                     "the Redis password leaked"
                 );
-                second_run_finds_the_actor_then_stops_with_stderr_closed(&dir, &path);
+                second_run_finds_the_actor_then_stops_with_stderr_closed(dir, &path);
             }
             c if c.starts_with("rayhead redis-cleanup --dev-state .rayhead-dev") => {
                 let args: Vec<String> = c
@@ -280,7 +280,7 @@ fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
                 if !c.contains("--dry-run") {
                     assert!(!out.stderr.contains("deleted 0 key"), "{}", out.dump());
                 }
-                assert!(!alive_redis(&dir), "redis-cleanup left its Redis running");
+                assert!(!alive_redis(dir), "redis-cleanup left its Redis running");
             }
             other => panic!("the walkthrough has a step this test does not know: {other:?}"),
         }
