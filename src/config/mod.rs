@@ -353,11 +353,6 @@ impl Config {
         }
         out
     }
-
-    /// Whether GCS fault tolerance is on: an external Redis is configured.
-    pub fn fault_tolerant(&self) -> bool {
-        self.redis.address.is_some()
-    }
 }
 
 /// Reads the file into a flat `section.key -> value` map, reporting syntax

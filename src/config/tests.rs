@@ -40,7 +40,7 @@ fn defaults_are_valid_and_documented() {
     assert_eq!(cfg.ray.client_check_interval, Duration::from_millis(100));
     assert_eq!(cfg.gcs.max_restarts, 5);
     assert_eq!(cfg.probe.listen.port(), 8099);
-    assert!(!cfg.fault_tolerant());
+    assert_eq!(cfg.redis.address, None);
     assert!(cfg.resolved.iter().all(|r| r.source == Source::Default));
 }
 
@@ -112,7 +112,7 @@ fn kuberay_variables_are_read() {
         .contains("$REDIS_PASSWORD"));
     assert_eq!(cfg.ray.gcs_port, 6380);
     assert_eq!(cfg.ray.open_files, 1024);
-    assert!(cfg.fault_tolerant());
+    assert!(cfg.redis.address.is_some());
 }
 
 #[test]

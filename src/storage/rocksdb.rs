@@ -168,6 +168,17 @@ impl Rocksdb {
     /// on a writable file system, takes a file (written, fsynced, removed),
     /// and has `min_free` left. Blocking: call it off the runtime.
     pub fn check(&self) -> Result<Disk, DiskProblem> {
+        self.check_with(true)
+    }
+
+    /// [`Self::check`] without the test write: for the monitor, which
+    /// reads the numbers every few seconds and need not fsync to do it (a
+    /// read-only remount still shows, in the mount's flags).
+    pub fn check_space(&self) -> Result<Disk, DiskProblem> {
+        self.check_with(false)
+    }
+
+    fn check_with(&self, write: bool) -> Result<Disk, DiskProblem> {
         let path = &self.path;
         let unreadable = |e: &dyn fmt::Display| DiskProblem::Unreadable {
             path: path.clone(),
@@ -196,7 +207,9 @@ impl Rocksdb {
             ..disk
         };
         let min = disk.min_free_bytes.unwrap_or(0);
-        self.write_probe(disk.free_bytes, min)?;
+        if write {
+            self.write_probe(disk.free_bytes, min)?;
+        }
         if disk.free_bytes < min {
             return Err(DiskProblem::Full {
                 path: path.clone(),
@@ -212,8 +225,9 @@ impl Rocksdb {
     /// quotas, a file system that says rw but fails writes).
     fn write_probe(&self, free: u64, min: u64) -> Result<(), DiskProblem> {
         static N: AtomicU64 = AtomicU64::new(0);
+        remove_leftovers(&self.path);
         let name = format!(
-            ".rayhead-write-check.{}.{}",
+            "{PROBE_PREFIX}{}.{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
@@ -249,12 +263,13 @@ impl Rocksdb {
         })
     }
 
-    /// [`Self::check`] on a blocking thread, within [`CHECK_TIMEOUT`] and
-    /// `until`.
-    async fn check_async(&self, until: Instant) -> Result<Disk, DiskProblem> {
+    /// [`Self::check`] (or, without `write`, [`Self::check_space`]) on a
+    /// blocking thread, within [`CHECK_TIMEOUT`] and `until`.
+    async fn check_async(&self, until: Instant, write: bool) -> Result<Disk, DiskProblem> {
         let me = self.clone();
         let limit = CHECK_TIMEOUT.min(until.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || me.check())).await {
+        let check = move || me.check_with(write);
+        match tokio::time::timeout(limit, tokio::task::spawn_blocking(check)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(DiskProblem::Unreadable {
                 path: self.path.clone(),
@@ -276,7 +291,7 @@ impl Rocksdb {
     pub async fn wait_ready(&self, until: Instant, purpose: &str) -> Result<(), DiskProblem> {
         let mut last_log: Option<Instant> = None;
         loop {
-            let problem = match self.check_async(until).await {
+            let problem = match self.check_async(until, true).await {
                 Ok(_) => return Ok(()),
                 Err(p) => p,
             };
@@ -307,7 +322,7 @@ impl Rocksdb {
             }
             let until = Instant::now() + CHECK_TIMEOUT;
             let checked = tokio::select! {
-                r = self.check_async(until) => r,
+                r = self.check_async(until, false) => r,
                 _ = cancel.cancelled() => return,
             };
             let dir = self.path.clone();
@@ -341,6 +356,23 @@ impl Rocksdb {
                     }
                 }
             });
+        }
+    }
+}
+
+/// The test file's name before its pid and counter.
+const PROBE_PREFIX: &str = ".rayhead-write-check.";
+
+/// Removes test files that a killed rayhead left (regular files of our
+/// prefix only; never a link, never anything of Ray's).
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let ours = e.file_name().to_string_lossy().starts_with(PROBE_PREFIX);
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -424,6 +456,29 @@ mod tests {
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
         let p = db(t.path(), "off").check().unwrap_err();
         assert!(matches!(p, DiskProblem::NotWritable { .. }), "{p}");
+    }
+
+    #[test]
+    fn a_killed_checks_leftover_is_removed_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(".rayhead-write-check.1.0"), b"x").unwrap();
+        std::fs::write(t.path().join("session_name"), b"s").unwrap();
+        std::fs::create_dir(t.path().join(".rayhead-write-check.dir")).unwrap();
+        db(t.path(), "off").check().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".rayhead-write-check.dir", "session_name"]);
+        // The monitor's check writes nothing.
+        let before = std::fs::metadata(t.path()).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        db(t.path(), "off").check_space().unwrap();
+        assert_eq!(
+            std::fs::metadata(t.path()).unwrap().modified().unwrap(),
+            before
+        );
     }
 
     #[test]
