@@ -711,3 +711,55 @@ mod random {
         }
     }
 }
+
+/// The RocksDB gate's failures: a missing or read-only volume exits 89, a
+/// full one 90, at the start gate and at a restart gate alike; at a
+/// restart gate the reason says the GCS was lost and why it was not
+/// started again.
+#[test]
+fn storage_gate_failures_have_their_own_codes() {
+    use crate::storage::DiskProblem;
+    let full = || {
+        GateError::Disk(DiskProblem::Full {
+            path: "/data/gcs".into(),
+            free: 1 << 20,
+            min: 64 << 20,
+        })
+    };
+    let read_only = || GateError::Disk(DiskProblem::ReadOnly("/data/gcs".into()));
+    let reason = |a: &[Action]| match finish(a) {
+        Some(Outcome::Fail(e)) => e.reason(),
+        other => panic!("{other:?}"),
+    };
+
+    let mut h = H::at(At::StartGate, &[]);
+    let a = h.ev(Event::StoreFailed(read_only()));
+    assert_eq!(code(&a), Some(89));
+    assert!(reason(&a).contains("read-only"), "{}", reason(&a));
+    let mut h = H::at(At::StartGate, &[]);
+    let a = h.ev(Event::StoreFailed(full()));
+    assert_eq!(code(&a), Some(90));
+    assert!(
+        reason(&a).contains("for all of gcs.storage-startup-timeout"),
+        "{}",
+        reason(&a)
+    );
+
+    let mut h = H::at(At::Gate, &[]);
+    assert!(!h.m.gcs_alive(), "the old GCS is reaped before the gate");
+    let a = h.ev(Event::StoreFailed(full()));
+    assert_eq!(code(&a), Some(90));
+    let why = reason(&a);
+    assert!(
+        why.starts_with("GCS lost (") && why.contains("is full") && why.contains("deadline"),
+        "{why}"
+    );
+    let mut h = H::at(At::Gate, &[]);
+    let a = h.ev(Event::StoreFailed(read_only()));
+    assert_eq!(code(&a), Some(89));
+    assert!(!reason(&a).contains("deadline"), "{}", reason(&a));
+    // A Redis that stops answering at the gate is still exit 80.
+    let mut h = H::at(At::Gate, &[]);
+    let a = h.ev(Event::StoreFailed(GateError::Redis(PingError::Refused)));
+    assert_eq!(code(&a), Some(80));
+}
