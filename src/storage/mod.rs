@@ -132,6 +132,7 @@ pub struct StoreInfo {
 
 impl StoreInfo {
     /// A Redis at `address` (without its password), as tests build it.
+    #[cfg(test)]
     pub fn redis(address: &str, startup_timeout: Duration) -> StoreInfo {
         StoreInfo {
             backend: Backend::Redis,
