@@ -238,7 +238,13 @@ fn dev_without_ray_or_redis_says_how_to_install_each_and_exits_69() {
     );
     fake_ray(&dir);
     let bin = dir.join("bin");
-    let out = dir.rayhead().env("PATH", &bin).args(["dev"]).run(LIMIT);
+    // Without redis-server the default is RocksDB; asked for Redis, it
+    // is missing.
+    let out = dir
+        .rayhead()
+        .env("PATH", &bin)
+        .args(["dev", "--storage", "redis"])
+        .run(LIMIT);
     out.assert_code(69);
     assert!(
         out.stderr.contains("`redis-server` was not found"),

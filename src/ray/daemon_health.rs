@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -25,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::daemons::{Check, Daemon, Policy};
-use super::supervisor::machine::Event;
+use super::report::Report;
 use crate::http_client;
 use crate::sys::proctree::{self, Identity};
 
@@ -67,6 +66,16 @@ pub struct Target {
     pub http: Option<(String, u16)>,
 }
 
+/// One health check of a daemon (every daemon but the GCS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonCheck {
+    pub daemon: Daemon,
+    pub pid: Pid,
+    pub healthy: bool,
+    /// What answered, or why it failed.
+    pub detail: String,
+}
+
 /// Checks `target` every `interval` until it is gone or `cancel`. Each
 /// check is cheap enough to run every second or two for the life of the
 /// head: one `stat` read, a walk down its own children, and one request:
@@ -76,7 +85,7 @@ pub async fn watch(
     target: Target,
     interval: Duration,
     check_timeout: Duration,
-    tx: mpsc::UnboundedSender<Event>,
+    report: Report<DaemonCheck>,
     families: Families,
     cancel: CancellationToken,
 ) {
@@ -114,13 +123,13 @@ pub async fn watch(
                 Err(_) => Err(format!("no answer within {check_timeout:?}")),
             }
         };
-        let event = Event::DaemonHealth {
+        let check = DaemonCheck {
             daemon: target.daemon,
             pid: target.pid,
             healthy: verdict.is_ok(),
             detail: verdict.unwrap_or_else(|e| e),
         };
-        if tx.send(event).is_err() {
+        if !report.send(check) {
             return;
         }
     }
@@ -299,7 +308,7 @@ mod tests {
         let pid = Pid::from_raw(other.id() as i32);
         let id = crate::sys::proctree::Identity::of(pid).unwrap();
         let run = |start| {
-            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (tx, mut rx) = Report::channel();
             let families = Families::default();
             let target = Target {
                 daemon: Daemon::LogMonitor,

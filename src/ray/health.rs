@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -15,7 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::supervisor::machine::Event;
+use super::report::Report;
 
 /// What the GCS said, or why it said nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,12 +54,12 @@ pub struct Mode {
 /// How often to try while a GCS is starting: recovery waits on this.
 pub const FAST_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Runs until `cancel`, reporting on `tx`.
+/// Runs until `cancel`, reporting on `report`.
 pub(crate) async fn monitor(
     port: u16,
     check_timeout: Duration,
     mut mode: watch::Receiver<Mode>,
-    tx: mpsc::UnboundedSender<Event>,
+    report: Report<Observation>,
     cancel: CancellationToken,
 ) {
     let endpoint = match Endpoint::from_shared(format!("http://127.0.0.1:{port}")) {
@@ -72,13 +72,13 @@ pub(crate) async fn monitor(
     loop {
         let m = *mode.borrow_and_update();
         let send = |health: Health, via: &'static str, latency: Option<Duration>| {
-            let _ = tx.send(Event::Health(Observation {
+            let _ = report.send(Observation {
                 generation: m.generation,
                 health,
                 via,
                 at: Instant::now(),
                 latency,
-            }));
+            });
         };
         let channel = tokio::select! {
             c = endpoint.connect() => c,

@@ -1,17 +1,16 @@
 //! The memory sampler: every interval, the container's cgroup and each
-//! supervised daemon's RSS, as one [`Event::Memory`] for the machine, which
+//! supervised daemon's RSS, as one [`MemorySample`] for the machine, which
 //! decides (and writes the snapshot). A few small files a sample: no cost
 //! worth measuring, at the daemons' health interval.
 
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::supervisor::machine::{Event, MemorySample};
-use crate::memory::{self, Cgroup};
+use super::report::Report;
+use crate::memory::{self, Cgroup, ContainerMemory};
 use crate::state::State;
 
 /// Samples until `cancel` fires or the machine is gone. The daemons are
@@ -20,7 +19,7 @@ use crate::state::State;
 pub(super) async fn sample_every(
     interval: Duration,
     state: State,
-    events: mpsc::UnboundedSender<Event>,
+    report: Report<MemorySample>,
     cancel: CancellationToken,
 ) {
     let cgroup = Cgroup::discover();
@@ -43,13 +42,21 @@ pub(super) async fn sample_every(
             .iter()
             .filter_map(|(name, d)| Some((*name, d.pid?)))
             .collect();
-        if events
-            .send(Event::Memory(sample(cgroup.as_ref(), &pids)))
-            .is_err()
-        {
+        if !report.send(sample(cgroup.as_ref(), &pids)) {
             return;
         }
     }
+}
+
+/// One memory sample, taken every ray.health-interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemorySample {
+    /// The container's cgroup: `Ok(None)` where there is no memory cgroup,
+    /// `Err` when it could not be read.
+    pub container: Result<Option<ContainerMemory>, String>,
+    /// Each supervised daemon's RSS, by name and pid, as the snapshot named
+    /// them when the sample was taken.
+    pub rss: Vec<(&'static str, Pid, u64)>,
 }
 
 fn sample(cgroup: Option<&Cgroup>, pids: &[(&'static str, i32)]) -> MemorySample {

@@ -8,6 +8,7 @@ pub mod daemon_health;
 pub mod daemons;
 pub mod health;
 mod memory;
+mod report;
 pub mod shell;
 #[cfg(test)]
 mod shell_oracle;

@@ -29,6 +29,7 @@ use super::capture::DaemonSpec;
 use super::daemon_health::{self, http_target, Families, Target};
 use super::daemons::{self, Daemon};
 use super::health::{self, Mode};
+use super::report::Report;
 use super::Plan;
 use crate::config::Config;
 use crate::exit::Exit;
@@ -95,13 +96,20 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// A monitor's sink: its observations, wrapped by `wrap`, into the one
+    /// event stream.
+    fn report<T: 'static>(&self, wrap: fn(T) -> Event) -> Report<T> {
+        let tx = self.events_tx.clone();
+        Report::new(move |t| tx.send(wrap(t)).is_ok())
+    }
+
     pub(super) async fn run(mut self) -> Exit {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.init.tracker.spawn(super::memory::sample_every(
             self.cfg.ray.health_interval,
             self.state.clone(),
-            self.events_tx.clone(),
+            self.report(Event::Memory),
             self.init.cancel.child_token(),
         ));
         let mut actions = self.machine.start(Instant::now());
@@ -296,7 +304,7 @@ impl<'a> Supervisor<'a> {
             self.plan.start.gcs_port,
             self.cfg.gcs.health_timeout,
             self.mode_tx.subscribe(),
-            self.events_tx.clone(),
+            self.report(Event::Health),
             self.init.cancel.child_token(),
         ));
     }
@@ -342,7 +350,7 @@ impl<'a> Supervisor<'a> {
             target,
             self.cfg.ray.health_interval,
             self.cfg.ray.health_timeout,
-            self.events_tx.clone(),
+            self.report(Event::DaemonHealth),
             self.families.clone(),
             self.init.cancel.child_token(),
         ));

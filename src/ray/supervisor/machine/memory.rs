@@ -17,22 +17,10 @@
 
 use std::time::SystemTime;
 
-use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use super::*;
-use crate::memory::ContainerMemory;
-
-/// One memory sample, taken every ray.health-interval by the driver.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemorySample {
-    /// The container's cgroup: `Ok(None)` where there is no memory cgroup,
-    /// `Err` when it could not be read.
-    pub container: Result<Option<ContainerMemory>, String>,
-    /// Each supervised daemon's RSS, by name and pid, as the snapshot named
-    /// them when the sample was taken.
-    pub rss: Vec<(&'static str, Pid, u64)>,
-}
+pub use crate::ray::memory::MemorySample;
 
 /// What the machine remembers between samples.
 #[derive(Debug, Default)]

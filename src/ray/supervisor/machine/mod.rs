@@ -24,6 +24,7 @@ use crate::exit::Exit;
 use crate::init::output::Tail;
 use crate::init::reaper::ExitStatus;
 use crate::init::stop;
+use crate::ray::daemon_health::DaemonCheck;
 use crate::ray::daemons::{Daemon, Policy, TABLE};
 use crate::ray::health::{self, Health, Mode, Observation};
 use crate::state::{ChildStatus, GcsHealth, Phase, State};
@@ -61,13 +62,7 @@ pub enum Event {
     /// A daemon was started again in place, or could not be.
     Started(Daemon, Result<Pid, StartError>),
     /// A daemon's health check (every daemon but the GCS).
-    DaemonHealth {
-        daemon: Daemon,
-        pid: Pid,
-        healthy: bool,
-        /// What answered, or why it failed.
-        detail: String,
-    },
+    DaemonHealth(DaemonCheck),
     /// The store passed the gate: Redis answered an authenticated PING, or
     /// the RocksDB path is writable with room.
     StoreReady,
@@ -367,12 +362,7 @@ impl Machine {
                 status,
             } => self.daemon_exited(now, daemon, pid, status),
             Event::Health(obs) => self.health(now, obs),
-            Event::DaemonHealth {
-                daemon,
-                pid,
-                healthy,
-                detail,
-            } => self.daemon_health(now, daemon, pid, healthy, detail),
+            Event::DaemonHealth(c) => self.daemon_health(now, c.daemon, c.pid, c.healthy, c.detail),
             Event::Started(daemon, started) if daemon != Daemon::GcsServer => {
                 self.daemon_started(now, daemon, started)
             }

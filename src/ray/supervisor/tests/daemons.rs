@@ -6,7 +6,7 @@ use super::*;
 
 impl H {
     fn daemon_health(&mut self, daemon: Daemon, p: i32, healthy: bool) -> Vec<Action> {
-        self.ev(Event::DaemonHealth {
+        self.ev(Event::DaemonHealth(DaemonCheck {
             daemon,
             pid: pid(p),
             healthy,
@@ -15,7 +15,7 @@ impl H {
             } else {
                 "stopped".into()
             },
-        })
+        }))
     }
 }
 

@@ -12,6 +12,7 @@ use super::machine::{Action, Event, Machine, Outcome, StartError, Timer};
 use crate::config::{Config, FlagValue, Inputs};
 use crate::init::output::Tail;
 use crate::init::reaper::ExitStatus;
+use crate::ray::daemon_health::DaemonCheck;
 use crate::ray::daemons::Daemon;
 use crate::ray::health::{Health, Observation};
 use crate::redis::PingError;
@@ -656,12 +657,12 @@ mod random {
                     retry: p % 2 == 0,
                 }),
             ),
-            11 => Event::DaemonHealth {
+            11 => Event::DaemonHealth(DaemonCheck {
                 daemon,
                 pid,
                 healthy: p % 2 == 0,
                 detail: "x".into(),
-            },
+            }),
             12 => Event::RayStartExited(ExitStatus::Exited(p % 2)),
             13 => Event::Found(vec![
                 (Daemon::GcsServer, pid),
