@@ -217,7 +217,9 @@ impl Cli {
 
     fn load(&self, args: &ConfigArgs) -> Result<Config, ConfigError> {
         let inputs = self.inputs(args)?;
-        Config::load(&inputs, &ProcessEnv)
+        let cfg = Config::load(&inputs, &ProcessEnv)?;
+        crate::ray::daemons::check_ready_requires(&cfg)?;
+        Ok(cfg)
     }
 }
 

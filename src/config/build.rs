@@ -122,18 +122,6 @@ pub(super) fn build(
         ready_requires: v.argv(&RAY_READY_REQUIRES).unwrap_or_default(),
         open_files: v.count(&RAY_OPEN_FILES),
     };
-    for name in &ray.ready_requires {
-        if !crate::ray::daemons::TABLE.iter().any(|d| d.name == name) {
-            let names: Vec<&str> = crate::ray::daemons::TABLE.iter().map(|d| d.name).collect();
-            problem(
-                &RAY_READY_REQUIRES,
-                format!(
-                    "{name:?}: not a daemon; expected any of {}",
-                    names.join(", ")
-                ),
-            );
-        }
-    }
     // Ray reads whole milliseconds; 0 would make every client spin.
     if ray.client_check_interval < Duration::from_millis(1) {
         problem(

@@ -45,6 +45,7 @@ impl HeadSpec {
         let inputs = crate::config::Inputs { file: None, flags };
         let env = HeadEnv(&self.env);
         let cfg = crate::config::Config::load(&inputs, &env)
+            .and_then(|c| crate::ray::daemons::check_ready_requires(&c).map(|()| c))
             .map_err(|e| e.to_string().trim_end().to_string())?;
         let text = cfg.ray.start_command.clone().unwrap_or_default();
         crate::ray::Plan::new(&cfg, crate::ray::StartFrom::Text(&text), &env).map(|_| ())

@@ -7,6 +7,7 @@ use std::fmt;
 
 use nix::unistd::Pid;
 
+use crate::config::{Config, ConfigError, Problem};
 use crate::sys::proctree::{self, ProcInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,8 +172,61 @@ pub fn find(procs: &[ProcInfo], parent: Pid) -> Vec<(Daemon, Pid)> {
     out
 }
 
+/// `ray.ready-requires` names daemons of [`TABLE`]: checked here, where
+/// the table is, for every loaded configuration (`Cli::load`, the dev
+/// runner's check of the head's), since `config` knows no daemons.
+pub fn check_ready_requires(cfg: &Config) -> Result<(), ConfigError> {
+    let key = &crate::config::keys::RAY_READY_REQUIRES;
+    let source = cfg
+        .resolved
+        .iter()
+        .find(|r| std::ptr::eq(r.key, key))
+        .map(|r| r.source.clone());
+    let names: Vec<&str> = TABLE.iter().map(|d| d.name).collect();
+    let problems: Vec<Problem> = cfg
+        .ray
+        .ready_requires
+        .iter()
+        .filter(|name| !names.contains(&name.as_str()))
+        .map(|name| Problem {
+            key: key.name.to_string(),
+            source: source.clone(),
+            message: format!(
+                "{name:?}: not a daemon; expected any of {}",
+                names.join(", ")
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(problems))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::config::{FlagValue, Inputs};
+
+    #[test]
+    fn ready_requires_names_daemons_of_the_table() {
+        let load = |v: &str| {
+            let flags = vec![FlagValue::parse_set(&format!("ray.ready-requires={v}")).unwrap()];
+            Config::load(&Inputs { file: None, flags }, &[("HOME", "/")]).unwrap()
+        };
+        assert!(check_ready_requires(&load("raylet monitor")).is_ok());
+        let e = check_ready_requires(&load("raylet nosuch")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "ray.ready-requires");
+        assert!(
+            e.0[0]
+                .message
+                .starts_with("\"nosuch\": not a daemon; expected any of gcs_server, raylet"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("(from flag"), "{e}");
+    }
+
     use super::*;
 
     #[test]
