@@ -54,6 +54,24 @@ pub enum To {
     Stderr,
 }
 
+/// The forwarding of a child's pipes, to wait for: every line the child
+/// wrote is in the tail once its pipes are drained.
+pub struct Forwarding(Vec<tokio::task::JoinHandle<()>>);
+
+impl Forwarding {
+    /// Waits until every pipe is at its end (the child and whatever
+    /// inherited the pipe closed it), or `limit`, whichever comes first: a
+    /// grandchild that keeps the pipe open must not hold the caller.
+    pub async fn drained(self, limit: std::time::Duration) {
+        let all = async {
+            for h in self.0 {
+                let _ = h.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all).await;
+    }
+}
+
 /// Forwards both of a spawned child's pipes (those it has) to rayhead's
 /// stdout and stderr, sharing one tail.
 pub fn forward_spawned(
@@ -61,25 +79,45 @@ pub fn forward_spawned(
     tail: &Tail,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-) {
+) -> Forwarding {
+    let mut tasks = Vec::new();
     if let Some(o) = spawned.stdout.take() {
-        forward(o.into(), To::Stdout, tail.clone(), tracker, cancel.clone());
+        tasks.extend(forward(
+            o.into(),
+            To::Stdout,
+            tail.clone(),
+            tracker,
+            cancel.clone(),
+        ));
     }
     if let Some(e) = spawned.stderr.take() {
-        forward(e.into(), To::Stderr, tail.clone(), tracker, cancel.clone());
+        tasks.extend(forward(
+            e.into(),
+            To::Stderr,
+            tail.clone(),
+            tracker,
+            cancel.clone(),
+        ));
     }
+    Forwarding(tasks)
 }
 
 /// Forwards a child's pipe until it closes or `cancel`.
-fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: CancellationToken) {
+fn forward(
+    fd: OwnedFd,
+    to: To,
+    tail: Tail,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
     let rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a child's output");
-            return;
+            return None;
         }
     };
-    tracker.spawn(async move {
+    Some(tracker.spawn(async move {
         let mut lines = BufReader::new(rx).lines();
         loop {
             let line = tokio::select! {
@@ -97,5 +135,5 @@ fn forward(fd: OwnedFd, to: To, tail: Tail, tracker: &TaskTracker, cancel: Cance
             }
             tail.push(line);
         }
-    });
+    }))
 }

@@ -152,7 +152,7 @@ async fn run_stop_command(
     };
     tracing::info!(command = %line, pid = spawned.pid.as_raw(), "running the stop command");
     // The forwarders end at EOF, or when rayhead shuts down.
-    output::forward_spawned(&mut spawned, &output::Tail::default(), tracker, cancel);
+    let _ = output::forward_spawned(&mut spawned, &output::Tail::default(), tracker, cancel);
     let until = crate::time::after(Instant::now(), plan.stop_command_timeout).min(kill_at);
     loop {
         tokio::select! {

@@ -33,7 +33,7 @@ use super::report::Report;
 use super::Plan;
 use crate::config::Config;
 use crate::exit::Exit;
-use crate::init::output::{self, Tail};
+use crate::init::output;
 use crate::init::reaper::{ExitStatus, Mark};
 use crate::init::stop::{self, StopPlan};
 use crate::init::{spawn, Init};
@@ -42,6 +42,10 @@ use crate::sys::{pin, proctree};
 use machine::{Action, Event, Machine, Outcome, StartError};
 
 use crate::init::HEARTBEAT;
+
+/// How long `ray start`'s exit waits for its last output lines: a daemon
+/// that inherited its pipe keeps it open for ever.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 pub(super) struct Supervisor<'a> {
     cfg: &'a Config,
@@ -66,17 +70,15 @@ pub(super) struct Supervisor<'a> {
     gate: Option<CancellationToken>,
     /// The reaper's mark taken before the last `/proc` scan.
     scan_mark: Option<Mark>,
-    tail: Tail,
 }
 
 impl<'a> Supervisor<'a> {
     pub(super) fn new(cfg: &'a Config, plan: Plan, state: State, init: &'a mut Init) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let tail = Tail::default();
         let store = plan.store.as_ref().map(|s| s.info(cfg));
         Supervisor {
             cfg,
-            machine: Machine::new(cfg, store, state.clone(), tail.clone()),
+            machine: Machine::new(cfg, store, state.clone()),
             plan,
             state,
             init,
@@ -92,7 +94,6 @@ impl<'a> Supervisor<'a> {
             ray_start: None,
             gate: None,
             scan_mark: None,
-            tail,
         }
     }
 
@@ -279,9 +280,10 @@ impl<'a> Supervisor<'a> {
         };
         tracing::info!(pid = spawned.pid.as_raw(), command = %crate::redact::command_line(argv), mode = ?self.cfg.ray.mode, "started ray start");
         self.ray_start = Some(spawned.pid);
-        output::forward_spawned(
+        let tail = output::Tail::default();
+        let forwarding = output::forward_spawned(
             &mut spawned,
-            &self.tail,
+            &tail,
             &self.init.tracker,
             &self.init.cancel.child_token(),
         );
@@ -293,12 +295,13 @@ impl<'a> Supervisor<'a> {
                 s = exit => s.unwrap_or(ExitStatus::Exited(255)),
                 _ = cancel.cancelled() => return,
             };
+            // Its last lines explain a failure: the event carries them once
+            // its pipes are drained (a daemon that kept them open costs at
+            // most OUTPUT_DRAIN). A success needs no wait.
             if !status.success() {
-                // Let the output tasks catch up with the last lines, which
-                // explain the failure.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                forwarding.drained(OUTPUT_DRAIN).await;
             }
-            let _ = tx.send(Event::RayStartExited(status));
+            let _ = tx.send(Event::RayStartExited(status, tail.summary()));
         });
         self.init.tracker.spawn(health::monitor(
             self.plan.start.gcs_port,
@@ -401,7 +404,7 @@ impl<'a> Supervisor<'a> {
         // A daemon whose output was a pipe writes through the same
         // redacting forwarder as `ray start` (its own tail: the start
         // command's tail explains the start command's failure).
-        output::forward_spawned(
+        let _ = output::forward_spawned(
             &mut spawned,
             &output::Tail::default(),
             &self.init.tracker,

@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::{Config, DaemonExitPolicy, RayMode};
 use crate::exit::Exit;
-use crate::init::output::Tail;
 use crate::init::reaper::ExitStatus;
 use crate::init::stop;
 use crate::ray::daemon_health::DaemonCheck;
@@ -54,7 +53,9 @@ pub enum Event {
     Health(Observation),
     /// `ray start` exited: done starting (direct mode), or the head is gone
     /// (block mode).
-    RayStartExited(ExitStatus),
+    /// With the last lines of its output, summarised: what explains a
+    /// failure.
+    RayStartExited(ExitStatus, String),
     /// `ray start` could not be run at all.
     LaunchFailed(Exit),
     /// A scan of `/proc` for the daemons that `ray start` left.
@@ -211,8 +212,12 @@ pub struct Machine {
     /// The GCS's storage, when there is fault tolerance.
     store: Option<StoreInfo>,
     state: State,
-    tail: Tail,
+    /// What `ray start` printed last (summarised), once it exited.
+    start_output: String,
     stage: Stage,
+    /// The phase the snapshot shows, as the machine set it last: kept
+    /// here, never read back from the snapshot.
+    phase: Phase,
     /// Bumped at every loss: observations of a lost GCS must not count for
     /// its replacement.
     generation: u64,
@@ -254,15 +259,16 @@ enum DaemonStep {
 }
 
 impl Machine {
-    pub fn new(cfg: &Config, store: Option<StoreInfo>, state: State, tail: Tail) -> Machine {
+    pub fn new(cfg: &Config, store: Option<StoreInfo>, state: State) -> Machine {
         let mark = cfg.memory.gcs_high_water.render();
         state.update(|s| s.memory = Some(crate::state::MemoryState::new(mark)));
         Machine {
             cfg: cfg.clone(),
             store,
             state,
-            tail,
+            start_output: String::new(),
             stage: Stage::StartGate,
+            phase: Phase::Starting,
             generation: 0,
             last_serving: None,
             gcs: None,
@@ -274,8 +280,7 @@ impl Machine {
 
     /// The first actions: the store's start gate, or `ray start` at once.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        self.state
-            .set_phase(Phase::Starting, "starting the Ray head");
+        self.enter(Phase::Starting, "starting the Ray head");
         if let Some(store) = &self.store {
             self.stage = Stage::StartGate;
             tracing::info!(store = %store.describe, "waiting for the GCS storage before ray start");
@@ -392,10 +397,11 @@ impl Machine {
                 };
                 vec![Action::Finish(Outcome::Fail(exit))]
             }
-            (Stage::Launching, Event::RayStartExited(status)) => {
+            (Stage::Launching, Event::RayStartExited(status, output)) => {
+                self.start_output = output;
                 if !status.success() {
                     return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
-                        format!("ray start {status}: {}", self.tail.summary()),
+                        format!("ray start {status}: {}", self.start_output),
                     )))];
                 }
                 self.stage = Stage::Adopting {
@@ -416,8 +422,7 @@ impl Machine {
                         vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
                             format!(
                                 "ray start exited 0 but no {} is running: {}",
-                                spec.name,
-                                self.tail.summary()
+                                spec.name, self.start_output
                             ),
                         )))]
                     }
@@ -427,7 +432,7 @@ impl Machine {
                     }
                 }
             }
-            (Stage::Watching(_), Event::RayStartExited(status)) => {
+            (Stage::Watching(_), Event::RayStartExited(status, _)) => {
                 // Block mode: `ray start --block` is the head.
                 vec![Action::Finish(Outcome::Fail(Exit::Status {
                     code: status.code(),
@@ -562,20 +567,25 @@ impl Machine {
         });
         let mut actions = vec![Action::Adopt(found)];
         if self.last_serving.is_some() {
-            actions.extend(self.running());
+            actions.extend(self.start_running());
         }
         actions
     }
 
     /// The first SERVING while watching: the head runs, and the monitor
     /// slows to gcs.health-interval.
-    fn running(&self) -> Vec<Action> {
-        if self.state.get().phase != Phase::Starting {
+    fn start_running(&mut self) -> Vec<Action> {
+        if self.phase != Phase::Starting {
             return Vec::new();
         }
-        self.state
-            .set_phase(Phase::Running, "the GCS answers SERVING");
+        self.enter(Phase::Running, "the GCS answers SERVING");
         vec![self.monitor(self.cfg.gcs.health_interval)]
+    }
+
+    /// Moves to `phase`, in the machine and in the snapshot.
+    fn enter(&mut self, phase: Phase, reason: &str) {
+        self.phase = phase;
+        self.state.set_phase(phase, reason);
     }
 
     fn monitor(&self, interval: Duration) -> Action {

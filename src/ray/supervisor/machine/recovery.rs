@@ -52,7 +52,7 @@ impl Machine {
             (Stage::Recovering(_), _) => Vec::new(),
             (Stage::Watching(_), Health::Serving) => {
                 self.last_serving = Some(obs.at);
-                self.running()
+                self.start_running()
             }
             (_, Health::Serving) => {
                 // Before adoption: remembered, acted on once watching.
@@ -97,8 +97,7 @@ impl Machine {
             g.last_loss = Some(SystemTime::now());
             g.last_loss_reason = Some(reason.clone());
         });
-        self.state
-            .set_phase(Phase::Recovering, &format!("GCS lost: {reason}"));
+        self.enter(Phase::Recovering, &format!("GCS lost: {reason}"));
 
         if self.cfg.ray.mode == RayMode::Block {
             actions.push(Action::KillBlockGcs);
@@ -219,8 +218,7 @@ impl Machine {
             pid = pid.map(Pid::as_raw),
             "GCS recovered in place"
         );
-        self.state
-            .set_phase(Phase::Running, "GCS recovered in place");
+        self.enter(Phase::Running, "GCS recovered in place");
         self.stage = Stage::Watching(Watch {
             since: now,
             probation: Some(now),

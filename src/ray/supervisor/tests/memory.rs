@@ -175,7 +175,7 @@ fn a_share_of_no_limit_is_no_mark_and_a_limit_makes_one() {
 fn without_fault_tolerance_or_while_recovering_there_is_no_memory_restart() {
     let mut h = H::new(false, &["memory.gcs-high-water=1MiB", "memory.sustain=1s"]);
     h.m.start(h.now);
-    h.ev(Event::RayStartExited(ExitStatus::Exited(0)));
+    h.ev(Event::RayStartExited(ExitStatus::Exited(0), String::new()));
     h.ev(Event::Found(vec![
         (Daemon::GcsServer, pid(GCS)),
         (Daemon::Raylet, pid(RAYLET)),

@@ -10,7 +10,6 @@ use tokio::time::Instant;
 
 use super::machine::{Action, Event, Machine, Outcome, StartError, Timer};
 use crate::config::{Config, FlagValue, Inputs};
-use crate::init::output::Tail;
 use crate::init::reaper::ExitStatus;
 use crate::ray::daemon_health::DaemonCheck;
 use crate::ray::daemons::Daemon;
@@ -88,7 +87,7 @@ impl H {
         let store = redis
             .as_deref()
             .map(|a| StoreInfo::redis(a, cfg.redis.startup_timeout));
-        let m = Machine::new(&cfg, store, state.clone(), Tail::default());
+        let m = Machine::new(&cfg, store, state.clone());
         H {
             m,
             state,
@@ -159,7 +158,7 @@ impl H {
         if let At::Launching = at {
             return h;
         }
-        let a = h.ev(Event::RayStartExited(ExitStatus::Exited(0)));
+        let a = h.ev(Event::RayStartExited(ExitStatus::Exited(0), String::new()));
         assert_eq!(a, vec![Action::Scan]);
         if let At::Adopting = at {
             return h;
@@ -512,7 +511,7 @@ fn unhealthy_after_declares_a_silent_gcs_lost() {
 fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
     let mut h = H::new(false, &[]);
     h.m.start(h.now);
-    h.ev(Event::RayStartExited(ExitStatus::Exited(0)));
+    h.ev(Event::RayStartExited(ExitStatus::Exited(0), String::new()));
     h.ev(Event::Found(vec![
         (Daemon::GcsServer, pid(GCS)),
         (Daemon::Raylet, pid(RAYLET)),
@@ -532,7 +531,7 @@ fn without_fault_tolerance_or_in_block_mode_a_loss_ends_the_head() {
     let mut h = H::new(true, &["ray.mode=block"]);
     h.m.start(h.now);
     h.ev(Event::StoreReady);
-    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
+    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1), String::new()));
     assert_eq!(code(&a), Some(1));
 }
 
@@ -547,7 +546,7 @@ fn start_failures_have_their_codes() {
     let a = h.ev(Event::StoreFailed(GateError::Redis(PingError::Refused)));
     assert_eq!(code(&a), Some(86));
     let mut h = H::at(At::Launching, &[]);
-    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1)));
+    let a = h.ev(Event::RayStartExited(ExitStatus::Exited(1), String::new()));
     assert_eq!(code(&a), Some(85));
     // ray start exits 0 but leaves no raylet: looked for again, then 85.
     let mut h = H::at(At::Adopting, &[]);
@@ -663,7 +662,7 @@ mod random {
                 healthy: p % 2 == 0,
                 detail: "x".into(),
             }),
-            12 => Event::RayStartExited(ExitStatus::Exited(p % 2)),
+            12 => Event::RayStartExited(ExitStatus::Exited(p % 2), String::new()),
             13 => Event::Found(vec![
                 (Daemon::GcsServer, pid),
                 (Daemon::Raylet, super::pid(RAYLET)),
