@@ -1,4 +1,8 @@
-//! The one reaper: the only code in rayhead that calls `waitpid`.
+//! The one reaper: the only code that calls `waitpid` in a process that runs
+//! one (`rayhead run`, `rayhead dev`). The one other wait in rayhead's code,
+//! in `src/dev/one_off.rs`, is `Child::wait` on the embedded Redis that a
+//! one-off command (`redis-check --dev-state`, `redis-cleanup --dev-state`)
+//! started, in a process that runs no reaper.
 //!
 //! As PID 1 (or a subreaper) rayhead inherits every orphan of its tree, so it
 //! must reap processes it never started. A second waiter (such as
