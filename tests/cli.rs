@@ -218,7 +218,7 @@ fn the_exec_probe_refuses_another_users_socket() {
         })
     };
     let _squatter = cmd.spawn();
-    crate::ray_util::eventually(LIMIT, "the other user's socket", || {
+    crate::util::eventually(LIMIT, "the other user's socket", || {
         rayhead::probe::client::query_socket(
             &rayhead::probe::socket::SocketPlace {
                 path: sock.clone(),

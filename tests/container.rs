@@ -21,8 +21,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::dist::dist_bin;
-use crate::ray_util::{eventually, find_comm, ray_lock, KillByMarker};
-use crate::util::Dir;
+use crate::ray_util::{find_comm, ray_lock, KillByMarker};
+use crate::util::{eventually, Dir};
 
 /// Any one podman call; a hung one fails the test with what it printed.
 const PODMAN_LIMIT: Duration = Duration::from_secs(120);

@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 use rayhead::init::proctree;
 
 use crate::ray_fake::fake_ray;
-use crate::ray_util::{assert_all_dead, eventually, path_with_venv, ray_lock, KillByMarker};
-use crate::util::{Dir, Running};
+use crate::ray_util::{assert_all_dead, path_with_venv, ray_lock, KillByMarker};
+use crate::util::{eventually, Dir, Running};
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
@@ -79,18 +79,14 @@ impl DevRun {
     /// Waits for `n` lines of `shape` in the runner's output.
     pub fn wait_for(&self, expected: &str, n: usize, limit: Duration) {
         let want = shape(expected);
-        let deadline = Instant::now() + limit;
-        loop {
+        eventually(limit, &format!("{n} x {expected:?}"), || {
             let text = self.text();
             if text.lines().filter(|l| shape(l) == want).count() >= n {
-                return;
+                Ok(())
+            } else {
+                Err(text)
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {n} x {expected:?} within {limit:?} in:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// Lets the stderr pipe close, as a pipeline's reader that died.

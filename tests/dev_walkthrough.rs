@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use rayhead::init::proctree;
 
 use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
-use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
-use crate::util::Dir;
+use crate::ray_util::{path_with_venv, python, ray_lock, KillByMarker, ACTOR};
+use crate::util::{eventually, Dir};
 
 /// The README's walkthrough: each `$ ` line (or `^C`) with the lines
 /// under it.

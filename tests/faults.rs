@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::ray_util::{eventually, free_port, KillByMarker};
-use crate::util::{alive, Dir, TestCommand};
+use crate::ray_util::{free_port, KillByMarker};
+use crate::util::{alive, eventually, Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);
 

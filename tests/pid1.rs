@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use rayhead::init::proctree;
 
-use crate::util::{alive, count_lines, Dir, Output, TestCommand};
+use crate::util::{alive, count_lines, eventually, Dir, Output, TestCommand};
 
 /// A generous bound for runs that should take well under a second.
 const QUICK: Duration = Duration::from_secs(30);
@@ -147,7 +147,7 @@ while [ ! -e "$D/quit" ]; do sleep 0.05; done
         .collect();
     assert_eq!(pids.len(), 20);
     let rayhead = run.rayhead_pid();
-    crate::ray_util::eventually(QUICK, "every orphan reaped", || {
+    eventually(QUICK, "every orphan reaped", || {
         pids.iter()
             .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
             .then_some(())
@@ -229,17 +229,14 @@ kill -KILL $!
 /// Waits for every line of `want` in the log; a failure drops (and so kills)
 /// the run as the panic unwinds.
 fn wait_for_log(dir: &Dir, want: &[String]) {
-    let deadline = std::time::Instant::now() + READY;
-    loop {
+    eventually(READY, &format!("{want:?} in the log"), || {
         let log = dir.read("log");
         if want.iter().all(|w| log.lines().any(|l| l == w)) {
-            return;
+            Ok(())
+        } else {
+            Err(log)
         }
-        if std::time::Instant::now() > deadline {
-            panic!("wanted {want:?} in the log, got:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    })
 }
 
 #[test]
@@ -535,7 +532,7 @@ fn a_plain_command_serves_the_probes() {
     .spawn();
     run.wait_for_file("ready", READY);
     let query = |path: &str| rayhead::probe::client::query(&url, path);
-    crate::ray_util::eventually(QUICK, "/readyz 200", || query("/readyz").0.then_some(()));
+    eventually(QUICK, "/readyz 200", || query("/readyz").0.then_some(()));
     assert_eq!(query("/livez"), (true, "ok\n".to_string()));
     let (ok, text) = query("/status");
     assert!(ok, "{text}");

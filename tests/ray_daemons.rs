@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 /// The pid of the head's daemon whose command line names `word`.
 fn daemon_pid(head: &Head, word: &str) -> Pid {

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use crate::ray_util::{
-    assert_all_dead, eventually, find_comm, ray_lock, KillByMarker, RedisServer,
-};
-use crate::util::{Dir, TestCommand};
+use crate::ray_util::{assert_all_dead, find_comm, ray_lock, KillByMarker, RedisServer};
+use crate::util::{eventually, Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::ray_apps::{serve_under_load, Script};
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 /// A v1 memory cgroup of the test's own, below this process's, so that the
 /// head can be given a container's memory limit. Removed on drop, its

@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::init::proctree;
 
-use crate::util::{count_lines, Dir, Running};
+use crate::util::{count_lines, eventually, Dir, Running};
 
 static RAY_LOCK: Mutex<()> = Mutex::new(());
 
@@ -341,18 +341,6 @@ pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, 
 }
 
 use std::os::unix::process::CommandExt;
-
-/// Polls `f` until it returns Some, or panics after `limit` with `what`.
-pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Asserts that every pid in `pids` is gone (or a zombie awaiting a
 /// reaper that is itself gone). Record a run's daemons before it exits:

@@ -336,33 +336,22 @@ impl Running {
     /// `unshare`, once `unshare` has exec'd it.
     pub fn rayhead_pid(&self) -> Pid {
         if let Some(locate) = &self.locate {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(p) = locate() {
-                    return p;
-                }
-                assert!(Instant::now() < deadline, "rayhead was not found");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            return eventually(Duration::from_secs(60), "rayhead to be found", || locate());
         }
         let outer = self.outer_pid();
         if !self.pid1 {
             return outer;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(p) = proctree::snapshot()
-                .into_iter()
-                .find(|p| p.ppid == outer && p.comm == "rayhead")
-            {
-                return p.pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rayhead did not start under unshare"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually(
+            Duration::from_secs(10),
+            "rayhead to start under unshare",
+            || {
+                proctree::snapshot()
+                    .into_iter()
+                    .find(|p| p.ppid == outer && p.comm == "rayhead")
+                    .map(|p| p.pid)
+            },
+        )
     }
 
     /// rayhead's stderr pipe, when the command was given `Stdio::piped()`.
@@ -466,6 +455,47 @@ impl Drop for Running {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// What one poll of [`eventually`] found: `Some` or `Ok` ends the wait
+/// with its value; `None` is "not yet", and `Err` is "not yet" with what
+/// was seen, which the failure message shows.
+pub trait Poll<T> {
+    fn poll(self) -> Result<T, Option<String>>;
+}
+
+impl<T> Poll<T> for Option<T> {
+    fn poll(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Poll<T> for Result<T, String> {
+    fn poll(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// The one way the tests wait for a condition: polls `f` until it is done
+/// and returns its value; past `limit`, fails with `what` and the last
+/// thing `f` saw. A failure unwinds, so the test's guards kill what it
+/// started.
+#[track_caller]
+pub fn eventually<T, P: Poll<T>>(limit: Duration, what: &str, mut f: impl FnMut() -> P) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = match f().poll() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            match seen {
+                Some(s) => panic!("timed out after {limit:?} waiting for {what}; last seen:\n{s}"),
+                None => panic!("timed out after {limit:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
