@@ -67,11 +67,8 @@ fn a_closed_stderr_neither_kills_rayhead_nor_orphans_the_child() {
     let out = run.wait(LIMIT);
     out.assert_code(143);
     assert!(!alive(child), "the child {child} was left running");
-    assert!(
-        out.termination_log.contains("SIGTERM"),
-        "the reason still reaches the termination log\n{}",
-        out.dump()
-    );
+    // The reason still reaches the termination log.
+    out.assert_termination_log("SIGTERM");
 }
 
 /// stderr is a pipe that nobody reads, full before rayhead writes a byte;
@@ -319,12 +316,8 @@ fn a_panic_kills_the_tree_and_exits_70() {
     let child = child_pid(&dir);
     let grandchild: i32 = dir.read("grandchild.pid").trim().parse().unwrap();
     let out = run.wait(LIMIT);
-    out.assert_code(70);
-    assert!(
-        out.termination_log.contains("rayhead itself failed"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(70)
+        .assert_termination_log("rayhead itself failed");
     for p in [child, grandchild] {
         assert!(!alive(p), "{p} outlived rayhead's panic");
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);

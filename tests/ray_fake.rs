@@ -108,13 +108,8 @@ fn ray_start_failure_exits_85_with_its_message() {
     let _cleanup = KillByMarker(dir.path().display().to_string());
     dir.write("ray-start-fails", "");
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(85);
-    assert!(
-        out.termination_log
-            .contains("ValueError: the fake port is taken"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(85)
+        .assert_termination_log("ValueError: the fake port is taken");
 }
 
 #[test]
@@ -123,12 +118,7 @@ fn ray_start_without_daemons_exits_85() {
     let _cleanup = KillByMarker(dir.path().display().to_string());
     dir.write("no-daemons", "");
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(85);
-    assert!(
-        out.termination_log.contains("no gcs_server"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(85).assert_termination_log("no gcs_server");
 }
 
 #[test]
@@ -148,12 +138,8 @@ fn a_hung_gcs_without_fault_tolerance_exits_81() {
     let dir = Dir::new("fake-noft");
     let _cleanup = KillByMarker(dir.path().display().to_string());
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(81);
-    assert!(
-        out.termination_log.contains("no SERVING answer"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(81)
+        .assert_termination_log("no SERVING answer");
     assert!(
         out.stdout.contains("fake ray start"),
         "ray start's output is passed on"
@@ -190,7 +176,7 @@ fn crash_loop_guard_exits_82() {
     let out = rayhead(&dir, Some(&redis), &["gcs.max-restarts=2"]).run(LIMIT);
     out.assert_code(82);
     assert_eq!(dir.read("gcs-crashes").lines().count(), 2, "{}", out.dump());
-    assert!(out.termination_log.contains("crash loop"), "{}", out.dump());
+    out.assert_termination_log("crash loop");
     out.assert_no_secret(&redis.password);
 }
 
@@ -210,12 +196,8 @@ fn recovery_that_misses_the_deadline_exits_80_with_the_last_error() {
         ],
     )
     .run(LIMIT);
-    out.assert_code(80);
-    assert!(
-        out.termination_log.contains("exited with code 3"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(80)
+        .assert_termination_log("exited with code 3");
     assert!(
         dir.read("gcs-crashes").lines().count() >= 2,
         "{}",
@@ -273,12 +255,7 @@ fn redis_gate_failures_exit_86_and_87() {
     let out = rayhead(&dir, None, &["redis.startup-timeout=1s"])
         .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{port}"))
         .run(LIMIT);
-    out.assert_code(86);
-    assert!(
-        out.termination_log.contains("did not answer"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(86).assert_termination_log("did not answer");
 }
 
 #[test]
@@ -299,11 +276,7 @@ fn sigterm_during_recovery_stops_cleanly() {
     run.signal(Signal::SIGTERM);
     let out = run.wait(LIMIT);
     out.assert_code(0).assert_no_secret(&redis.password);
-    assert!(
-        out.termination_log.contains("stopped on SIGTERM"),
-        "{}",
-        out.dump()
-    );
+    out.assert_termination_log("stopped on SIGTERM");
     assert!(out.stderr.contains("to=\"recovering\""), "{}", out.dump());
     assert_all_dead("the raylet", &raylet);
     assert_all_dead("a gcs_server", &gcs);

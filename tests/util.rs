@@ -309,6 +309,18 @@ impl Output {
         self
     }
 
+    /// Asserts that the termination message (what the kubelet shows as the
+    /// container's last state) says `want`, printing everything if not.
+    #[track_caller]
+    pub fn assert_termination_log(&self, want: &str) -> &Self {
+        assert!(
+            self.termination_log.contains(want),
+            "the termination log does not say {want:?}\n{}",
+            self.dump()
+        );
+        self
+    }
+
     /// Asserts the exit code, printing everything if it differs.
     pub fn assert_code(&self, want: i32) -> &Self {
         assert_eq!(self.code, Some(want), "unexpected exit\n{}", self.dump());
