@@ -176,11 +176,11 @@ fn e2e_a_hung_raylet_costs_readiness_then_ends_the_head() {
     assert_head_ended(
         &out,
         83,
-        (decided, bound),
-        why,
+        Some((decided, bound)),
+        &[why],
         &daemons,
         &cleanup,
-        &redis.password,
+        Some(&redis.password),
     );
     eprintln!("raylet SIGSTOP -> /readyz 503 {unready:?}; kept stopped -> exit 83 {decided:?}");
 }

@@ -147,23 +147,14 @@ fn e2e_gcs_that_cannot_come_back_exits_80_before_the_head_timeout() {
     // The head raylet exits on its own 20 s after the loss: rayhead, its
     // teardown included, must be gone before.
     let gone = t.elapsed();
-    out.assert_code(80).assert_no_secret(&redis.password);
-    assert!(
-        gone < Duration::from_secs(20),
-        "took {gone:?}\n{}",
-        out.dump()
-    );
-    assert!(
-        out.termination_log.contains("not SERVING again"),
-        "{}",
-        out.dump()
-    );
-    assert!(out.termination_log.contains("Redis"), "{}", out.dump());
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(
-        cleanup.pids().is_empty(),
-        "Ray processes left: {:?}",
-        cleanup.pids()
+    assert_head_ended(
+        &out,
+        80,
+        Some((gone, Duration::from_secs(20))),
+        &["not SERVING again", "Redis"],
+        &daemons,
+        &cleanup,
+        Some(&redis.password),
     );
 }
 
@@ -188,17 +179,14 @@ fn e2e_without_fault_tolerance_the_head_shares_the_gcs_fate() {
     let daemons = head_processes(&head);
     kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
     let out = head.run.wait(Duration::from_secs(60));
-    out.assert_code(81);
-    assert!(
-        out.termination_log.contains("without fault tolerance"),
-        "{}",
-        out.dump()
-    );
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(
-        cleanup.pids().is_empty(),
-        "Ray processes left: {:?}",
-        cleanup.pids()
+    assert_head_ended(
+        &out,
+        81,
+        None,
+        &["without fault tolerance"],
+        &daemons,
+        &cleanup,
+        None,
     );
 }
 
@@ -206,7 +194,7 @@ fn e2e_without_fault_tolerance_the_head_shares_the_gcs_fate() {
 fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
     let _lock = ray_lock();
     let dir = Dir::new("e2e-block");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let cleanup = KillByMarker(dir.path().display().to_string());
     let redis = RedisServer::start(&dir);
     let head = start_head(&dir, Some(&redis), &[], "block");
     let daemons = head_processes(&head);
@@ -214,14 +202,15 @@ fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
     kill(gcs_pid(&head), Signal::SIGTERM).unwrap();
     let decided = decision_after(&dir, t);
     let out = head.run.wait(Duration::from_secs(60));
-    out.assert_code(88).assert_no_secret(&redis.password);
-    assert!(
-        decided < Duration::from_secs(5),
-        "decided after {decided:?}\n{}",
-        out.dump()
+    assert_head_ended(
+        &out,
+        88,
+        Some((decided, Duration::from_secs(5))),
+        &["block mode"],
+        &daemons,
+        &cleanup,
+        Some(&redis.password),
     );
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(out.termination_log.contains("block mode"), "{}", out.dump());
 }
 
 /// Redis is down, so rayhead waits at the restart gate after a GCS kill;
@@ -313,10 +302,10 @@ fn kill_the_raylet_and_expect_83(
     assert_head_ended(
         &out,
         83,
-        (decided, bound),
-        "raylet",
+        Some((decided, bound)),
+        &["raylet"],
         daemons,
         cleanup,
-        secret,
+        Some(secret),
     );
 }
