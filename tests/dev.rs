@@ -28,6 +28,8 @@ pub struct DevRun {
     run: Running,
     out: Arc<Mutex<String>>,
     close: Arc<AtomicBool>,
+    /// The reader; it owns the pipe, which it drops when it returns.
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl DevRun {
@@ -44,7 +46,7 @@ impl DevRun {
         let out = Arc::new(Mutex::new(String::new()));
         let close = Arc::new(AtomicBool::new(false));
         let (o, c) = (out.clone(), close.clone());
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !c.load(Ordering::SeqCst) {
                 let mut fd = libc::pollfd {
@@ -65,7 +67,12 @@ impl DevRun {
                 }
             }
         });
-        DevRun { run, out, close }
+        DevRun {
+            run,
+            out,
+            close,
+            reader: Mutex::new(Some(reader)),
+        }
     }
 
     pub fn text(&self) -> String {
@@ -89,10 +96,13 @@ impl DevRun {
         })
     }
 
-    /// Lets the stderr pipe close, as a pipeline's reader that died.
+    /// Closes the stderr pipe, as a pipeline's reader that died: returns
+    /// once the reader has returned, and so dropped its end.
     pub fn close_stderr(&self) {
         self.close.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(300));
+        if let Some(reader) = self.reader.lock().unwrap().take() {
+            reader.join().expect("the stderr reader panicked");
+        }
     }
 }
 

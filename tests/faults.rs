@@ -288,11 +288,13 @@ fn rayhead_stopped_and_continued_carries_on() {
 fn processes_vanishing_mid_walk_are_no_error() {
     let dir = Dir::new("churn");
     let marker = KillByMarker(dir.path().display().to_string());
-    let script = "touch \"$D/ready\"; for i in $(seq 1000); do sh -c 'exit 0' & done; \
-                  while :; do sh -c 'exit 0' & sleep 0.001; done";
+    // Ready once the 1,000 are started and the churn loop turns: the stop
+    // comes mid-churn.
+    let script = "for i in $(seq 1000); do sh -c 'exit 0' & done; \
+                  while :; do sh -c 'exit 0' & sleep 0.001; \
+                  [ -e \"$D/ready\" ] || touch \"$D/ready\"; done";
     let mut run = sh(&dir, script).spawn();
     run.wait_for_file("ready", LIMIT);
-    std::thread::sleep(Duration::from_millis(300));
     run.signal(Signal::SIGTERM);
     let out = run.wait(LIMIT);
     out.assert_code(143);
