@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use rayhead::init::proctree;
 
 use crate::ray_fake::fake_ray;
-use crate::ray_util::{assert_all_dead, path_with_venv, ray_lock, KillByMarker};
+use crate::ray_util::{assert_all_dead, path_with_venv, RayTest};
 use crate::util::{eventually, Dir, Running};
 
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -363,9 +363,7 @@ fn fake_dev(dir: &Dir, args: &[&str]) -> DevRun {
 
 #[test]
 fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-never");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-never");
     let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails", "");
     let dev = fake_dev(&dir, &["--restart-policy", "Never"]);
@@ -389,9 +387,7 @@ fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
 
 #[test]
 fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-always");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-always");
     let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails-once", "");
     let dev = fake_dev(&dir, &[]);
@@ -430,9 +426,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
 /// pod behind: each gets SIGTERM from the kernel when its parent dies.
 #[test]
 fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-kill");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-kill");
     let _redis = RedisGuard(&dir);
     let dev = fake_dev(&dir, &[]);
     let daemons = || -> Vec<Pid> {
@@ -501,8 +495,7 @@ fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
 /// shows the password, and neither starts a head.
 #[test]
 fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
-    let dir = Dir::new("dev-url");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("dev-url");
     let _redis = RedisGuard(&dir);
     let redis = crate::ray_util::RedisServer::start(&dir);
     fake_ray(&dir);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::ray_util::{free_port, KillByMarker};
+use crate::ray_util::{free_port, RayTest};
 use crate::util::{alive, eventually, Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -286,8 +286,7 @@ fn rayhead_stopped_and_continued_carries_on() {
 /// `/proc` entry may vanish mid-walk. No error, nothing left behind.
 #[test]
 fn processes_vanishing_mid_walk_are_no_error() {
-    let dir = Dir::new("churn");
-    let marker = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("churn");
     // Ready once the 1,000 are started and the churn loop turns: the stop
     // comes mid-churn.
     let script = "for i in $(seq 1000); do sh -c 'exit 0' & done; \
@@ -300,7 +299,11 @@ fn processes_vanishing_mid_walk_are_no_error() {
     out.assert_code(143);
     assert!(!out.stderr.contains("ERROR"), "{}", out.dump());
     assert!(!out.stderr.contains("waitpid failed"), "{}", out.dump());
-    assert!(marker.pids().is_empty(), "left: {:?}", marker.pids());
+    assert!(
+        dir.cleanup.pids().is_empty(),
+        "left: {:?}",
+        dir.cleanup.pids()
+    );
 }
 
 /// A bug's panic is the last line of defence: the reason goes to the
