@@ -489,10 +489,11 @@ impl<T> Poll<T> for Result<T, String> {
     }
 }
 
-/// The one way the tests wait for a condition: polls `f` until it is done
-/// and returns its value; past `limit`, fails with `what` and the last
-/// thing `f` saw. A failure unwinds, so the test's guards kill what it
-/// started.
+/// How the tests wait for a condition: polls `f` until it is done and
+/// returns its value; past `limit`, fails with `what` and the last thing
+/// `f` saw. A failure unwinds, so the test's guards kill what it started.
+/// (Waits on a run's own process, [`Running::wait`] and
+/// [`Running::wait_for_file`], watch for its exit and print its output.)
 #[track_caller]
 pub fn eventually<T, P: Poll<T>>(limit: Duration, what: &str, mut f: impl FnMut() -> P) -> T {
     let deadline = Instant::now() + limit;
