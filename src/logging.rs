@@ -290,15 +290,58 @@ mod tests {
                 Ok(())
             }
         }
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
         let l = Lossy::start("order", Chan(tx), |n| format!("lost {n}\n")).unwrap();
-        let lost = dropped_lines();
         l.line(b"a\n".to_vec());
         l.line(b"b\n".to_vec());
         assert!(l.flush(Duration::from_secs(5)));
-        let got: Vec<Vec<u8>> = rx.try_iter().collect();
-        // Other tests may have lost lines meanwhile: a note may come first.
-        let text: String = got.iter().map(|b| String::from_utf8_lossy(b)).collect();
-        assert!(text.ends_with("a\nb\n"), "{text:?}");
-        let _ = lost;
+        // A line lost on another stream (a failed write), between b and c.
+        let broken = Lossy::start("broken", Broken, |n| format!("lost {n}\n")).unwrap();
+        let before = dropped_lines();
+        broken.line(b"gone\n".to_vec());
+        assert!(broken.flush(Duration::from_secs(5)));
+        let lost = dropped_lines();
+        assert!(lost > before, "the failed write was not counted");
+        l.line(b"c\n".to_vec());
+        assert!(l.flush(Duration::from_secs(5)));
+        let after = dropped_lines();
+        let got: Vec<String> = rx
+            .try_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect();
+        // Other tests may lose lines meanwhile: notes may come anywhere,
+        // but every line passes, in order, none twice.
+        let lines: Vec<&str> = got
+            .iter()
+            .map(|s| s.as_str())
+            .filter(|s| !s.starts_with("lost "))
+            .collect();
+        assert_eq!(lines, ["a\n", "b\n", "c\n"], "{got:?}");
+        // A note comes after b and before c: the loss happened between.
+        let b = got.iter().position(|s| s == "b\n").unwrap();
+        let c = got.iter().position(|s| s == "c\n").unwrap();
+        assert!(
+            got[b + 1..c].iter().any(|s| s.starts_with("lost ")),
+            "no note before c: {got:?}"
+        );
+        // The notes add up to every loss so far, counted once: at least
+        // the one before c, at most all there are now.
+        let noted: u64 = got
+            .iter()
+            .filter_map(|s| s.strip_prefix("lost "))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .sum();
+        assert!(
+            lost <= noted && noted <= after,
+            "noted {noted}, lost {lost}..{after}: {got:?}"
+        );
     }
 }

@@ -218,7 +218,7 @@ fn the_exec_probe_refuses_another_users_socket() {
         })
     };
     let _squatter = cmd.spawn();
-    crate::ray_util::eventually(LIMIT, "the other user's socket", || {
+    crate::util::eventually(LIMIT, "the other user's socket", || {
         rayhead::probe::client::query_socket(
             &rayhead::probe::socket::SocketPlace {
                 path: sock.clone(),
@@ -381,12 +381,9 @@ fn an_unsupported_start_command_is_a_named_config_error() {
             .env("KUBERAY_GEN_RAY_START_CMD", text.replace("{S}", secret))
             .args(["run"])
             .run(LIMIT);
-        out.assert_code(64).assert_no_secret(secret);
-        assert!(
-            out.termination_log.contains("ray.start-command")
-                && out.termination_log.contains(named),
-            "{text:?}: {}",
-            out.dump()
-        );
+        out.assert_code(64)
+            .assert_no_secret(secret)
+            .assert_termination_log("ray.start-command")
+            .assert_termination_log(named);
     }
 }

@@ -21,8 +21,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::dist::dist_bin;
-use crate::ray_util::{eventually, find_comm, ray_lock, KillByMarker};
-use crate::util::Dir;
+use crate::ray_util::{find_comm, RayTest};
+use crate::util::{eventually, Dir};
 
 /// Any one podman call; a hung one fails the test with what it printed.
 const PODMAN_LIMIT: Duration = Duration::from_secs(120);
@@ -468,9 +468,8 @@ fn container_healthcheck_runs_the_exec_probe() {
 /// `--restart on-failure` (the kubelet's role) starts the container again.
 #[test]
 fn container_restart_on_failure_after_exit_83() {
-    let dir = Dir::new("container-restart");
+    let dir = RayTest::unlocked("container-restart");
     let Some(inst) = installed(&dir) else { return };
-    let _cleanup = KillByMarker(dir.path().display().to_string());
     crate::ray_fake::fake_ray(&dir);
     // Every gcs_server started lives (the second start is the restart's).
     dir.write("gcs-lives", "");
@@ -524,9 +523,7 @@ fn container_restart_on_failure_after_exit_83() {
 /// all with exit 0.
 #[test]
 fn e2e_container_the_static_binary_runs_the_guide_scenario_as_pid1() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-container");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-container");
     let Some(inst) = installed(&dir) else { return };
     let venv = crate::ray_util::venv_bin().parent().unwrap().to_path_buf();
     let python = Command::new(venv.join("bin/python"))

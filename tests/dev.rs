@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
 use crate::ray_fake::fake_ray;
-use crate::ray_util::{assert_all_dead, eventually, path_with_venv, ray_lock, KillByMarker};
-use crate::util::{Dir, Running};
+use crate::ray_util::{assert_all_dead, path_with_venv, RayTest};
+use crate::util::{eventually, Dir, Running};
 
 pub const LIMIT: Duration = Duration::from_secs(60);
 
@@ -28,6 +28,8 @@ pub struct DevRun {
     run: Running,
     out: Arc<Mutex<String>>,
     close: Arc<AtomicBool>,
+    /// The reader; it owns the pipe, which it drops when it returns.
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl DevRun {
@@ -44,7 +46,7 @@ impl DevRun {
         let out = Arc::new(Mutex::new(String::new()));
         let close = Arc::new(AtomicBool::new(false));
         let (o, c) = (out.clone(), close.clone());
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !c.load(Ordering::SeqCst) {
                 let mut fd = libc::pollfd {
@@ -65,7 +67,12 @@ impl DevRun {
                 }
             }
         });
-        DevRun { run, out, close }
+        DevRun {
+            run,
+            out,
+            close,
+            reader: Mutex::new(Some(reader)),
+        }
     }
 
     pub fn text(&self) -> String {
@@ -79,24 +86,23 @@ impl DevRun {
     /// Waits for `n` lines of `shape` in the runner's output.
     pub fn wait_for(&self, expected: &str, n: usize, limit: Duration) {
         let want = shape(expected);
-        let deadline = Instant::now() + limit;
-        loop {
+        eventually(limit, &format!("{n} x {expected:?}"), || {
             let text = self.text();
             if text.lines().filter(|l| shape(l) == want).count() >= n {
-                return;
+                Ok(())
+            } else {
+                Err(text)
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {n} x {expected:?} within {limit:?} in:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
-    /// Lets the stderr pipe close, as a pipeline's reader that died.
+    /// Closes the stderr pipe, as a pipeline's reader that died: returns
+    /// once the reader has returned, and so dropped its end.
     pub fn close_stderr(&self) {
         self.close.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(300));
+        if let Some(reader) = self.reader.lock().unwrap().take() {
+            reader.join().expect("the stderr reader panicked");
+        }
     }
 }
 
@@ -370,9 +376,7 @@ fn fake_dev(dir: &Dir, args: &[&str]) -> DevRun {
 
 #[test]
 fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-never");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-never");
     let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails", "");
     let dev = fake_dev(&dir, &["--restart-policy", "Never"]);
@@ -396,9 +400,7 @@ fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
 
 #[test]
 fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-always");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-always");
     let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails-once", "");
     let dev = fake_dev(&dir, &[]);
@@ -437,9 +439,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
 /// pod behind: each gets SIGTERM from the kernel when its parent dies.
 #[test]
 fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dev-kill");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dev-kill");
     let _redis = RedisGuard(&dir);
     let dev = fake_dev(&dir, &[]);
     let daemons = || -> Vec<Pid> {
@@ -508,8 +508,7 @@ fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
 /// shows the password, and neither starts a head.
 #[test]
 fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
-    let dir = Dir::new("dev-url");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("dev-url");
     let _redis = RedisGuard(&dir);
     let redis = crate::ray_util::RedisServer::start(&dir);
     fake_ray(&dir);

@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
 use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
-use crate::ray_util::{eventually, path_with_venv, python, ray_lock, KillByMarker, ACTOR};
-use crate::util::Dir;
+use crate::ray_util::{path_with_venv, python, RayTest, ACTOR};
+use crate::util::{eventually, Dir};
 
 /// The README's walkthrough under `heading`: each `$ ` line (or `^C`)
 /// with the lines under it.
@@ -60,9 +60,7 @@ fn gcs_of(dev: &DevRun) -> Pid {
 
 #[test]
 fn e2e_dev_runs_the_readme_walkthrough() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dv");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dv");
     let _redis = RedisGuard(&dir);
     run_walkthrough(
         "## GCS fault tolerance in five minutes",

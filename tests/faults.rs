@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::ray_util::{eventually, free_port, KillByMarker};
-use crate::util::{alive, Dir, TestCommand};
+use crate::ray_util::{free_port, RayTest};
+use crate::util::{alive, eventually, Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -67,11 +67,8 @@ fn a_closed_stderr_neither_kills_rayhead_nor_orphans_the_child() {
     let out = run.wait(LIMIT);
     out.assert_code(143);
     assert!(!alive(child), "the child {child} was left running");
-    assert!(
-        out.termination_log.contains("SIGTERM"),
-        "the reason still reaches the termination log\n{}",
-        out.dump()
-    );
+    // The reason still reaches the termination log.
+    out.assert_termination_log("SIGTERM");
 }
 
 /// stderr is a pipe that nobody reads, full before rayhead writes a byte;
@@ -289,19 +286,24 @@ fn rayhead_stopped_and_continued_carries_on() {
 /// `/proc` entry may vanish mid-walk. No error, nothing left behind.
 #[test]
 fn processes_vanishing_mid_walk_are_no_error() {
-    let dir = Dir::new("churn");
-    let marker = KillByMarker(dir.path().display().to_string());
-    let script = "touch \"$D/ready\"; for i in $(seq 1000); do sh -c 'exit 0' & done; \
-                  while :; do sh -c 'exit 0' & sleep 0.001; done";
+    let dir = RayTest::unlocked("churn");
+    // Ready once the 1,000 are started and the churn loop turns: the stop
+    // comes mid-churn.
+    let script = "for i in $(seq 1000); do sh -c 'exit 0' & done; \
+                  while :; do sh -c 'exit 0' & sleep 0.001; \
+                  [ -e \"$D/ready\" ] || touch \"$D/ready\"; done";
     let mut run = sh(&dir, script).spawn();
     run.wait_for_file("ready", LIMIT);
-    std::thread::sleep(Duration::from_millis(300));
     run.signal(Signal::SIGTERM);
     let out = run.wait(LIMIT);
     out.assert_code(143);
     assert!(!out.stderr.contains("ERROR"), "{}", out.dump());
     assert!(!out.stderr.contains("waitpid failed"), "{}", out.dump());
-    assert!(marker.pids().is_empty(), "left: {:?}", marker.pids());
+    assert!(
+        dir.cleanup.pids().is_empty(),
+        "left: {:?}",
+        dir.cleanup.pids()
+    );
 }
 
 /// A bug's panic is the last line of defence: the reason goes to the
@@ -319,12 +321,8 @@ fn a_panic_kills_the_tree_and_exits_70() {
     let child = child_pid(&dir);
     let grandchild: i32 = dir.read("grandchild.pid").trim().parse().unwrap();
     let out = run.wait(LIMIT);
-    out.assert_code(70);
-    assert!(
-        out.termination_log.contains("rayhead itself failed"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(70)
+        .assert_termination_log("rayhead itself failed");
     for p in [child, grandchild] {
         assert!(!alive(p), "{p} outlived rayhead's panic");
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use rayhead::sys::proctree;
 
-use crate::util::{alive, count_lines, Dir, Output, TestCommand};
+use crate::util::{alive, count_lines, eventually, Dir, Output, TestCommand};
 
 /// A generous bound for runs that should take well under a second.
 const QUICK: Duration = Duration::from_secs(30);
@@ -28,12 +28,8 @@ fn run_sh(dir: &Dir, extra: &[&str], script: &str) -> TestCommand {
 fn pid1_smoke_exit_7() {
     let dir = Dir::new("exit7");
     let out = run_sh(&dir, &[], "exit 7").pid1().run(QUICK);
-    out.assert_code(7);
-    assert!(
-        out.termination_log.contains("exited with code 7"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(7)
+        .assert_termination_log("exited with code 7");
 }
 
 #[test]
@@ -58,12 +54,8 @@ fn deaths_by_signal_give_128_plus_n() {
                 cmd = cmd.pid1();
             }
             let out = cmd.run(QUICK);
-            out.assert_code(128 + n);
-            assert!(
-                out.termination_log.contains(&format!("killed by SIG{sig}")),
-                "{}",
-                out.dump()
-            );
+            out.assert_code(128 + n)
+                .assert_termination_log(&format!("killed by SIG{sig}"));
         }
     }
 }
@@ -78,12 +70,7 @@ fn cannot_execute_is_126_and_not_found_is_127() {
         dir.rayhead().args(args).pid1().run(QUICK)
     };
     let out = run(&[script.to_str().unwrap()]);
-    out.assert_code(126);
-    assert!(
-        out.termination_log.contains("cannot start"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(126).assert_termination_log("cannot start");
     run(&[dir.path().to_str().unwrap()]).assert_code(126);
     let out = run(&["/nonexistent/command"]);
     out.assert_code(127);
@@ -147,7 +134,7 @@ while [ ! -e "$D/quit" ]; do sleep 0.05; done
         .collect();
     assert_eq!(pids.len(), 20);
     let rayhead = run.rayhead_pid();
-    crate::ray_util::eventually(QUICK, "every orphan reaped", || {
+    eventually(QUICK, "every orphan reaped", || {
         pids.iter()
             .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
             .then_some(())
@@ -229,17 +216,14 @@ kill -KILL $!
 /// Waits for every line of `want` in the log; a failure drops (and so kills)
 /// the run as the panic unwinds.
 fn wait_for_log(dir: &Dir, want: &[String]) {
-    let deadline = std::time::Instant::now() + READY;
-    loop {
+    eventually(READY, &format!("{want:?} in the log"), || {
         let log = dir.read("log");
         if want.iter().all(|w| log.lines().any(|l| l == w)) {
-            return;
+            Ok(())
+        } else {
+            Err(log)
         }
-        if std::time::Instant::now() > deadline {
-            panic!("wanted {want:?} in the log, got:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    })
 }
 
 #[test]
@@ -295,11 +279,7 @@ fn stop_signals_reach_the_childs_group() {
             "{log}\n{}",
             out.dump()
         );
-        assert!(
-            out.termination_log.contains(&format!("received SIG{name}")),
-            "{}",
-            out.dump()
-        );
+        out.assert_termination_log(&format!("received SIG{name}"));
     }
 }
 
@@ -329,11 +309,7 @@ fn a_child_that_traps_sigterm_is_killed_after_the_grace() {
         "waited past the grace: {took:?}\n{}",
         out.dump()
     );
-    assert!(
-        out.termination_log.contains("after the grace period"),
-        "{}",
-        out.dump()
-    );
+    out.assert_termination_log("after the grace period");
 }
 
 /// A grandchild that left the group with `setsid` is stopped too, at once
@@ -383,11 +359,7 @@ fn a_second_sigterm_escalates_to_sigkill() {
     let out = run.wait(QUICK);
     out.assert_code(137);
     assert!(sent.elapsed() < Duration::from_secs(20), "{}", out.dump());
-    assert!(
-        out.termination_log.contains("second stop signal"),
-        "{}",
-        out.dump()
-    );
+    out.assert_termination_log("second stop signal");
 }
 
 /// rayhead is started with signals ignored and blocked and an extra fd open;
@@ -511,11 +483,7 @@ fn leftover_processes_are_stopped_after_the_child_exits() {
     out.assert_code(3);
     let left: i32 = dir.read("left.pid").trim().parse().unwrap();
     assert!(!alive(left), "leftover {left} survived");
-    assert!(
-        out.termination_log.contains("stopped the process tree"),
-        "{}",
-        out.dump()
-    );
+    out.assert_termination_log("stopped the process tree");
 }
 
 /// A plain command gets the probe server too: `/livez`, `/readyz` (ready
@@ -535,7 +503,7 @@ fn a_plain_command_serves_the_probes() {
     .spawn();
     run.wait_for_file("ready", READY);
     let query = |path: &str| rayhead::probe::client::query(&url, path);
-    crate::ray_util::eventually(QUICK, "/readyz 200", || query("/readyz").0.then_some(()));
+    eventually(QUICK, "/readyz 200", || query("/readyz").0.then_some(()));
     assert_eq!(query("/livez"), (true, "ok\n".to_string()));
     let (ok, text) = query("/status");
     assert!(ok, "{text}");
@@ -576,11 +544,6 @@ fn a_taken_probe_port_is_a_config_error() {
     let out = run_sh(&dir, &[], "touch \"$D/ran\"")
         .env("RAYHEAD_PROBE_LISTEN", addr.to_string())
         .run(QUICK);
-    out.assert_code(64);
-    assert!(
-        out.termination_log.contains("probe.listen"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(64).assert_termination_log("probe.listen");
     assert!(!dir.join("ran").exists(), "the command ran");
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 const CHECK_VAR: &str = "RAY_grpc_client_check_connection_status_interval_milliseconds";
 
@@ -169,9 +169,7 @@ fn wait_recovered(dir: &Dir, n: usize) -> f64 {
 /// processes.
 #[test]
 fn e2e_driver_and_job_ride_through_gcs_kills() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-driver");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-driver");
     let (redis, head, worker) = start_guide(&dir, &[]);
     let want = humantime::parse_duration(
         rayhead::config::keys::find("ray.client-check-interval")
@@ -244,9 +242,7 @@ fn e2e_driver_and_job_ride_through_gcs_kills() {
 /// each outage.
 #[test]
 fn e2e_serve_loses_no_request_across_gcs_kills() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-serve");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-serve");
     let redis = RedisServer::start(&dir);
     let head = start_head(&dir, Some(&redis), &[], "direct");
     let _worker = start_worker(&dir, &head);

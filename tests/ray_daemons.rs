@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 /// The pid of the head's daemon whose command line names `word`.
 fn daemon_pid(head: &Head, word: &str) -> Pid {
@@ -48,9 +48,7 @@ fn dashboard_answers(head: &Head) -> bool {
 /// 503, the hung dashboard is replaced, `/readyz` is 200 again.
 #[test]
 fn e2e_daemons_are_restarted_in_place_and_the_counter_keeps_counting() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-daemons");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-daemons");
     let (redis, head, _worker) = start_guide(&dir, &[]);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     eventually(Duration::from_secs(60), "/readyz 200", || {
@@ -129,9 +127,7 @@ fn e2e_daemons_are_restarted_in_place_and_the_counter_keeps_counting() {
 /// past the bound, it is SIGKILLed and rayhead exits 83.
 #[test]
 fn e2e_a_hung_raylet_costs_readiness_then_ends_the_head() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-raylet-hang");
-    let cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-raylet-hang");
     let redis = RedisServer::start(&dir);
     let head = start_head(
         &dir,
@@ -176,11 +172,11 @@ fn e2e_a_hung_raylet_costs_readiness_then_ends_the_head() {
     assert_head_ended(
         &out,
         83,
-        (decided, bound),
-        why,
+        Some((decided, bound)),
+        &[why],
         &daemons,
-        &cleanup,
-        &redis.password,
+        &dir.cleanup,
+        Some(&redis.password),
     );
     eprintln!("raylet SIGSTOP -> /readyz 503 {unready:?}; kept stopped -> exit 83 {decided:?}");
 }

@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 #[test]
 fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-guide");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-guide");
     guide_scenario(&dir);
 }
 
@@ -129,9 +127,7 @@ pub fn guide_scenario_with(dir: &Dir, stop: impl FnOnce(&Head)) {
 
 #[test]
 fn e2e_gcs_that_cannot_come_back_exits_80_before_the_head_timeout() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-noredis");
-    let cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-noredis");
     let mut redis = RedisServer::start(&dir);
     let head = start_head(
         &dir,
@@ -147,66 +143,48 @@ fn e2e_gcs_that_cannot_come_back_exits_80_before_the_head_timeout() {
     // The head raylet exits on its own 20 s after the loss: rayhead, its
     // teardown included, must be gone before.
     let gone = t.elapsed();
-    out.assert_code(80).assert_no_secret(&redis.password);
-    assert!(
-        gone < Duration::from_secs(20),
-        "took {gone:?}\n{}",
-        out.dump()
-    );
-    assert!(
-        out.termination_log.contains("not SERVING again"),
-        "{}",
-        out.dump()
-    );
-    assert!(out.termination_log.contains("Redis"), "{}", out.dump());
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(
-        cleanup.pids().is_empty(),
-        "Ray processes left: {:?}",
-        cleanup.pids()
+    assert_head_ended(
+        &out,
+        80,
+        Some((gone, Duration::from_secs(20))),
+        &["not SERVING again", "Redis"],
+        &daemons,
+        &dir.cleanup,
+        Some(&redis.password),
     );
 }
 
 #[test]
 fn e2e_head_raylet_death_exits_83() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-raylet");
-    let cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-raylet");
     let redis = RedisServer::start(&dir);
     let head = start_head(&dir, Some(&redis), &[], "direct");
     let daemons = head_processes(&head);
     let bound = Duration::from_secs(5);
-    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &cleanup, &redis.password);
+    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &redis.password);
 }
 
 #[test]
 fn e2e_without_fault_tolerance_the_head_shares_the_gcs_fate() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-noft");
-    let cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-noft");
     let head = start_head(&dir, None, &[], "direct");
     let daemons = head_processes(&head);
     kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
     let out = head.run.wait(Duration::from_secs(60));
-    out.assert_code(81);
-    assert!(
-        out.termination_log.contains("without fault tolerance"),
-        "{}",
-        out.dump()
-    );
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(
-        cleanup.pids().is_empty(),
-        "Ray processes left: {:?}",
-        cleanup.pids()
+    assert_head_ended(
+        &out,
+        81,
+        None,
+        &["without fault tolerance"],
+        &daemons,
+        &dir.cleanup,
+        None,
     );
 }
 
 #[test]
 fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-block");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-block");
     let redis = RedisServer::start(&dir);
     let head = start_head(&dir, Some(&redis), &[], "block");
     let daemons = head_processes(&head);
@@ -214,14 +192,15 @@ fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
     kill(gcs_pid(&head), Signal::SIGTERM).unwrap();
     let decided = decision_after(&dir, t);
     let out = head.run.wait(Duration::from_secs(60));
-    out.assert_code(88).assert_no_secret(&redis.password);
-    assert!(
-        decided < Duration::from_secs(5),
-        "decided after {decided:?}\n{}",
-        out.dump()
+    assert_head_ended(
+        &out,
+        88,
+        Some((decided, Duration::from_secs(5))),
+        &["block mode"],
+        &daemons,
+        &dir.cleanup,
+        Some(&redis.password),
     );
-    assert_all_dead("the head's Ray processes", &daemons);
-    assert!(out.termination_log.contains("block mode"), "{}", out.dump());
 }
 
 /// Redis is down, so rayhead waits at the restart gate after a GCS kill;
@@ -229,9 +208,7 @@ fn e2e_block_mode_sigterm_to_gcs_ends_rayhead_quickly() {
 /// once, not 80 when the window runs out.
 #[test]
 fn e2e_raylet_killed_at_the_restart_gate_exits_83_at_once() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-gate-raylet");
-    let cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-gate-raylet");
     let mut redis = RedisServer::start(&dir);
     let head = start_head(
         &dir,
@@ -252,7 +229,7 @@ fn e2e_raylet_killed_at_the_restart_gate_exits_83_at_once() {
         },
     );
     let bound = Duration::from_secs(3);
-    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &cleanup, &redis.password);
+    kill_the_raylet_and_expect_83(&dir, head, bound, &daemons, &redis.password);
 }
 
 /// Ten SIGKILLs of gcs_server, 3 s apart: each is recovered in place, the
@@ -260,9 +237,7 @@ fn e2e_raylet_killed_at_the_restart_gate_exits_83_at_once() {
 /// fires, and the detached counter on the worker keeps counting.
 #[test]
 fn e2e_ten_gcs_kills_three_seconds_apart_all_recover() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-ten-kills");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-ten-kills");
     let (redis, head, _worker) = start_guide(&dir, &[]);
     let nodes = increment(&head).1;
     let raylet = raylet_pid(&head);
@@ -299,11 +274,10 @@ fn e2e_ten_gcs_kills_three_seconds_apart_all_recover() {
 /// death is one event, whatever it was waiting for) and exits 83, leaving
 /// nothing behind.
 fn kill_the_raylet_and_expect_83(
-    dir: &Dir,
+    dir: &RayTest,
     head: Head,
     bound: Duration,
     daemons: &[nix::unistd::Pid],
-    cleanup: &KillByMarker,
     secret: &str,
 ) {
     let t = Instant::now();
@@ -313,10 +287,10 @@ fn kill_the_raylet_and_expect_83(
     assert_head_ended(
         &out,
         83,
-        (decided, bound),
-        "raylet",
+        Some((decided, bound)),
+        &["raylet"],
         daemons,
-        cleanup,
-        secret,
+        &dir.cleanup,
+        Some(secret),
     );
 }

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use crate::ray_util::{
-    assert_all_dead, eventually, find_comm, ray_lock, KillByMarker, RedisServer,
-};
-use crate::util::{Dir, TestCommand};
+use crate::ray_util::{assert_all_dead, find_comm, RayTest, RedisServer};
+use crate::util::{eventually, Dir, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -106,31 +104,19 @@ fn rayhead(dir: &Dir, redis: Option<&RedisServer>, sets: &[&str]) -> TestCommand
 
 #[test]
 fn ray_start_failure_exits_85_with_its_message() {
-    let dir = Dir::new("fake-start-fails");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("fake-start-fails");
     dir.write("ray-start-fails", "");
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(85);
-    assert!(
-        out.termination_log
-            .contains("ValueError: the fake port is taken"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(85)
+        .assert_termination_log("ValueError: the fake port is taken");
 }
 
 #[test]
 fn ray_start_without_daemons_exits_85() {
-    let dir = Dir::new("fake-no-daemons");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("fake-no-daemons");
     dir.write("no-daemons", "");
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(85);
-    assert!(
-        out.termination_log.contains("no gcs_server"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(85).assert_termination_log("no gcs_server");
 }
 
 #[test]
@@ -147,15 +133,10 @@ fn a_start_command_without_head_is_a_config_error() {
 
 #[test]
 fn a_hung_gcs_without_fault_tolerance_exits_81() {
-    let dir = Dir::new("fake-noft");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("fake-noft");
     let out = rayhead(&dir, None, &[]).run(LIMIT);
-    out.assert_code(81);
-    assert!(
-        out.termination_log.contains("no SERVING answer"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(81)
+        .assert_termination_log("no SERVING answer");
     assert!(
         out.stdout.contains("fake ray start"),
         "ray start's output is passed on"
@@ -164,9 +145,7 @@ fn a_hung_gcs_without_fault_tolerance_exits_81() {
 
 #[test]
 fn raylet_death_exits_83() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-raylet");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-raylet");
     dir.write("gcs-lives", "");
     let redis = RedisServer::start(&dir);
     let run = rayhead(&dir, Some(&redis), &["gcs.unhealthy-after=60s"]).spawn();
@@ -185,22 +164,18 @@ fn raylet_death_exits_83() {
 
 #[test]
 fn crash_loop_guard_exits_82() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-crashloop");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-crashloop");
     let redis = RedisServer::start(&dir);
     let out = rayhead(&dir, Some(&redis), &["gcs.max-restarts=2"]).run(LIMIT);
     out.assert_code(82);
     assert_eq!(dir.read("gcs-crashes").lines().count(), 2, "{}", out.dump());
-    assert!(out.termination_log.contains("crash loop"), "{}", out.dump());
+    out.assert_termination_log("crash loop");
     out.assert_no_secret(&redis.password);
 }
 
 #[test]
 fn recovery_that_misses_the_deadline_exits_80_with_the_last_error() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-deadline");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-deadline");
     let redis = RedisServer::start(&dir);
     let out = rayhead(
         &dir,
@@ -212,12 +187,8 @@ fn recovery_that_misses_the_deadline_exits_80_with_the_last_error() {
         ],
     )
     .run(LIMIT);
-    out.assert_code(80);
-    assert!(
-        out.termination_log.contains("exited with code 3"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(80)
+        .assert_termination_log("exited with code 3");
     assert!(
         dir.read("gcs-crashes").lines().count() >= 2,
         "{}",
@@ -228,9 +199,7 @@ fn recovery_that_misses_the_deadline_exits_80_with_the_last_error() {
 
 #[test]
 fn redis_start_gate_waits_for_redis_then_starts_ray() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-gate");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-gate");
     dir.write("gcs-lives", "");
     let mut redis = RedisServer::start(&dir);
     redis.stop();
@@ -256,9 +225,7 @@ fn redis_start_gate_waits_for_redis_then_starts_ray() {
 
 #[test]
 fn redis_gate_failures_exit_86_and_87() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-gate-fail");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-gate-fail");
     let redis = RedisServer::start(&dir);
     let t = Instant::now();
     let out = rayhead(&dir, Some(&redis), &[])
@@ -275,19 +242,12 @@ fn redis_gate_failures_exit_86_and_87() {
     let out = rayhead(&dir, None, &["redis.startup-timeout=1s"])
         .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{port}"))
         .run(LIMIT);
-    out.assert_code(86);
-    assert!(
-        out.termination_log.contains("did not answer"),
-        "{}",
-        out.dump()
-    );
+    out.assert_code(86).assert_termination_log("did not answer");
 }
 
 #[test]
 fn sigterm_during_recovery_stops_cleanly() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-term-recovering");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-term-recovering");
     let redis = RedisServer::start(&dir);
     let mut run = rayhead(&dir, Some(&redis), &["gcs.max-restarts=1000"]).spawn();
     wait_adopted(&dir);
@@ -301,11 +261,7 @@ fn sigterm_during_recovery_stops_cleanly() {
     run.signal(Signal::SIGTERM);
     let out = run.wait(LIMIT);
     out.assert_code(0).assert_no_secret(&redis.password);
-    assert!(
-        out.termination_log.contains("stopped on SIGTERM"),
-        "{}",
-        out.dump()
-    );
+    out.assert_termination_log("stopped on SIGTERM");
     assert!(out.stderr.contains("to=\"recovering\""), "{}", out.dump());
     assert_all_dead("the raylet", &raylet);
     assert_all_dead("a gcs_server", &gcs);
@@ -318,9 +274,8 @@ fn sigterm_during_recovery_stops_cleanly() {
 fn ray_start_gets_the_reconnect_timeout_and_client_check_interval() {
     const VAR: &str = "RAY_grpc_client_check_connection_status_interval_milliseconds";
     for (inherited, want) in [(None, "100"), (Some("250"), "250")] {
-        let dir = Dir::new("fake-env");
+        let dir = RayTest::unlocked("fake-env");
         dir.write("gcs-lives", "");
-        let _cleanup = KillByMarker(dir.path().display().to_string());
         let mut cmd = rayhead(&dir, None, &["ray.reconnect-timeout=45s"]);
         if let Some(v) = inherited {
             cmd = cmd.env(VAR, v);
@@ -341,11 +296,10 @@ fn ray_start_gets_the_reconnect_timeout_and_client_check_interval() {
 /// not ready, but live; and a clear failure when nothing listens.
 #[test]
 fn probe_cli_matches_the_state() {
-    let dir = Dir::new("fake-probe");
+    let dir = RayTest::unlocked("fake-probe");
     dir.write("gcs-lives", "");
     let port = crate::ray_util::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
     let run = rayhead(&dir, None, &["gcs.unhealthy-after=60s"])
         .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
         .spawn();
@@ -392,9 +346,7 @@ fn probe_cli_matches_the_state() {
 /// up, in /status and /readyz, and rayhead keeps running throughout.
 #[test]
 fn redis_probe_sees_redis_go_and_come_back() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-redis-blip");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-redis-blip");
     dir.write("gcs-lives", "");
     let mut redis = RedisServer::start(&dir);
     let port = crate::ray_util::free_port();
@@ -442,9 +394,7 @@ fn redis_probe_sees_redis_go_and_come_back() {
 /// once each, not on every probe; a replica makes the head unready.
 #[test]
 fn redis_warnings_are_logged_once_and_a_replica_is_not_ready() {
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-redis-warn");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("fake-redis-warn");
     dir.write("gcs-lives", "");
     let redis = RedisServer::start_with(
         &dir,
@@ -515,10 +465,8 @@ fn a_restart_never_kills_a_process_that_took_a_family_members_pid() {
         eprintln!("needs root to steer pids");
         return;
     }
-    let _lock = ray_lock();
-    let dir = Dir::new("fake-pid-reuse");
+    let dir = RayTest::new("fake-pid-reuse");
     dir.write("gcs-lives", "");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
     // The family is recorded on the first check and then every fifth:
     // at 2 s and 12 s after adoption.
     let cmd = rayhead(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::ray_apps::{serve_under_load, Script};
 use crate::ray_util::*;
-use crate::util::{count_lines, Dir};
+use crate::util::{count_lines, eventually, Dir};
 
 /// A v1 memory cgroup of the test's own, below this process's, so that the
 /// head can be given a container's memory limit. Removed on drop, its
@@ -129,8 +129,7 @@ struct UnderLimit {
 /// limit is its usage once settled plus `headroom`; then tasks, 2,000 at a
 /// time, until `tasks` ran or the OOM killer acted.
 fn under_limit(name: &str, mark: &str, headroom: u64, tasks: u64) -> Option<UnderLimit> {
-    let dir = Dir::new(name);
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked(name);
     let cgroup = MemCgroup::new(name)?;
     let wrapper = cgroup.wrapper(&dir);
     let dir = dir.running(wrapper);
@@ -266,9 +265,7 @@ fn e2e_under_a_memory_limit_the_gcs_is_restarted_before_the_oom_killer() {
 /// and stays ready: never a restart loop.
 #[test]
 fn e2e_a_mark_below_a_fresh_gcs_restarts_once_and_never_loops() {
-    let _lock = ray_lock();
-    let dir = Dir::new("e2e-memory-leak");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("e2e-memory-leak");
     let redis = RedisServer::start(&dir);
     let head = start_head(
         &dir,

@@ -365,7 +365,7 @@ impl Sentinel {
             .spawn()
             .expect("redis-server --sentinel");
         let s = Sentinel { port, child };
-        crate::ray_util::eventually(LIMIT, "the sentinel", || {
+        crate::util::eventually(LIMIT, "the sentinel", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
         s
@@ -493,7 +493,7 @@ fn tls_redis(dir: &Dir, client_auth: bool) -> TlsRedis {
         .expect("redis-server with TLS");
     // The guard first: a server that never listens is still killed.
     let server = TlsRedis { port, child };
-    crate::ray_util::eventually(LIMIT, "the TLS redis", || {
+    crate::util::eventually(LIMIT, "the TLS redis", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     server

@@ -309,6 +309,18 @@ impl Output {
         self
     }
 
+    /// Asserts that the termination message (what the kubelet shows as the
+    /// container's last state) says `want`, printing everything if not.
+    #[track_caller]
+    pub fn assert_termination_log(&self, want: &str) -> &Self {
+        assert!(
+            self.termination_log.contains(want),
+            "the termination log does not say {want:?}\n{}",
+            self.dump()
+        );
+        self
+    }
+
     /// Asserts the exit code, printing everything if it differs.
     pub fn assert_code(&self, want: i32) -> &Self {
         assert_eq!(self.code, Some(want), "unexpected exit\n{}", self.dump());
@@ -336,33 +348,22 @@ impl Running {
     /// `unshare`, once `unshare` has exec'd it.
     pub fn rayhead_pid(&self) -> Pid {
         if let Some(locate) = &self.locate {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(p) = locate() {
-                    return p;
-                }
-                assert!(Instant::now() < deadline, "rayhead was not found");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            return eventually(Duration::from_secs(60), "rayhead to be found", || locate());
         }
         let outer = self.outer_pid();
         if !self.pid1 {
             return outer;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(p) = proctree::snapshot()
-                .into_iter()
-                .find(|p| p.ppid == outer && p.comm == "rayhead")
-            {
-                return p.pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rayhead did not start under unshare"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually(
+            Duration::from_secs(10),
+            "rayhead to start under unshare",
+            || {
+                proctree::snapshot()
+                    .into_iter()
+                    .find(|p| p.ppid == outer && p.comm == "rayhead")
+                    .map(|p| p.pid)
+            },
+        )
     }
 
     /// rayhead's stderr pipe, when the command was given `Stdio::piped()`.
@@ -466,6 +467,48 @@ impl Drop for Running {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// What one poll of [`eventually`] found: `Some` or `Ok` ends the wait
+/// with its value; `None` is "not yet", and `Err` is "not yet" with what
+/// was seen, which the failure message shows.
+pub trait Poll<T> {
+    fn poll(self) -> Result<T, Option<String>>;
+}
+
+impl<T> Poll<T> for Option<T> {
+    fn poll(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T> Poll<T> for Result<T, String> {
+    fn poll(self) -> Result<T, Option<String>> {
+        self.map_err(Some)
+    }
+}
+
+/// How the tests wait for a condition: polls `f` until it is done and
+/// returns its value; past `limit`, fails with `what` and the last thing
+/// `f` saw. A failure unwinds, so the test's guards kill what it started.
+/// (Waits on a run's own process, [`Running::wait`] and
+/// [`Running::wait_for_file`], watch for its exit and print its output.)
+#[track_caller]
+pub fn eventually<T, P: Poll<T>>(limit: Duration, what: &str, mut f: impl FnMut() -> P) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = match f().poll() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            match seen {
+                Some(s) => panic!("timed out after {limit:?} waiting for {what}; last seen:\n{s}"),
+                None => panic!("timed out after {limit:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,4 +1,8 @@
-//! The one reaper: the only code in rayhead that calls `waitpid`.
+//! The one reaper: the only code that calls `waitpid` in a process that runs
+//! one (`rayhead run`, `rayhead dev`). The one other wait in rayhead's code,
+//! in `src/dev/one_off.rs`, is `Child::wait` on the embedded Redis that a
+//! one-off command (`redis-check --dev-state`, `redis-cleanup --dev-state`)
+//! started, in a process that runs no reaper.
 //!
 //! As PID 1 (or a subreaper) rayhead inherits every orphan of its tree, so it
 //! must reap processes it never started. A second waiter (such as
@@ -273,5 +277,273 @@ impl Reaper {
     /// `true` while rayhead has no child left to reap (its whole tree is gone).
     pub fn idle(&self) -> watch::Receiver<bool> {
         self.idle.subscribe()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Each test runs in a process of its own (this test binary again, with
+    //! that one test): a reaper waits for any child, and a stop signals
+    //! every descendant, which in the shared test process would take the
+    //! children of tests running beside it.
+
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::init::proctree;
+
+    const ISOLATED: &str = "RAYHEAD_TEST_ISOLATED";
+
+    /// Runs `body` in a process of its own, as rayhead runs: a subreaper,
+    /// with a tokio runtime. `test` is the test's path in this module tree
+    /// (`init::reaper::tests::name`). Whatever `body` leaves running is
+    /// killed when it ends, passed or failed.
+    pub(crate) fn isolated<F, Fut>(test: &str, body: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if std::env::var_os(ISOLATED).is_some_and(|v| v == test) {
+            // SAFETY: a plain prctl on this process.
+            let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+            let _cleanup = KillDescendants;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+            return;
+        }
+        let mut out = tempfile::tempfile().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--test-threads=1", "--nocapture"])
+            .env(ISOLATED, test)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out.try_clone().unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::io::Seek;
+        let mut text = String::new();
+        out.rewind().unwrap();
+        out.read_to_string(&mut text).unwrap();
+        let status = status.unwrap_or_else(|| panic!("{test} hung for 60s:\n{text}"));
+        assert!(
+            status.success(),
+            "{test} failed in its own process:\n{text}"
+        );
+        assert!(text.contains("1 passed"), "{test} did not run:\n{text}");
+    }
+
+    /// SIGKILLs every live descendant when dropped.
+    struct KillDescendants;
+    impl Drop for KillDescendants {
+        fn drop(&mut self) {
+            for p in proctree::live_descendants_of_self() {
+                let _ = nix::sys::signal::kill(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn test_path(name: &str) -> String {
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |m| m.1);
+        format!("{module}::{name}")
+    }
+
+    pub(crate) fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]).stdin(Stdio::null());
+        cmd
+    }
+
+    /// A reaper started as `Init` starts it.
+    pub(crate) fn reaper() -> (Arc<Reaper>, TaskTracker, CancellationToken) {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let r = Reaper::start(&tracker, cancel.clone()).unwrap();
+        (r, tracker, cancel)
+    }
+
+    pub(crate) async fn status_of(exit: oneshot::Receiver<ExitStatus>) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), exit)
+            .await
+            .expect("no exit status within 20s")
+            .expect("the exit status was lost")
+    }
+
+    /// Children that exit at once, while another thread reaps in a tight
+    /// loop: each may be waited for the moment it exits, before `spawn` has
+    /// returned. None is reaped before its owner is known, so every owner
+    /// gets its own child's status.
+    #[test]
+    fn a_child_that_exits_before_it_is_registered_is_not_lost() {
+        isolated(
+            &test_path("a_child_that_exits_before_it_is_registered_is_not_lost"),
+            || async {
+                let (r, _tracker, cancel) = reaper();
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let hammer = {
+                    let (r, stop) = (r.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            r.reap_all();
+                        }
+                    })
+                };
+                let mut spawned = Vec::new();
+                for i in 0..100 {
+                    let s = r.spawn(&mut sh(&format!("exit {i}")), "quick").unwrap();
+                    spawned.push((i, s));
+                }
+                for (i, s) in spawned {
+                    assert_eq!(status_of(s.exit).await, ExitStatus::Exited(i), "child {i}");
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                hammer.join().unwrap();
+                cancel.cancel();
+            },
+        );
+    }
+
+    /// 64 children end at the same instant (their shared stdin closes) with
+    /// 64 codes, and 64 more die of one SIGKILL to their group: the
+    /// SIGCHLDs coalesce, and still every status reaches its owner, and the
+    /// reaper says it is idle once all are gone.
+    #[test]
+    fn many_children_exiting_at_once_are_all_reaped() {
+        isolated(
+            &test_path("many_children_exiting_at_once_are_all_reaped"),
+            || async {
+                let (r, _tracker, cancel) = reaper();
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+                let mut by_eof = Vec::new();
+                for i in 0..64 {
+                    let mut cmd = sh(&format!("read _ ; exit {}", i + 1));
+                    cmd.stdin(Stdio::from(read.try_clone().unwrap()));
+                    by_eof.push((i + 1, r.spawn(&mut cmd, "eof").unwrap()));
+                }
+                drop(read);
+                let mut by_kill = Vec::new();
+                let mut group = None;
+                for _ in 0..64 {
+                    let mut cmd = sh("exec sleep 1000");
+                    cmd.process_group(group.map_or(0, |g: Pid| g.as_raw()));
+                    let s = r.spawn(&mut cmd, "group").unwrap();
+                    group.get_or_insert(s.pid);
+                    by_kill.push(s);
+                }
+                let mut idle = r.idle();
+                assert!(!*idle.borrow_and_update(), "idle with 128 children");
+                // Every sleep has exec'd (a signal before the exec would kill
+                // the shell instead; the status is the same, but be exact).
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !by_kill
+                    .iter()
+                    .all(|s| proctree::stat(s.pid).is_some_and(|p| p.comm == "sleep"))
+                {
+                    assert!(Instant::now() < deadline, "the sleeps did not start");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                drop(write);
+                nix::sys::signal::killpg(group.unwrap(), Signal::SIGKILL).unwrap();
+                for (code, s) in by_eof {
+                    assert_eq!(status_of(s.exit).await, ExitStatus::Exited(code));
+                }
+                for s in by_kill {
+                    assert_eq!(status_of(s.exit).await, ExitStatus::Signaled(9));
+                }
+                tokio::time::timeout(Duration::from_secs(10), idle.wait_for(|v| *v))
+                    .await
+                    .expect("not idle with every child reaped")
+                    .unwrap();
+                cancel.cancel();
+            },
+        );
+    }
+
+    /// A child pins while it is unreaped; once reaped, its pid (anyone's
+    /// now) neither pins nor takes a group signal. A pid that was never
+    /// the reaper's does not pin either.
+    #[test]
+    fn a_reaped_pid_is_no_longer_pinnable() {
+        isolated(&test_path("a_reaped_pid_is_no_longer_pinnable"), || async {
+            let (r, _tracker, cancel) = reaper();
+            let mut cmd = sh("exec sleep 1000");
+            cmd.process_group(0);
+            let s = r.spawn(&mut cmd, "sleeper").unwrap();
+            let pinned = r.pin(s.pid).expect("an unreaped child pins");
+            assert_eq!(r.signal_group(s.pid, Signal::SIGCONT), Ok(()));
+            pinned.signal(Signal::SIGKILL).unwrap();
+            assert_eq!(status_of(s.exit).await, ExitStatus::Signaled(9));
+            assert!(r.pin(s.pid).is_none(), "a reaped pid pinned");
+            assert_eq!(r.signal_group(s.pid, Signal::SIGKILL), Err(Errno::ESRCH));
+            assert_eq!(pinned.signal(Signal::SIGKILL), Err(Errno::ESRCH));
+            assert!(r.pin(nix::unistd::getpid()).is_none(), "not the reaper's");
+            cancel.cancel();
+        });
+    }
+
+    /// A process the reaper did not spawn (a daemon re-parented to rayhead)
+    /// that exits before it is watched: a watch with a mark from before the
+    /// exit gets the status at once; one with a later mark does not take
+    /// that old exit for a new one.
+    #[test]
+    fn a_watched_process_that_exited_first_is_not_lost() {
+        isolated(
+            &test_path("a_watched_process_that_exited_first_is_not_lost"),
+            || async {
+                let (r, _tracker, cancel) = reaper();
+                let before = r.mark();
+                let child = sh("exit 5").spawn().unwrap();
+                let pid = Pid::from_raw(child.id() as i32);
+                drop(child);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while r.mark() == before {
+                    assert!(Instant::now() < deadline, "the orphan was not reaped");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let after = r.mark();
+                assert_eq!(
+                    status_of(r.watch(pid, "early", before)).await,
+                    ExitStatus::Exited(5)
+                );
+                let mut late = r.watch(pid, "late", after);
+                assert!(
+                    matches!(late.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+                    "an old exit was taken for a new one"
+                );
+                cancel.cancel();
+            },
+        );
+    }
+
+    #[test]
+    fn exit_codes_as_a_shell_reports_them() {
+        assert_eq!(ExitStatus::Exited(0).code(), 0);
+        assert!(ExitStatus::Exited(0).success());
+        assert_eq!(ExitStatus::Exited(42).code(), 42);
+        assert_eq!(ExitStatus::Exited(256 + 3).code(), 3);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        assert!(!ExitStatus::Signaled(15).success());
+        assert_eq!(ExitStatus::Signaled(9).to_string(), "was killed by SIGKILL");
+        assert_eq!(ExitStatus::Exited(3).to_string(), "exited with code 3");
     }
 }

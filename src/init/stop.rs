@@ -252,3 +252,212 @@ fn kill_all() -> usize {
     pin::signal_all(procs.iter().map(|p| p.identity()), Signal::SIGKILL);
     procs.len()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real short-lived processes, in a process of the test's own (see
+    //! `reaper::tests::isolated`): a stop signals every descendant.
+
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::init::reaper::tests::{isolated, reaper, sh, status_of};
+    use crate::init::reaper::ExitStatus;
+
+    fn test_path(name: &str) -> String {
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |m| m.1);
+        format!("{module}::{name}")
+    }
+
+    fn plan(grace: Duration, group: Option<(Pid, Signal)>) -> StopPlan {
+        StopPlan {
+            stop_command: None,
+            stop_command_timeout: Duration::from_secs(5),
+            grace,
+            group,
+            forward: Vec::new(),
+        }
+    }
+
+    /// Waits for `file` to exist (a child's "ready" mark).
+    async fn ready(file: &Path) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not appear",
+                file.display()
+            );
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// One child dies of SIGTERM; another ignores it and is SIGKILLed once
+    /// the grace is over, not before; the stop returns when both are reaped.
+    #[test]
+    fn sigterm_then_sigkill_after_the_grace() {
+        isolated(
+            &test_path("sigterm_then_sigkill_after_the_grace"),
+            || async {
+                let dir = tempfile::tempdir().unwrap();
+                let (r, tracker, cancel) = reaper();
+                let polite = r.spawn(&mut sh("exec sleep 1000"), "polite").unwrap();
+                let stubborn = r
+                    .spawn(
+                        sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
+                            .env("D", dir.path()),
+                        "stubborn",
+                    )
+                    .unwrap();
+                ready(&dir.path().join("ready")).await;
+                let grace = Duration::from_secs(1);
+                let (_tx, mut signals) = mpsc::unbounded_channel();
+                let report =
+                    stop_tree(&r, &plan(grace, None), &mut signals, &tracker, &cancel).await;
+                assert_eq!(status_of(polite.exit).await, ExitStatus::Signaled(15));
+                assert_eq!(status_of(stubborn.exit).await, ExitStatus::Signaled(9));
+                assert!(report.terminated >= 2, "{report:?}");
+                assert!(report.killed >= 1, "{report:?}");
+                assert!(!report.escalated, "{report:?}");
+                assert!(
+                    report.elapsed >= grace,
+                    "SIGKILL before the grace: {report:?}"
+                );
+                assert!(
+                    report.elapsed < grace + Duration::from_secs(5),
+                    "{report:?}"
+                );
+                assert!(proctree::live_descendants_of_self().is_empty());
+                assert!(*r.idle().borrow());
+                cancel.cancel();
+            },
+        );
+    }
+
+    /// A grandchild that ignores SIGTERM, orphaned when its parent dies of
+    /// it: it is still stopped (SIGKILL at the grace), and reaped here.
+    #[test]
+    fn a_sigterm_ignoring_grandchild_is_killed_and_reaped() {
+        isolated(
+            &test_path("a_sigterm_ignoring_grandchild_is_killed_and_reaped"),
+            || async {
+                let dir = tempfile::tempdir().unwrap();
+                let (r, tracker, cancel) = reaper();
+                let since = r.mark();
+                let mut cmd = sh(
+                    "sh -c 'trap \"\" TERM; echo $$ > \"$D/gc\"; exec sleep 1000' & \
+                     while [ ! -s \"$D/gc\" ]; do sleep 0.01; done; \
+                     touch \"$D/ready\"; wait",
+                );
+                cmd.env("D", dir.path()).process_group(0);
+                let child = r.spawn(&mut cmd, "parent").unwrap();
+                ready(&dir.path().join("ready")).await;
+                let gc: i32 = std::fs::read_to_string(dir.path().join("gc"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let gc = Pid::from_raw(gc);
+                let grace = Duration::from_secs(1);
+                let (_tx, mut signals) = mpsc::unbounded_channel();
+                let p = plan(grace, Some((child.pid, Signal::SIGTERM)));
+                let report = stop_tree(&r, &p, &mut signals, &tracker, &cancel).await;
+                assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(15));
+                // Orphaned to this subreaper, killed, and reaped by it.
+                assert_eq!(
+                    status_of(r.watch(gc, "grandchild", since)).await,
+                    ExitStatus::Signaled(9)
+                );
+                assert_eq!(report.terminated, 2, "{report:?}");
+                assert_eq!(report.killed, 1, "{report:?}");
+                assert!(report.elapsed >= grace, "{report:?}");
+                assert!(proctree::stat(gc).is_none_or(|p| p.ppid != nix::unistd::getpid()));
+                assert!(proctree::live_descendants_of_self().is_empty());
+                cancel.cancel();
+            },
+        );
+    }
+
+    /// The child's own exit code passes through the stop: one that traps
+    /// SIGTERM and exits 42 ends with 42, within the grace, and nothing is
+    /// SIGKILLed.
+    #[test]
+    fn the_childs_exit_code_passes_through_the_stop() {
+        isolated(
+            &test_path("the_childs_exit_code_passes_through_the_stop"),
+            || async {
+                let dir = tempfile::tempdir().unwrap();
+                let (r, tracker, cancel) = reaper();
+                let mut cmd =
+                    sh("trap 'exit 42' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done");
+                cmd.env("D", dir.path()).process_group(0);
+                let child = r.spawn(&mut cmd, "child").unwrap();
+                ready(&dir.path().join("ready")).await;
+                let grace = Duration::from_secs(10);
+                let (_tx, mut signals) = mpsc::unbounded_channel();
+                let p = plan(grace, Some((child.pid, Signal::SIGTERM)));
+                let report = stop_tree(&r, &p, &mut signals, &tracker, &cancel).await;
+                let status = status_of(child.exit).await;
+                assert_eq!(status, ExitStatus::Exited(42));
+                assert_eq!(status.code(), 42);
+                assert_eq!(report.killed, 0, "{report:?}");
+                assert!(report.elapsed < grace, "waited for the grace: {report:?}");
+                cancel.cancel();
+            },
+        );
+    }
+
+    /// A second SIGTERM during the grace: SIGKILL at once.
+    #[test]
+    fn a_second_stop_signal_kills_at_once() {
+        isolated(&test_path("a_second_stop_signal_kills_at_once"), || async {
+            let dir = tempfile::tempdir().unwrap();
+            let (r, tracker, cancel) = reaper();
+            let child = r
+                .spawn(
+                    sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
+                        .env("D", dir.path()),
+                    "stubborn",
+                )
+                .unwrap();
+            ready(&dir.path().join("ready")).await;
+            let grace = Duration::from_secs(30);
+            let (tx, mut signals) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(300)).await;
+                let _ = tx.send(Signal::SIGTERM);
+                // Kept open: a closed channel is no signal.
+                sleep(Duration::from_secs(60)).await;
+            });
+            let report = stop_tree(&r, &plan(grace, None), &mut signals, &tracker, &cancel).await;
+            assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(9));
+            assert!(report.escalated, "{report:?}");
+            assert!(report.killed >= 1, "{report:?}");
+            assert!(report.elapsed < Duration::from_secs(10), "{report:?}");
+            cancel.cancel();
+        });
+    }
+
+    /// Nothing to stop: the stop returns at once, signalling nobody.
+    #[test]
+    fn an_empty_tree_stops_at_once() {
+        isolated(&test_path("an_empty_tree_stops_at_once"), || async {
+            let (r, tracker, cancel) = reaper();
+            // The reaper's first pass finds no child and says it is idle.
+            let mut idle = r.idle();
+            tokio::time::timeout(Duration::from_secs(10), idle.wait_for(|v| *v))
+                .await
+                .unwrap()
+                .unwrap();
+            let (_tx, mut signals) = mpsc::unbounded_channel();
+            let p = plan(Duration::from_secs(30), None);
+            let report = stop_tree(&r, &p, &mut signals, &tracker, &cancel).await;
+            assert_eq!(report.terminated, 0);
+            assert_eq!(report.killed, 0);
+            assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
+            cancel.cancel();
+        });
+    }
+}

@@ -1,8 +1,11 @@
 //! `rayhead redis-cleanup`: a drop-in for KubeRay's cleanup Job, which runs
 //! Ray's `cleanup_redis_storage` (SCAN MATCH `RAY<ns>@*`, then DEL). This one
 //! escapes the namespace's glob characters, UNLINKs in batches (DEL where
-//! UNLINK is forbidden), retries through dropped connections until a
-//! deadline, and never touches another namespace's keys.
+//! UNLINK is forbidden), and never touches another namespace's keys. A
+//! failed SCAN step (PING, then SCAN: a dropped connection, say) is retried
+//! with back-off until the deadline; a failed UNLINK or DEL is not: the run
+//! ends with an error that says how many keys were deleted, and a rerun
+//! finishes the job.
 
 use std::time::Duration;
 
