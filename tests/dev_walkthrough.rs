@@ -73,9 +73,7 @@ fn e2e_dev_runs_the_readme_walkthrough() {
 /// `redis-server`: what a machine without Redis has.
 #[test]
 fn e2e_dev_runs_the_rocksdb_walkthrough() {
-    let _ray = ray_lock();
-    let dir = Dir::new("dvr");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("dvr");
     let path = path_without_redis(&dir);
     run_walkthrough(
         "## The same walkthrough on RocksDB, without Redis",

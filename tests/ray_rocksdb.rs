@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 
 use crate::ray_util::*;
-use crate::util::{cannot_run, count_lines, Dir};
+use crate::util::{cannot_run, count_lines, eventually, Dir};
 
 /// A tmpfs mounted at a path for the test; unmounted on drop, even when
 /// the test fails, before the temp dir that holds it goes.
@@ -131,9 +131,7 @@ fn same_ports(p: &NodePorts) -> NodePorts {
 /// path), with the actor still on the worker.
 #[test]
 fn rocksdb_counter_survives_gcs_kills_and_a_head_restart() {
-    let _lock = ray_lock();
-    let dir = Dir::new("rocksdb-guide");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("rocksdb-guide");
     let db = dir.join("gcs");
     std::fs::create_dir(&db).unwrap();
     let head = start_rocksdb_head(&dir, "", NodePorts::new(), &db, &[]);
@@ -204,9 +202,7 @@ fn rocksdb_counter_survives_gcs_kills_and_a_head_restart() {
 /// with exit 90, before the head's own reconnect timeout.
 #[test]
 fn rocksdb_full_disk_waits_for_space_then_exits_90() {
-    let _lock = ray_lock();
-    let dir = Dir::new("rocksdb-full");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::new("rocksdb-full");
     let db = dir.join("gcs");
     let Some(volume) = Tmpfs::mount(&db, "size=96m,mode=0755") else {
         return;
@@ -296,8 +292,7 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
 /// its own exit and reason.
 #[test]
 fn rocksdb_start_gate_refuses_a_missing_a_read_only_and_a_full_path() {
-    let dir = Dir::new("rocksdb-gate");
-    let _cleanup = KillByMarker(dir.path().display().to_string());
+    let dir = RayTest::unlocked("rocksdb-gate");
     let head = |db: &Path, extra: &[(&str, &str)]| {
         let mut cmd = dir.rayhead().env("PATH", path_with_venv()).env(
             "KUBERAY_GEN_RAY_START_CMD",

@@ -293,7 +293,7 @@ pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::init::proctree;
+    use crate::sys::proctree;
 
     const ISOLATED: &str = "RAYHEAD_TEST_ISOLATED";
 
