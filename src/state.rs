@@ -245,13 +245,6 @@ impl MemoryState {
     }
 }
 
-/// Whether a Redis of this role takes the GCS's writes: a master does, and
-/// so does one whose role is not known (INFO forbidden). The one rule, for
-/// the probe's findings and for `/readyz`.
-pub fn role_takes_writes(role: Option<&str>) -> bool {
-    role.is_none_or(|r| r == "master")
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub phase: Phase,
@@ -277,6 +270,10 @@ pub struct Snapshot {
     /// Bumped by the supervisor loop; `/livez` fails when it is stale.
     #[serde(skip)]
     pub heartbeat: Instant,
+    /// Log and output lines lost to a blocked or closed stdout or stderr,
+    /// as of the last heartbeat: the probe reads no global.
+    #[serde(skip)]
+    pub log_lines_dropped: u64,
 }
 
 impl Snapshot {
@@ -297,6 +294,7 @@ impl Snapshot {
             recoveries: Vec::new(),
             last_reason: None,
             heartbeat: Instant::now(),
+            log_lines_dropped: 0,
         }
     }
 
@@ -412,7 +410,15 @@ impl State {
         }
     }
 
-    pub fn beat(&self) {
+    /// The loop is alive; `log_lines_dropped` is the logger's count now.
+    pub fn beat(&self, log_lines_dropped: u64) {
+        self.tx.send_modify(|s| {
+            s.heartbeat = Instant::now();
+            s.log_lines_dropped = log_lines_dropped;
+        });
+    }
+
+    fn touch(&self) {
         self.tx.send_modify(|s| s.heartbeat = Instant::now());
     }
 
@@ -424,7 +430,7 @@ impl State {
         loop {
             tokio::select! {
                 r = &mut fut => return r,
-                _ = tick.tick() => self.beat(),
+                _ = tick.tick() => self.touch(),
             }
         }
     }

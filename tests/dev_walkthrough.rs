@@ -233,7 +233,15 @@ fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
                 eventually(Duration::from_secs(120), "the head back", || {
                     let text = d.text();
                     let after = text.rsplit("restarting head in").next().unwrap_or("");
-                    after.contains(ready).then_some(())
+                    if after.contains(ready) {
+                        return Ok(());
+                    }
+                    let log = dir.read(&format!("{STATE}/logs/head.log"));
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    Err(format!(
+                        "{text}\n--- head.log, last lines ---\n{}",
+                        tail.join("\n")
+                    ))
                 });
                 assert!(
                     t.elapsed() >= Duration::from_secs(9),

@@ -119,7 +119,7 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
                 Ok(s) => break Ended::Exited(s),
                 Err(_) => return Exit::Internal("the reaper stopped before the command exited".into()),
             },
-            _ = heartbeat.tick() => state.beat(),
+            _ = heartbeat.tick() => state.beat(crate::logging::dropped_lines()),
             Some(sig) = init.signals.recv() => {
                 if stop::is_stop_signal(sig) {
                     break Ended::Signalled(sig);

@@ -14,7 +14,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::state::{role_takes_writes, ChildStatus, GcsHealth, Phase, Snapshot};
+use crate::redis::findings::role_takes_writes;
+use crate::state::{ChildStatus, GcsHealth, Phase, Snapshot};
 
 /// An answer, before HTTP framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,7 +483,7 @@ fn metrics(snap: &Snapshot) -> Reply {
     );
     memory_metrics(&mut reg, snap);
     let dropped: Counter = Counter::default();
-    dropped.inc_by(crate::logging::dropped_lines());
+    dropped.inc_by(snap.log_lines_dropped);
     reg.register(
         "log_lines_dropped",
         "Log and output lines lost to a blocked or closed stdout or stderr",

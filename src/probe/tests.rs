@@ -275,7 +275,7 @@ async fn livez_ignores_the_gcs_but_not_an_exit() {
     let (code, body) = s.req("GET", "/livez").await;
     assert_eq!(code, 503);
     assert!(body.contains("heartbeat"), "{body}");
-    s.state.beat();
+    s.state.beat(0);
     s.state
         .set_phase(Phase::Exiting, "GCS not recovered in time");
     let (code, body) = s.req("GET", "/livez").await;

@@ -23,6 +23,13 @@ pub const TABLES: &[&str] = &[
     "KV",
 ];
 
+/// Whether a Redis of this role takes the GCS's writes: a master does, and
+/// so does one whose role is not known (INFO forbidden). The one rule, for
+/// the probe's findings and for `/readyz`.
+pub fn role_takes_writes(role: Option<&str>) -> bool {
+    role.is_none_or(|r| r == "master")
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Findings {
     /// Without any password.
@@ -59,7 +66,7 @@ impl Findings {
     /// Reachable, authenticated and a master (or a role that could not be
     /// read: that is a note, not a failure).
     pub fn healthy(&self) -> bool {
-        self.up && crate::state::role_takes_writes(self.role.as_deref())
+        self.up && role_takes_writes(self.role.as_deref())
     }
 
     /// Why it is not healthy, in one line.
@@ -72,7 +79,7 @@ impl Findings {
             ));
         }
         match self.role.as_deref() {
-            r if crate::state::role_takes_writes(r) => None,
+            r if role_takes_writes(r) => None,
             None => None,
             Some(r) => Some(format!(
                 "Redis at {} is a {} (role {r}): the GCS needs a master that takes writes",

@@ -172,7 +172,7 @@ impl<'a> Supervisor<'a> {
             Some(sig) = self.init.signals.recv() => Event::Signal(sig),
             Some(event) = self.events_rx.recv() => event,
             t = wake => Event::TimerFired(t),
-            _ = heartbeat.tick() => Event::Tick,
+            _ = heartbeat.tick() => Event::Tick(crate::logging::dropped_lines()),
         }
     }
 

@@ -72,8 +72,9 @@ pub enum Event {
     StoreFailed(GateError),
     /// The head's memory, sampled every ray.health-interval.
     Memory(MemorySample),
-    /// The heartbeat: the loop is alive.
-    Tick,
+    /// The heartbeat: the loop is alive. With the logger's count of lost
+    /// lines, for the metrics.
+    Tick(u64),
     /// The machine's own timer, from [`Machine::timer`].
     TimerFired(Timer),
 }
@@ -345,8 +346,8 @@ impl Machine {
             return Vec::new();
         }
         let actions = match event {
-            Event::Tick => {
-                self.state.beat();
+            Event::Tick(log_lines_dropped) => {
+                self.state.beat(log_lines_dropped);
                 Vec::new()
             }
             Event::Signal(sig) if stop::is_stop_signal(sig) => {

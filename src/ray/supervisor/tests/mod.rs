@@ -462,7 +462,7 @@ fn the_old_gcs_is_reaped_before_a_new_one_starts() {
     let mut h = H::at(At::Reaping, &[]);
     // Nothing starts until the old one is reaped, whatever else happens.
     assert!(h.ev(Event::StoreReady).is_empty());
-    assert!(h.ev(Event::Tick).is_empty());
+    assert!(h.ev(Event::Tick(0)).is_empty());
     // A stale exit of another pid is not it.
     assert!(h
         .exited(Daemon::GcsServer, 999, ExitStatus::Exited(0))
@@ -635,7 +635,7 @@ mod random {
             })
         };
         match kind % 16 {
-            0 => Event::Tick,
+            0 => Event::Tick(0),
             1 => Event::Signal(Signal::SIGHUP),
             2 => Event::DaemonExited {
                 daemon,
@@ -669,7 +669,7 @@ mod random {
             ]),
             14 => match h.m.timer() {
                 Some((_, t)) => Event::TimerFired(t),
-                None => Event::Tick,
+                None => Event::Tick(0),
             },
             _ => Event::DaemonExited {
                 daemon: Daemon::GcsServer,
