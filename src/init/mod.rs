@@ -44,7 +44,7 @@ impl Init {
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let reaper = Reaper::start(&tracker, cancel.child_token())?;
-        let mut handled = signals::always_handled();
+        let mut handled = signals::ALWAYS_HANDLED.to_vec();
         for s in &cfg.forward_signals {
             if !handled.contains(s) {
                 handled.push(*s);

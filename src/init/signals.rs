@@ -12,19 +12,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::keys::DEFAULT_FORWARD_SIGNALS;
-use crate::config::value::parse_signal;
-
 /// The signals rayhead always handles: the defaults of
-/// `init.forward-signals`. One of them left out of the forward list is still
-/// caught (and logged), so that it cannot kill rayhead when it runs as a
-/// subreaper rather than PID 1.
-pub fn always_handled() -> Vec<Signal> {
-    DEFAULT_FORWARD_SIGNALS
-        .split(',')
-        .filter_map(|n| parse_signal(n).ok())
-        .collect()
-}
+/// `init.forward-signals` (a test holds the two equal). One of them left
+/// out of the forward list is still caught (and logged), so that it cannot
+/// kill rayhead when it runs as a subreaper rather than PID 1.
+pub const ALWAYS_HANDLED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
 
 /// Installs handlers for `signals` now, and delivers them on the receiver.
 pub fn listen(
@@ -54,4 +54,20 @@ pub fn listen(
         });
     }
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed set and the configuration's default text are one set.
+    #[test]
+    fn always_handled_is_the_forward_default() {
+        let text = crate::config::keys::DEFAULT_FORWARD_SIGNALS;
+        let parsed: Vec<Signal> = text
+            .split(',')
+            .map(|n| crate::config::value::parse_signal(n).unwrap())
+            .collect();
+        assert_eq!(parsed, ALWAYS_HANDLED);
+    }
 }
