@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, FlagValue, Inputs, ProcessEnv};
+use crate::dev::kubelet::RestartPolicy;
 use crate::exit::{self, Exit};
+use crate::probe::routes::Endpoint;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +56,54 @@ enum Command {
     },
 }
 
+/// `rayhead dev --restart-policy`: Kubernetes' words.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RestartPolicyArg {
+    /// Start it again after any exit (the default of a RayCluster's pods).
+    #[value(name = "Always")]
+    Always,
+    /// Start it again after an exit other than 0.
+    #[value(name = "OnFailure")]
+    OnFailure,
+    /// Never start it again (KubeRay's head with autoscaler v2).
+    #[value(name = "Never")]
+    Never,
+}
+
+impl From<RestartPolicyArg> for RestartPolicy {
+    fn from(a: RestartPolicyArg) -> RestartPolicy {
+        match a {
+            RestartPolicyArg::Always => RestartPolicy::Always,
+            RestartPolicyArg::OnFailure => RestartPolicy::OnFailure,
+            RestartPolicyArg::Never => RestartPolicy::Never,
+        }
+    }
+}
+
+/// `rayhead probe WHAT`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EndpointArg {
+    /// GET /readyz
+    Ready,
+    /// GET /livez
+    Live,
+    /// GET /status
+    Status,
+    /// GET /metrics
+    Metrics,
+}
+
+impl From<EndpointArg> for Endpoint {
+    fn from(a: EndpointArg) -> Endpoint {
+        match a {
+            EndpointArg::Ready => Endpoint::Ready,
+            EndpointArg::Live => Endpoint::Live,
+            EndpointArg::Status => Endpoint::Status,
+            EndpointArg::Metrics => Endpoint::Metrics,
+        }
+    }
+}
+
 /// `rayhead dev --storage`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum StorageArg {
@@ -77,7 +127,7 @@ struct DevArgs {
     state_dir: PathBuf,
     /// What the emulated kubelet does when a pod exits (10 s back-off doubling to 300 s).
     #[arg(long, value_enum, value_name = "POLICY", default_value = "Always")]
-    restart_policy: crate::dev::kubelet::RestartPolicy,
+    restart_policy: RestartPolicyArg,
     /// The head's RAY_gcs_rpc_server_reconnect_timeout_s, e.g. 60 or 60s (Ray's default: 60).
     #[arg(long, value_name = "DURATION", value_parser = parse_head_timeout)]
     head_timeout: Option<std::time::Duration>,
@@ -144,7 +194,7 @@ struct RedisCleanupArgs {
 
 #[derive(Debug, Args)]
 struct ProbeArgs {
-    what: crate::probe::routes::Endpoint,
+    what: EndpointArg,
     /// The server's base URL; default from probe.listen.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -365,7 +415,7 @@ where
 /// `probe.listen`.
 fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
     use crate::probe::client;
-    let path = args.what.path();
+    let path = Endpoint::from(args.what).path();
     let (ok, text) = match &args.url {
         Some(u) => client::query(u, path),
         None => match cli.load(&args.config) {
@@ -412,7 +462,7 @@ fn dev(cli: &Cli, args: &DevArgs) -> u8 {
         }),
         redis_url: args.redis_url.clone(),
         state_dir: args.state_dir.clone(),
-        restart_policy: args.restart_policy,
+        restart_policy: args.restart_policy.into(),
         head_timeout: args.head_timeout,
         clean: args.clean,
     };

@@ -15,16 +15,13 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 
 /// A pod's `restartPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
     /// Start it again after any exit (the default of a RayCluster's pods).
-    #[value(name = "Always")]
     Always,
     /// Start it again after an exit other than 0.
-    #[value(name = "OnFailure")]
     OnFailure,
     /// Never start it again (KubeRay's head with autoscaler v2).
-    #[value(name = "Never")]
     Never,
 }
 

@@ -39,7 +39,7 @@ impl Reply {
 }
 
 /// The endpoints: one list, for the server, its 404 and `rayhead probe`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     /// GET /readyz
     Ready,
