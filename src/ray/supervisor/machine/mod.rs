@@ -36,8 +36,6 @@ mod recovery;
 
 pub use memory::MemorySample;
 
-use recovery::gate;
-
 /// Every input to the supervisor.
 #[derive(Debug)]
 pub enum Event {
@@ -374,7 +372,7 @@ impl Machine {
             }
             Event::TimerFired(Timer::DaemonBackoff(daemon)) => self.start_daemon(now, daemon),
             Event::Memory(sample) => self.memory(now, sample),
-            other => self.staged(now, other),
+            other => self.on_stage_event(now, other),
         };
         if actions.iter().any(|a| matches!(a, Action::Finish(_))) {
             self.stage = Stage::Done;
@@ -382,73 +380,105 @@ impl Machine {
         actions
     }
 
-    /// Events whose meaning depends on the stage alone.
-    fn staged(&mut self, now: Instant, event: Event) -> Vec<Action> {
-        match (&mut self.stage, event) {
-            (Stage::StartGate, Event::StoreReady) => {
+    /// Events whose meaning depends on the stage alone: each stage has its
+    /// handler, and what a stage does not expect is ignored.
+    fn on_stage_event(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match self.stage {
+            Stage::StartGate => self.at_start_gate(now, event),
+            Stage::Launching => self.while_launching(now, event),
+            Stage::Adopting { .. } => self.while_adopting(now, event),
+            Stage::Watching(_) => self.while_watching(now, event),
+            Stage::Recovering(_) => self.while_recovering(now, event),
+            Stage::Done => ignored(event),
+        }
+    }
+
+    fn at_start_gate(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match event {
+            Event::StoreReady => {
                 if let Some(store) = &self.store {
                     tracing::info!(store = %store.describe, "the GCS storage is ready");
                 }
                 self.launch(now)
             }
-            (Stage::StartGate, Event::StoreFailed(e)) => {
+            Event::StoreFailed(e) => {
                 let exit = match &self.store {
                     Some(store) => store.start_gate_exit(&e),
                     None => Exit::Internal(format!("a store gate failed without a store: {e}")),
                 };
                 vec![Action::Finish(Outcome::Fail(exit))]
             }
-            (Stage::Launching, Event::RayStartExited(status, output)) => {
-                self.start_output = output;
-                if !status.success() {
-                    return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
-                        format!("ray start {status}: {}", self.start_output),
-                    )))];
-                }
-                self.stage = Stage::Adopting {
-                    give_up: after(now, ADOPT_WITHIN),
-                    next_scan: after(now, RESCAN),
-                };
-                vec![Action::Scan]
+            other => ignored(other),
+        }
+    }
+
+    fn while_launching(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let Event::RayStartExited(status, output) = event else {
+            return ignored(event);
+        };
+        self.start_output = output;
+        if !status.success() {
+            return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                format!("ray start {status}: {}", self.start_output),
+            )))];
+        }
+        self.stage = Stage::Adopting {
+            give_up: after(now, ADOPT_WITHIN),
+            next_scan: after(now, RESCAN),
+        };
+        vec![Action::Scan]
+    }
+
+    fn while_adopting(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let found = match event {
+            Event::TimerFired(Timer::Rescan) => return vec![Action::Scan],
+            Event::Found(found) => found,
+            other => return ignored(other),
+        };
+        let missing = TABLE
+            .iter()
+            .filter(|s| s.required)
+            .find(|s| !found.iter().any(|(d, _)| *d == s.daemon));
+        let Stage::Adopting { give_up, next_scan } = &mut self.stage else {
+            return Vec::new();
+        };
+        match missing {
+            None => self.adopt(now, found),
+            Some(spec) if now >= *give_up => {
+                vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                    format!(
+                        "ray start exited 0 but no {} is running: {}",
+                        spec.name, self.start_output
+                    ),
+                )))]
             }
-            (Stage::Adopting { .. }, Event::TimerFired(Timer::Rescan)) => vec![Action::Scan],
-            (Stage::Adopting { give_up, next_scan }, Event::Found(found)) => {
-                let missing = TABLE
-                    .iter()
-                    .filter(|s| s.required)
-                    .find(|s| !found.iter().any(|(d, _)| *d == s.daemon));
-                match missing {
-                    None => self.adopt(now, found),
-                    Some(spec) if now >= *give_up => {
-                        vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
-                            format!(
-                                "ray start exited 0 but no {} is running: {}",
-                                spec.name, self.start_output
-                            ),
-                        )))]
-                    }
-                    Some(_) => {
-                        *next_scan = after(now, RESCAN);
-                        Vec::new()
-                    }
-                }
+            Some(_) => {
+                *next_scan = after(now, RESCAN);
+                Vec::new()
             }
-            (Stage::Watching(_), Event::RayStartExited(status, _)) => {
+        }
+    }
+
+    fn while_watching(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match event {
+            Event::RayStartExited(status, _) => {
                 // Block mode: `ray start --block` is the head.
                 vec![Action::Finish(Outcome::Fail(Exit::Status {
                     code: status.code(),
                     reason: format!("ray start --block {status}"),
                 }))]
             }
-            (Stage::Watching(_), Event::TimerFired(Timer::Unhealthy)) => {
+            Event::TimerFired(Timer::Unhealthy) => {
                 let reason = format!(
                     "no SERVING answer from the GCS for {}",
                     humantime::format_duration(self.cfg.gcs.unhealthy_after)
                 );
                 self.lost(now, reason)
             }
-            (Stage::Watching(w), Event::TimerFired(Timer::Stable)) => {
-                w.probation = None;
+            Event::TimerFired(Timer::Stable) => {
+                if let Stage::Watching(w) = &mut self.stage {
+                    w.probation = None;
+                }
                 if self.failures > 0 {
                     tracing::info!(
                         failures = self.failures,
@@ -459,66 +489,7 @@ impl Machine {
                 self.state.update_gcs(|g| g.consecutive_failures = 0);
                 Vec::new()
             }
-            (Stage::Recovering(r), Event::StoreReady) if r.step == Step::Gate => {
-                r.step = Step::Spawning;
-                vec![Action::StartDaemon(Daemon::GcsServer)]
-            }
-            (Stage::Recovering(r), Event::StoreFailed(e)) if r.step == Step::Gate => {
-                r.last_error = match (&self.store, &e) {
-                    (_, GateError::Disk(p)) => p.to_string(),
-                    (Some(s), GateError::Redis(p)) => {
-                        format!("{} is not answering: {p}", s.describe)
-                    }
-                    (None, GateError::Redis(p)) => format!("Redis is not answering: {p}"),
-                };
-                r.storage = match e {
-                    GateError::Disk(p) => Some(p),
-                    GateError::Redis(_) => None,
-                };
-                vec![self.not_recovered(now)]
-            }
-            (Stage::Recovering(r), Event::Started(Daemon::GcsServer, started))
-                if r.step == Step::Spawning =>
-            {
-                match started {
-                    Ok(pid) => {
-                        r.attempts += 1;
-                        r.step = Step::Starting(pid);
-                        let attempt = r.attempts;
-                        self.gcs = Some(pid);
-                        self.state.update_gcs(|g| g.restarts += 1);
-                        self.set_child(Daemon::GcsServer, Some(pid), ChildStatus::Restarting, None);
-                        tracing::info!(
-                            attempt,
-                            pid = pid.as_raw(),
-                            "restarted gcs_server in place"
-                        );
-                        Vec::new()
-                    }
-                    Err(e) if !e.retry => {
-                        r.last_error = e.message;
-                        vec![self.not_recovered(now)]
-                    }
-                    Err(e) => {
-                        r.last_error = e.message;
-                        self.restart_failed(now)
-                    }
-                }
-            }
-            (Stage::Recovering(r), Event::TimerFired(Timer::Backoff)) => {
-                r.step = Step::Gate;
-                vec![gate(r.deadline)]
-            }
-            (Stage::Recovering(r), Event::TimerFired(Timer::Deadline)) => {
-                if let Step::Starting(_) = r.step {
-                    r.last_error = "the restarted gcs_server did not answer SERVING".into();
-                }
-                vec![self.not_recovered(now)]
-            }
-            (_, other) => {
-                tracing::debug!(event = ?other, "event not relevant now");
-                Vec::new()
-            }
+            other => ignored(other),
         }
     }
 
@@ -611,4 +582,10 @@ impl Machine {
         self.state
             .set_child(name, pid.map(Pid::as_raw), status, last_exit, required);
     }
+}
+
+/// An event the current stage does not act on.
+fn ignored(event: Event) -> Vec<Action> {
+    tracing::debug!(event = ?event, "event not relevant now");
+    Vec::new()
 }

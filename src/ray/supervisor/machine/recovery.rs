@@ -143,6 +143,75 @@ impl Machine {
         actions
     }
 
+    /// An event while recovering: the gate's answer, the new gcs_server's
+    /// start, the back-off's end, the deadline.
+    pub(super) fn while_recovering(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        match (r.step, event) {
+            (Step::Gate, Event::StoreReady) => {
+                r.step = Step::Spawning;
+                vec![Action::StartDaemon(Daemon::GcsServer)]
+            }
+            (Step::Gate, Event::StoreFailed(e)) => {
+                r.last_error = match (&self.store, &e) {
+                    (_, GateError::Disk(p)) => p.to_string(),
+                    (Some(s), GateError::Redis(p)) => {
+                        format!("{} is not answering: {p}", s.describe)
+                    }
+                    (None, GateError::Redis(p)) => format!("Redis is not answering: {p}"),
+                };
+                r.storage = match e {
+                    GateError::Disk(p) => Some(p),
+                    GateError::Redis(_) => None,
+                };
+                vec![self.not_recovered(now)]
+            }
+            (Step::Spawning, Event::Started(Daemon::GcsServer, started)) => {
+                self.gcs_started(now, started)
+            }
+            (_, Event::TimerFired(Timer::Backoff)) => {
+                r.step = Step::Gate;
+                vec![gate(r.deadline)]
+            }
+            (step, Event::TimerFired(Timer::Deadline)) => {
+                if let Step::Starting(_) = step {
+                    r.last_error = "the restarted gcs_server did not answer SERVING".into();
+                }
+                vec![self.not_recovered(now)]
+            }
+            (_, other) => ignored(other),
+        }
+    }
+
+    /// A new gcs_server was spawned, or could not be.
+    fn gcs_started(&mut self, now: Instant, started: Result<Pid, StartError>) -> Vec<Action> {
+        let Stage::Recovering(r) = &mut self.stage else {
+            return Vec::new();
+        };
+        match started {
+            Ok(pid) => {
+                r.attempts += 1;
+                r.step = Step::Starting(pid);
+                let attempt = r.attempts;
+                self.gcs = Some(pid);
+                self.state.update_gcs(|g| g.restarts += 1);
+                self.set_child(Daemon::GcsServer, Some(pid), ChildStatus::Restarting, None);
+                tracing::info!(attempt, pid = pid.as_raw(), "restarted gcs_server in place");
+                Vec::new()
+            }
+            Err(e) if !e.retry => {
+                r.last_error = e.message;
+                vec![self.not_recovered(now)]
+            }
+            Err(e) => {
+                r.last_error = e.message;
+                self.restart_failed(now)
+            }
+        }
+    }
+
     /// The old GCS is gone: restart at once, or after a back-off when the
     /// last restart failed.
     pub(super) fn after_reap(&mut self, now: Instant) -> Vec<Action> {
