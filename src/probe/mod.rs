@@ -10,6 +10,7 @@
 //! served on a Unix socket for `rayhead probe`, which no flood can reach.
 
 pub mod client;
+mod metrics;
 pub mod routes;
 pub mod socket;
 
