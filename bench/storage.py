@@ -189,7 +189,8 @@ class Head:
         backend, tmp = self.backend, self.tmp
         self.gcs_port, self.probe_port = free_port(), free_port()
         self.addr = f"127.0.0.1:{self.gcs_port}"
-        self.temp_dir = os.path.join(tmp, f"{backend}-ray")
+        # Short: Ray's socket paths under it must fit in 107 bytes.
+        self.temp_dir = os.path.join(tmp, "ray")
         env = dict(os.environ)
         for k in list(env):
             if k.startswith(("RAY_", "RAYHEAD_")) or k in ("REDIS_PASSWORD", "KUBERAY_GEN_RAY_START_CMD"):
@@ -252,8 +253,11 @@ class Head:
         return r.stdout.strip()
 
     def wait_ready(self):
-        wait_for(f"({self.backend}) /readyz", lambda: http_ok(
-            f"http://127.0.0.1:{self.probe_port}/readyz"), 180, 0.05)
+        def ready():
+            if self.head.poll() is not None:
+                raise RuntimeError(f"({self.backend}) rayhead exited {self.head.returncode}; see {self.log}")
+            return http_ok(f"http://127.0.0.1:{self.probe_port}/readyz")
+        wait_for(f"({self.backend}) /readyz", ready, 180, 0.05)
 
     def status(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/status", timeout=2) as r:
@@ -334,23 +338,28 @@ class Head:
             p.wait()
 
 
-def sweep(run_marker):
+def sweep(run_marker, tmp):
     """SIGKILLs, by pid, every process left with this run's marker in its
-    environment (workers and agents that outlived their head)."""
+    environment, or its working directory in `tmp` (redis-server overwrites
+    its environment with its title): workers and agents that outlived their
+    head."""
     needle = f"{MARKER_VAR}={run_marker}".encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    os.kill(int(pid), signal.SIGKILL)
+                mine = needle in f.read().split(b"\0")
+            mine = mine or os.readlink(f"/proc/{pid}/cwd").startswith(tmp + "/")
+            if mine:
+                os.kill(int(pid), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
 
 
 COLS = ["exec", "main", "load", "loaded", "listening", "serving", "recovered", "driver"]
 NAMES = {"redis": "Redis", "rocksdb": "RocksDB"}
+SUB = {"redis": "a", "rocksdb": "b"}
 
 
 def med(xs):
@@ -443,15 +452,18 @@ def main():
         raise SystemExit("build first: cargo build --release")
     kvs = [int(x) for x in args.kv.split(",")]
     head_env = manifest_env()[0]
-    tmp = tempfile.mkdtemp(prefix="rayhead-bench-storage-")
+    tmp = tempfile.mkdtemp(prefix="rhbs-")
+    # SIGTERM and SIGHUP end the run through the cleanup below too.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, _: sys.exit(f"stopped by signal {n}"))
     run_marker = os.path.basename(tmp)
     heads, rows, sizes, fills, cells = {}, [], {}, {}, []
     t_start = time.time()
     try:
         for b in ("redis", "rocksdb"):
             log(f"starting the {b} head")
-            os.makedirs(os.path.join(tmp, b))
-            heads[b] = Head(b, os.path.join(tmp, b))
+            os.makedirs(os.path.join(tmp, SUB[b]))
+            heads[b] = Head(b, os.path.join(tmp, SUB[b]))
             heads[b].start(head_env, run_marker)
         have = 0
         plan = [(f"{n // 1000}k KV" if n >= 1000 else f"{n} KV", n, 0) for n in kvs]
@@ -488,7 +500,7 @@ def main():
     finally:
         for h in heads.values():
             h.stop()
-        sweep(run_marker)
+        sweep(run_marker, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
