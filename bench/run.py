@@ -26,6 +26,7 @@ BENCHES = [
     ("redis", ["bench/redis.py"], False),
     ("soak", ["bench/soak.py", "--kills", "50", "--csv", "bench/soak-bench.csv"], False),
     ("static", ["bench/static_build.py", "3"], True),
+    ("storage", ["bench/storage.py", "--kills", "5"], True),
 ]
 
 
