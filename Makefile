@@ -45,7 +45,7 @@ bench: setup
 
 # The pure modules, each against its unit tests (--lib): a mutant that
 # survives is behaviour no test pins down. Not part of `make test`.
-MUTANT_FILES = src/config/*.rs src/redact.rs src/exit.rs src/probe/routes.rs \
+MUTANT_FILES = src/config/*.rs src/redact.rs src/exit.rs src/probe/routes.rs src/probe/metrics.rs \
 	src/redis/address.rs src/ray/command.rs src/sys/proctree.rs
 
 mutants:
