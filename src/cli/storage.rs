@@ -41,25 +41,12 @@ struct RocksdbReport {
 }
 
 pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
-    if let Some(dir) = &args.dev_state {
-        let db = dir.join("gcs");
-        if db.join("kv").is_dir() {
-            let cfg = match cli.load(&args.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    crate::logging::err(&format!("rayhead: {e}"));
-                    return exit::CONFIG;
-                }
-            };
-            crate::logging::init(&cfg.log.level, cfg.log.format);
-            return match Rocksdb::new(absolute(&db), cfg.gcs.storage_min_free) {
-                Ok(db) => rocksdb_report(&db, args.json),
-                Err(e) => {
-                    crate::logging::err(&format!("rayhead storage-check: --dev-state: {e}\n"));
-                    exit::CONFIG
-                }
-            };
-        }
+    // A dev state dir's RocksDB when it holds a database, else its Redis.
+    let dev_db = args.dev_state.as_ref().map(|d| d.join("gcs"));
+    if let (Some(dir), Some(false)) = (
+        &args.dev_state,
+        dev_db.as_ref().map(|d| d.join("kv").is_dir()),
+    ) {
         let dev = super::DevStateArgs {
             dev_state: Some(dir.clone()),
         };
@@ -76,7 +63,13 @@ pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
         }
     };
     crate::logging::init(&cfg.log.level, cfg.log.format);
-    let store = match resolve(&cfg) {
+    let resolved = match dev_db {
+        Some(db) => Rocksdb::new(absolute(&db), cfg.gcs.storage_min_free)
+            .map(|d| Some(Store::Rocksdb(d)))
+            .map_err(|e| format!("--dev-state: {e}")),
+        None => resolve(&cfg),
+    };
+    let store = match resolved {
         Ok(Some(s)) => s,
         Ok(None) => {
             crate::logging::err("rayhead storage-check: the GCS stores in memory (no RAY_gcs_storage=rocksdb, no RAY_REDIS_ADDRESS): there is no fault tolerance to check\n");
