@@ -485,7 +485,7 @@ mod tests {
     }
 
     fn cluster(dir: &StateDir) -> Result<Cluster, String> {
-        let saved = dir.cluster().unwrap();
+        let saved = dir.cluster(None).unwrap();
         let redis = RedisSource::Embedded {
             server: PathBuf::new(),
         };
@@ -498,7 +498,7 @@ mod tests {
     fn a_rocksdb_head_gets_the_storage_env_and_no_redis() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&tmp.path().join("s"), false).unwrap();
-        let saved = dir.cluster().unwrap();
+        let saved = dir.cluster(None).unwrap();
         let c = Cluster::new(&dir, saved, PathBuf::from("/bin/ray"), None, None, 0).unwrap();
         let spec = c.head_spec();
         let last = |k: &str| {

@@ -41,7 +41,8 @@ use state_dir::StateDir;
 use status::{HeadView, Line, Printer};
 
 /// Where the dev cluster's GCS keeps its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// A Redis: embedded `redis-server`, or `--redis-url`.
     Redis,
@@ -103,21 +104,7 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         ))
     };
     let ray = cluster::which("ray").ok_or_else(|| missing("ray"))?;
-    let storage = match (opts.storage, &opts.redis_url) {
-        (Some(Storage::Rocksdb), Some(_)) => {
-            return Err(Exit::Config(
-                "--redis-url with --storage rocksdb: the GCS would not use that Redis; drop one"
-                    .into(),
-            ))
-        }
-        (Some(s), _) => s,
-        (None, Some(_)) => Storage::Redis,
-        (None, None) if cluster::which("redis-server").is_some() => Storage::Redis,
-        (None, None) => {
-            tracing::info!("redis-server is not installed: the GCS stores in RocksDB in the state dir (--storage rocksdb); install redis-server or pass --storage redis for Redis");
-            Storage::Rocksdb
-        }
-    };
+    let storage = choose_storage(opts)?;
     let redis = match &opts.redis_url {
         _ if storage == Storage::Rocksdb => None,
         Some(url) => {
@@ -150,7 +137,7 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
             old.namespace
         );
     }
-    let saved = dir.cluster().map_err(Exit::Config)?;
+    let saved = dir.cluster(Some(storage)).map_err(Exit::Config)?;
     let cluster = Cluster::new(&dir, saved, ray, redis, opts.head_timeout, opts.workers)
         .map_err(Exit::Config)?;
     cluster
@@ -158,6 +145,46 @@ fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         .check()
         .map_err(|e| Exit::Config(format!("the head would refuse its configuration: {e}")))?;
     Ok((dir, cluster))
+}
+
+/// The GCS's storage: `--storage`, else what the state dir's cluster
+/// used (a switch would start an empty GCS beside the kept one), else
+/// Redis when there is one to use, else RocksDB.
+fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
+    let kept = match opts.clean {
+        true => None,
+        false => StateDir::saved(&opts.state_dir)
+            .ok()
+            .and_then(|s| s.storage),
+    };
+    let name = |s: Storage| match s {
+        Storage::Redis => "redis",
+        Storage::Rocksdb => "rocksdb",
+    };
+    match (opts.storage, kept, &opts.redis_url) {
+        (Some(Storage::Rocksdb), _, Some(_)) => Err(Exit::Config(
+            "--redis-url with --storage rocksdb: the GCS would not use that Redis; drop one".into(),
+        )),
+        (Some(s), Some(k), _) if s != k => Err(Exit::Config(format!(
+            "--storage {}: the cluster in --state-dir {} keeps its GCS state in {}; a switch would start an empty GCS. Pass --storage {}, or --clean to start afresh",
+            name(s),
+            opts.state_dir.display(),
+            name(k),
+            name(k)
+        ))),
+        (Some(s), _, _) => Ok(s),
+        (None, Some(Storage::Rocksdb), Some(_)) => Err(Exit::Config(format!(
+            "--redis-url: the cluster in --state-dir {} keeps its GCS state in RocksDB; drop --redis-url, or pass --clean to start afresh on Redis",
+            opts.state_dir.display()
+        ))),
+        (None, Some(k), _) => Ok(k),
+        (None, None, Some(_)) => Ok(Storage::Redis),
+        (None, None, None) if cluster::which("redis-server").is_some() => Ok(Storage::Redis),
+        (None, None, None) => {
+            tracing::info!("redis-server is not installed: the GCS stores in RocksDB in the state dir (--storage rocksdb); install redis-server or pass --storage redis for Redis");
+            Ok(Storage::Rocksdb)
+        }
+    }
 }
 
 /// The runner's own client of the cluster's Redis, to know it answers
@@ -620,4 +647,41 @@ fn shown_path(p: &std::path::Path) -> String {
 /// terminal.
 fn is_stop(sig: Signal) -> bool {
     crate::init::stop::is_stop_signal(sig) || sig == Signal::SIGHUP
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &std::path::Path, storage: Option<Storage>, url: Option<&str>) -> Options {
+        Options {
+            workers: 0,
+            storage,
+            redis_url: url.map(str::to_string),
+            state_dir: dir.to_path_buf(),
+            restart_policy: RestartPolicy::Never,
+            head_timeout: None,
+            clean: false,
+        }
+    }
+
+    /// A kept cluster keeps its store: no silent switch to an empty GCS.
+    #[test]
+    fn the_kept_storage_wins_and_a_switch_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path(), false).unwrap();
+        dir.cluster(Some(Storage::Rocksdb)).unwrap();
+        drop(dir);
+        let o = opts(tmp.path(), None, None);
+        assert_eq!(choose_storage(&o).ok(), Some(Storage::Rocksdb));
+        let e = choose_storage(&opts(tmp.path(), Some(Storage::Redis), None)).unwrap_err();
+        assert!(e.reason().contains("--clean") && e.code() == 64, "{e}");
+        let e = choose_storage(&opts(tmp.path(), None, Some("redis://127.0.0.1:1"))).unwrap_err();
+        assert!(e.reason().contains("RocksDB"), "{e}");
+        let clean = Options {
+            clean: true,
+            ..opts(tmp.path(), Some(Storage::Redis), None)
+        };
+        assert_eq!(choose_storage(&clean).ok(), Some(Storage::Redis));
+    }
 }

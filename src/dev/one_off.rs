@@ -28,6 +28,13 @@ pub struct DevRedis {
 impl DevRedis {
     pub fn open(root: &std::path::Path) -> Result<DevRedis, String> {
         let saved = StateDir::saved(root)?;
+        if saved.storage == Some(super::Storage::Rocksdb) {
+            return Err(format!(
+                "the dev cluster in {} keeps its GCS in RocksDB, not Redis: see `rayhead storage-check --dev-state {}`",
+                root.display(),
+                root.display()
+            ));
+        }
         let (saved, child, dir) = match StateDir::open(root, false) {
             // A runner holds it: its Redis is up.
             Err(e) if e.contains("another rayhead dev") => (saved, None, None),
@@ -39,7 +46,7 @@ impl DevRedis {
                         cluster::install_hint("redis-server")
                     )
                 })?;
-                let saved = dir.cluster()?;
+                let saved = dir.cluster(None)?;
                 let cluster = Cluster::new(
                     &dir,
                     saved.clone(),

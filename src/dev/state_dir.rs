@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Storage;
 use crate::private_dir;
 
 /// What `cluster.json` keeps.
@@ -32,6 +33,11 @@ pub struct Saved {
     /// The embedded Redis's password, generated once.
     pub redis_password: String,
     pub ports: Ports,
+    /// Where the GCS keeps its state. Kept so that a later run without
+    /// `--storage` resumes the same cluster instead of starting an empty
+    /// GCS beside it (`None`: a file from before it was kept).
+    #[serde(default)]
+    pub storage: Option<Storage>,
 }
 
 /// Loopback ports, kept from run to run while they stay free, so that an
@@ -108,8 +114,9 @@ impl StateDir {
     }
 
     /// The saved cluster, or a new one; ports that are taken now are
-    /// replaced by free ones. Saved again either way.
-    pub fn cluster(&self) -> Result<Saved, String> {
+    /// replaced by free ones, and `storage`, when given, is recorded. Saved
+    /// again either way.
+    pub fn cluster(&self, storage: Option<Storage>) -> Result<Saved, String> {
         let path = self.join("cluster.json");
         let old = match read(&path) {
             Ok(Some(text)) => Some(serde_json::from_str::<Saved>(&text).map_err(|e| {
@@ -138,11 +145,16 @@ impl StateDir {
             metrics: port(o.map(|p| p.metrics))?,
         };
         let saved = match old {
-            Some(s) => Saved { ports, ..s },
+            Some(s) => Saved {
+                ports,
+                storage: storage.or(s.storage),
+                ..s
+            },
             None => Saved {
                 namespace: format!("rayhead-dev-{}", random_hex(4)?),
                 redis_password: random_hex(16)?,
                 ports,
+                storage,
             },
         };
         let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
@@ -231,7 +243,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let first = StateDir::open(tmp.path(), false)
             .unwrap()
-            .cluster()
+            .cluster(None)
             .unwrap();
         let mode = fs::metadata(tmp.path().join("cluster.json"))
             .unwrap()
@@ -240,10 +252,24 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let second = StateDir::open(tmp.path(), false)
             .unwrap()
-            .cluster()
+            .cluster(None)
             .unwrap();
         assert_eq!(first, second, "namespace, password and free ports are kept");
-        let third = StateDir::open(tmp.path(), true).unwrap().cluster().unwrap();
+        let dir = StateDir::open(tmp.path(), false).unwrap();
+        assert_eq!(
+            dir.cluster(Some(Storage::Rocksdb)).unwrap().storage,
+            Some(Storage::Rocksdb)
+        );
+        assert_eq!(
+            dir.cluster(None).unwrap().storage,
+            Some(Storage::Rocksdb),
+            "kept"
+        );
+        drop(dir);
+        let third = StateDir::open(tmp.path(), true)
+            .unwrap()
+            .cluster(None)
+            .unwrap();
         assert_ne!(first.namespace, third.namespace, "--clean starts afresh");
     }
 
@@ -261,7 +287,7 @@ mod tests {
         fs::write(tmp.path().join("cluster.json"), "{").unwrap();
         let e = StateDir::open(tmp.path(), false)
             .unwrap()
-            .cluster()
+            .cluster(None)
             .unwrap_err();
         assert!(e.contains("cluster.json") && e.contains("--clean"), "{e}");
     }
