@@ -206,7 +206,7 @@ pub fn resolve(
                 Some((p, _)) if !p.trim().is_empty() => p,
                 _ => {
                     return Err(format!(
-                        "{from} is rocksdb but RAY_gcs_storage_path is unset or empty: Ray refuses to start without the database's directory"
+                        "{from} is rocksdb but gcs_storage_path (RAY_gcs_storage_path, or --system-config's) is unset or empty: Ray refuses to start without the database's directory"
                     ))
                 }
             };
@@ -220,6 +220,9 @@ pub fn resolve(
                 cfg.gcs.storage_min_free,
             )?)))
         }
+        Some(("redis", from)) if cfg.redis.address.is_none() => Err(format!(
+            "{from} is redis but no Redis address is set (redis.address, RAY_REDIS_ADDRESS): the GCS would keep its state in memory, with no fault tolerance"
+        )),
         None | Some(("memory" | "redis", _)) => {
             Ok(crate::redis::Redis::from_config(&cfg.redis)?.map(|r| Store::Redis(Box::new(r))))
         }
@@ -254,6 +257,11 @@ mod tests {
     #[test]
     fn ray_resolution_order() {
         assert_eq!(resolved(None, &[]), Ok(None));
+        let e = resolved(None, &[("RAY_gcs_storage", "redis")]).unwrap_err();
+        assert!(
+            e.contains("RAY_gcs_storage is redis") && e.contains("RAY_REDIS_ADDRESS"),
+            "{e}"
+        );
         assert_eq!(resolved(None, &[("RAY_gcs_storage", "memory")]), Ok(None));
         assert_eq!(
             resolved(None, &[("RAY_REDIS_ADDRESS", "127.0.0.1:1")]),
