@@ -191,10 +191,16 @@ pub struct RocksdbState {
     /// Bytes an unprivileged writer can still use on its file system.
     pub free_bytes: Option<u64>,
     pub total_bytes: Option<u64>,
+    /// Files that can still be made; `None`: no fixed count, or not read.
+    pub free_inodes: Option<u64>,
     /// `gcs.storage-min-free` in bytes now; `None`: off.
     pub min_free_bytes: Option<u64>,
-    /// What makes the storage unusable, when something does.
+    /// What stops the GCS from writing, when something does: readiness
+    /// fails with it.
     pub problem: Option<String>,
+    /// Space below `gcs.storage-min-free` but not gone: the GCS that runs
+    /// still writes, but one lost now would wait at the gate for space.
+    pub warning: Option<String>,
     #[serde(serialize_with = "opt_time")]
     pub last_check: Option<SystemTime>,
 }
@@ -348,8 +354,10 @@ impl Snapshot {
                 used_bytes: None,
                 free_bytes: None,
                 total_bytes: None,
+                free_inodes: None,
                 min_free_bytes: None,
                 problem: None,
+                warning: None,
                 last_check: None,
             }),
             ..self

@@ -52,6 +52,19 @@ impl Tmpfs {
         std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
         filler
     }
+
+    /// Fills the volume from outside until a write fails for space: what a
+    /// runaway writer beside the GCS does.
+    fn fill_to_the_brim(&self) -> PathBuf {
+        use std::io::Write;
+        let brim = self.0.join("brim");
+        let mut f = std::fs::File::create(&brim).unwrap();
+        for chunk in [1 << 20, 64 << 10, 4 << 10] {
+            while f.write_all(&vec![0u8; chunk]).is_ok() {}
+        }
+        let _ = f.sync_all();
+        brim
+    }
 }
 
 impl Drop for Tmpfs {
@@ -196,10 +209,12 @@ fn rocksdb_counter_survives_gcs_kills_and_a_head_restart() {
     head.run.wait(Duration::from_secs(60)).assert_code(0);
 }
 
-/// A full volume: readiness goes down with the reason; a GCS lost then is
-/// not restarted into a loop but waits at the gate until space comes back,
-/// then recovers. Filled again, the wait ends at the recovery's deadline
-/// with exit 90, before the head's own reconnect timeout.
+/// A volume below `gcs.storage-min-free`: the running GCS still serves, so
+/// readiness holds and `/status` warns; a GCS lost then is not restarted
+/// into a loop but waits at the gate until space comes back, then
+/// recovers. Filled to the brim, readiness goes down; the GCS lost then
+/// waits until the recovery's deadline and rayhead exits 90, before the
+/// head's own reconnect timeout.
 #[test]
 fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     let dir = RayTest::new("rocksdb-full");
@@ -222,15 +237,23 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     });
 
     let filler = volume.fill(8 << 20);
-    let why = eventually(
-        Duration::from_secs(15),
-        "/readyz 503 on a full disk",
-        || {
-            let (ready, body) = head.probe("/readyz");
-            (!ready).then_some(body)
-        },
+    let status =
+        || -> serde_json::Value { serde_json::from_str(&head.probe("/status").1).unwrap() };
+    let warning = eventually(Duration::from_secs(15), "a warning in /status", || {
+        status()["rocksdb"]["warning"].as_str().map(str::to_string)
+    });
+    assert!(warning.contains("below gcs.storage-min-free"), "{warning}");
+    let (ready, body) = head.probe("/readyz?verbose");
+    assert!(
+        ready,
+        "a serving GCS above 0 bytes free keeps readiness: {body}"
     );
-    assert!(why.contains("is full"), "{why}");
+    assert!(
+        head.probe("/metrics")
+            .1
+            .contains("rayhead_gcs_storage_usable 0"),
+        "a new GCS could not start there"
+    );
     let recovered = count_lines(&dir.read("stderr"), "gcs_recovered");
     assert_eq!(recovered, 0);
     kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
@@ -243,7 +266,7 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["phase"], "recovering", "{status}");
     assert!(
-        v["rocksdb"]["problem"]
+        v["rocksdb"]["warning"]
             .as_str()
             .unwrap_or("")
             .contains("is full"),
@@ -264,13 +287,22 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
         head.probe("/readyz").0.then_some(())
     });
 
-    volume.fill(8 << 20);
-    eventually(Duration::from_secs(15), "the monitor to see it", || {
-        (!head.probe("/readyz").0).then_some(())
-    });
+    let _brim = volume.fill_to_the_brim();
+    let why = eventually(
+        Duration::from_secs(15),
+        "/readyz 503 on a full disk",
+        || {
+            let (ready, body) = head.probe("/readyz?verbose");
+            (!ready).then_some(body)
+        },
+    );
+    assert!(why.contains("is full"), "{why}");
     let daemons = head_processes(&head);
     let t = Instant::now();
-    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    // The GCS may already have died of the full disk by itself.
+    if let Some(gcs) = find_comm(head.run.rayhead_pid(), "gcs_server").first() {
+        let _ = kill(*gcs, Signal::SIGKILL);
+    }
     let out = head.run.wait(Duration::from_secs(60));
     let took = t.elapsed();
     out.assert_code(90);

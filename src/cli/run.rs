@@ -27,7 +27,13 @@ pub(super) fn run(cli: &Cli, args: &RunArgs) -> u8 {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(supervise(&cfg, job)),
+            Ok(rt) => {
+                let exit = rt.block_on(supervise(&cfg, job));
+                // A blocking task stuck in the kernel (a hung volume) must
+                // not keep rayhead from exiting with its reason.
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                exit
+            }
             Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
         },
     };

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Cli, ConfigArgs};
 use crate::config::{Config, ProcessEnv};
 use crate::exit;
-use crate::storage::rocksdb::{human, used_bytes, Rocksdb};
+use crate::storage::rocksdb::{human, Look, Rocksdb, CHECK_TIMEOUT};
 use crate::storage::Store;
 
 #[derive(Debug, Args)]
@@ -34,6 +34,7 @@ struct RocksdbReport {
     problem: Option<String>,
     free_bytes: Option<u64>,
     total_bytes: Option<u64>,
+    free_inodes: Option<u64>,
     min_free_bytes: Option<u64>,
     used_bytes: Option<u64>,
     /// Ray's `session_name` marker: the session a restarted head resumes.
@@ -41,19 +42,28 @@ struct RocksdbReport {
 }
 
 pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
-    // A dev state dir's RocksDB when it holds a database, else its Redis.
+    // A dev state dir's storage as its cluster recorded it (an older
+    // cluster.json did not: then RocksDB when gcs/ holds a database).
     let dev_db = args.dev_state.as_ref().map(|d| d.join("gcs"));
-    if let (Some(dir), Some(false)) = (
-        &args.dev_state,
-        dev_db.as_ref().map(|d| d.join("kv").is_dir()),
-    ) {
-        let dev = super::DevStateArgs {
-            dev_state: Some(dir.clone()),
+    if let (Some(dir), Some(db)) = (&args.dev_state, &dev_db) {
+        let kept = crate::dev::state_dir::StateDir::saved(dir).map(|s| s.storage);
+        let redis = match kept {
+            Ok(Some(s)) => s == crate::dev::Storage::Redis,
+            Ok(None) => !db.join("kv").is_dir(),
+            Err(e) => {
+                crate::logging::err(&format!("rayhead storage-check: --dev-state {e}\n"));
+                return exit::CONFIG;
+            }
         };
-        let json = args.json;
-        return super::redis_command(cli, &args.config, &dev, |redis, cfg| {
-            redis_report(redis, cfg, json, 0)
-        });
+        if redis {
+            let dev = super::DevStateArgs {
+                dev_state: Some(dir.clone()),
+            };
+            let json = args.json;
+            return super::redis_command(cli, &args.config, &dev, |redis, cfg| {
+                redis_report(redis, cfg, json, 0)
+            });
+        }
     }
     let cfg = match cli.load(&args.config) {
         Ok(c) => c,
@@ -80,19 +90,23 @@ pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
             return exit::CONFIG;
         }
     };
-    match store {
-        Store::Rocksdb(db) => rocksdb_report(&db, args.json),
-        Store::Redis(redis) => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt.block_on(redis_report(*redis, cfg, args.json, 0)),
-            Err(e) => {
-                crate::logging::err(&format!("rayhead: cannot start a runtime: {e}\n"));
-                exit::INTERNAL
-            }
-        },
-    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            crate::logging::err(&format!("rayhead: cannot start a runtime: {e}\n"));
+            return exit::INTERNAL;
+        }
+    };
+    let code = match store {
+        Store::Rocksdb(db) => rt.block_on(rocksdb_report(&db, args.json)),
+        Store::Redis(redis) => rt.block_on(redis_report(*redis, cfg, args.json, 0)),
+    };
+    // A check stuck on a hung volume is a thread of its own: not waited for.
+    rt.shutdown_background();
+    code
 }
 
 /// `p` from the working directory, as the user typed it relative.
@@ -110,18 +124,21 @@ fn resolve(cfg: &Config) -> Result<Option<Store>, String> {
     }
 }
 
-/// Exit 0: usable; 1: not.
-fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
-    let checked = db.check();
+/// Exit 0: a GCS could start there now; 1: not. Within the gate's time
+/// limit: a hung volume is reported, not waited on.
+async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
+    let reading = db.read(Look::Report, CHECK_TIMEOUT).await;
+    let disk = reading.disk;
     let r = RocksdbReport {
         backend: "rocksdb",
         path: db.path.display().to_string(),
-        usable: checked.is_ok(),
-        problem: checked.as_ref().err().map(ToString::to_string),
-        free_bytes: checked.as_ref().ok().map(|d| d.free_bytes),
-        total_bytes: checked.as_ref().ok().map(|d| d.total_bytes),
-        min_free_bytes: checked.as_ref().ok().and_then(|d| d.min_free_bytes),
-        used_bytes: used_bytes(&db.path),
+        usable: reading.problem.is_none(),
+        problem: reading.problem.as_ref().map(ToString::to_string),
+        free_bytes: disk.map(|d| d.free_bytes),
+        total_bytes: disk.map(|d| d.total_bytes),
+        free_inodes: disk.and_then(|d| d.free_inodes),
+        min_free_bytes: disk.and_then(|d| d.min_free_bytes),
+        used_bytes: reading.used_bytes,
         session_name: session_name(&db.path),
     };
     if json {
@@ -133,7 +150,7 @@ fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
         let opt = |v: Option<u64>| v.map_or_else(|| "unknown".into(), human);
         let rows = [
             ("backend", "rocksdb".to_string()),
-            ("path", r.path.clone()),
+            ("path", crate::storage::rocksdb::shown(&db.path)),
             (
                 "usable",
                 match &r.problem {
@@ -144,8 +161,20 @@ fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
             ("free", opt(r.free_bytes)),
             ("size", opt(r.total_bytes)),
             (
+                "inodes",
+                match (disk, r.free_inodes) {
+                    (None, _) => "unknown".into(),
+                    (Some(_), None) => "no fixed count".into(),
+                    (Some(_), Some(n)) => format!("{n} free"),
+                },
+            ),
+            (
                 "min free",
-                r.min_free_bytes.map_or_else(|| "off".into(), human),
+                match (disk, r.min_free_bytes) {
+                    (Some(_), Some(b)) => human(b),
+                    // Without the volume's size, the mark as configured.
+                    _ => db.min_free.render(),
+                },
             ),
             ("database", opt(r.used_bytes)),
             (

@@ -198,7 +198,7 @@ fn storage_metrics(reg: &mut Registry, snap: &Snapshot) {
         );
     }
     let Some(r) = &snap.rocksdb else { return };
-    let bytes = [
+    let numbers = [
         (
             "gcs_storage_used_bytes",
             "Bytes the RocksDB directory (RAY_gcs_storage_path) takes on disk",
@@ -219,16 +219,21 @@ fn storage_metrics(reg: &mut Registry, snap: &Snapshot) {
             "gcs.storage-min-free in bytes: below it, no GCS is started",
             r.min_free_bytes,
         ),
+        (
+            "gcs_storage_free_inodes",
+            "Files that can still be made on the storage's file system",
+            r.free_inodes,
+        ),
     ];
-    for (name, help, value) in bytes {
+    for (name, help, value) in numbers {
         if let Some(v) = value {
             reg.register(name, help, gauge(i64::try_from(v).unwrap_or(i64::MAX)));
         }
     }
     reg.register(
         "gcs_storage_usable",
-        "1 when the last check found the RocksDB storage usable",
-        gauge((r.last_check.is_some() && r.problem.is_none()) as i64),
+        "1 when the last check found that a GCS could start on the RocksDB storage (0 also below gcs.storage-min-free, where a running GCS still serves)",
+        gauge((r.last_check.is_some() && r.problem.is_none() && r.warning.is_none()) as i64),
     );
 }
 

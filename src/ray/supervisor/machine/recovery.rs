@@ -162,9 +162,11 @@ impl Machine {
                     }
                     (None, GateError::Redis(p)) => format!("Redis is not answering: {p}"),
                 };
+                // A check the deadline cut short found nothing: the exit
+                // is the deadline's, not the storage's.
                 r.storage = match e {
-                    GateError::Disk(p) => Some(p),
-                    GateError::Redis(_) => None,
+                    GateError::Disk(p) if p.is_finding() => Some(p),
+                    _ => None,
                 };
                 vec![self.not_recovered(now)]
             }

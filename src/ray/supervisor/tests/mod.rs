@@ -762,4 +762,12 @@ fn storage_gate_failures_have_their_own_codes() {
     let mut h = H::at(At::Gate, &[]);
     let a = h.ev(Event::StoreFailed(GateError::Redis(PingError::Refused)));
     assert_eq!(code(&a), Some(80));
+    // So is a disk check that the deadline cut short: it found nothing.
+    let mut h = H::at(At::Gate, &[]);
+    let a = h.ev(Event::StoreFailed(GateError::Disk(DiskProblem::CutShort {
+        path: "/data/gcs".into(),
+        after: std::time::Duration::from_millis(3),
+    })));
+    assert_eq!(code(&a), Some(80));
+    assert!(reason(&a).contains("cut short"), "{}", reason(&a));
 }
