@@ -3,6 +3,7 @@
 mod ray_util;
 mod util;
 
+mod architecture;
 mod cli;
 mod container;
 mod dev;

@@ -7,6 +7,8 @@ pub mod reaper;
 pub mod signals;
 pub mod spawn;
 pub mod stop;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

@@ -281,112 +281,19 @@ impl Reaper {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    //! Each test runs in a process of its own (this test binary again, with
-    //! that one test): a reaper waits for any child, and a stop signals
-    //! every descendant, which in the shared test process would take the
+mod tests {
+    //! Each test runs in a process of its own
+    //! ([`isolated`](crate::init::test_support::isolated)): a reaper waits
+    //! for any child, which in the shared test process would take the
     //! children of tests running beside it.
 
-    use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::init::test_support::{isolated, reaper, sh, status_of};
     use crate::sys::proctree;
-
-    const ISOLATED: &str = "RAYHEAD_TEST_ISOLATED";
-
-    /// Runs `body` in a process of its own, as rayhead runs: a subreaper,
-    /// with a tokio runtime. `test` is the test's path in this module tree
-    /// (`init::reaper::tests::name`). Whatever `body` leaves running is
-    /// killed when it ends, passed or failed.
-    pub(crate) fn isolated<F, Fut>(test: &str, body: F)
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        if std::env::var_os(ISOLATED).is_some_and(|v| v == test) {
-            // SAFETY: a plain prctl on this process.
-            let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
-            let _cleanup = KillDescendants;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body());
-            return;
-        }
-        let mut out = tempfile::tempfile().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--test-threads=1", "--nocapture"])
-            .env(ISOLATED, test)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out.try_clone().unwrap())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        use std::io::Seek;
-        let mut text = String::new();
-        out.rewind().unwrap();
-        out.read_to_string(&mut text).unwrap();
-        let status = status.unwrap_or_else(|| panic!("{test} hung for 60s:\n{text}"));
-        assert!(
-            status.success(),
-            "{test} failed in its own process:\n{text}"
-        );
-        assert!(text.contains("1 passed"), "{test} did not run:\n{text}");
-    }
-
-    /// SIGKILLs every live descendant when dropped.
-    struct KillDescendants;
-    impl Drop for KillDescendants {
-        fn drop(&mut self) {
-            for p in proctree::live_descendants_of_self() {
-                let _ = nix::sys::signal::kill(p.pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    fn test_path(name: &str) -> String {
-        let module = module_path!();
-        let module = module.split_once("::").map_or(module, |m| m.1);
-        format!("{module}::{name}")
-    }
-
-    pub(crate) fn sh(script: &str) -> Command {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", script]).stdin(Stdio::null());
-        cmd
-    }
-
-    /// A reaper started as `Init` starts it.
-    pub(crate) fn reaper() -> (Arc<Reaper>, TaskTracker, CancellationToken) {
-        let tracker = TaskTracker::new();
-        let cancel = CancellationToken::new();
-        let r = Reaper::start(&tracker, cancel.clone()).unwrap();
-        (r, tracker, cancel)
-    }
-
-    pub(crate) async fn status_of(exit: oneshot::Receiver<ExitStatus>) -> ExitStatus {
-        tokio::time::timeout(Duration::from_secs(20), exit)
-            .await
-            .expect("no exit status within 20s")
-            .expect("the exit status was lost")
-    }
 
     /// Children that exit at once, while another thread reaps in a tight
     /// loop: each may be waited for the moment it exits, before `spawn` has
@@ -395,7 +302,8 @@ pub(crate) mod tests {
     #[test]
     fn a_child_that_exits_before_it_is_registered_is_not_lost() {
         isolated(
-            &test_path("a_child_that_exits_before_it_is_registered_is_not_lost"),
+            module_path!(),
+            "a_child_that_exits_before_it_is_registered_is_not_lost",
             || async {
                 let (r, _tracker, cancel) = reaper();
                 let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -429,7 +337,8 @@ pub(crate) mod tests {
     #[test]
     fn many_children_exiting_at_once_are_all_reaped() {
         isolated(
-            &test_path("many_children_exiting_at_once_are_all_reaped"),
+            module_path!(),
+            "many_children_exiting_at_once_are_all_reaped",
             || async {
                 let (r, _tracker, cancel) = reaper();
                 let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -483,21 +392,25 @@ pub(crate) mod tests {
     /// the reaper's does not pin either.
     #[test]
     fn a_reaped_pid_is_no_longer_pinnable() {
-        isolated(&test_path("a_reaped_pid_is_no_longer_pinnable"), || async {
-            let (r, _tracker, cancel) = reaper();
-            let mut cmd = sh("exec sleep 1000");
-            cmd.process_group(0);
-            let s = r.spawn(&mut cmd, "sleeper").unwrap();
-            let pinned = r.pin(s.pid).expect("an unreaped child pins");
-            assert_eq!(r.signal_group(s.pid, Signal::SIGCONT), Ok(()));
-            pinned.signal(Signal::SIGKILL).unwrap();
-            assert_eq!(status_of(s.exit).await, ExitStatus::Signaled(9));
-            assert!(r.pin(s.pid).is_none(), "a reaped pid pinned");
-            assert_eq!(r.signal_group(s.pid, Signal::SIGKILL), Err(Errno::ESRCH));
-            assert_eq!(pinned.signal(Signal::SIGKILL), Err(Errno::ESRCH));
-            assert!(r.pin(nix::unistd::getpid()).is_none(), "not the reaper's");
-            cancel.cancel();
-        });
+        isolated(
+            module_path!(),
+            "a_reaped_pid_is_no_longer_pinnable",
+            || async {
+                let (r, _tracker, cancel) = reaper();
+                let mut cmd = sh("exec sleep 1000");
+                cmd.process_group(0);
+                let s = r.spawn(&mut cmd, "sleeper").unwrap();
+                let pinned = r.pin(s.pid).expect("an unreaped child pins");
+                assert_eq!(r.signal_group(s.pid, Signal::SIGCONT), Ok(()));
+                pinned.signal(Signal::SIGKILL).unwrap();
+                assert_eq!(status_of(s.exit).await, ExitStatus::Signaled(9));
+                assert!(r.pin(s.pid).is_none(), "a reaped pid pinned");
+                assert_eq!(r.signal_group(s.pid, Signal::SIGKILL), Err(Errno::ESRCH));
+                assert_eq!(pinned.signal(Signal::SIGKILL), Err(Errno::ESRCH));
+                assert!(r.pin(nix::unistd::getpid()).is_none(), "not the reaper's");
+                cancel.cancel();
+            },
+        );
     }
 
     /// A process the reaper did not spawn (a daemon re-parented to rayhead)
@@ -507,7 +420,8 @@ pub(crate) mod tests {
     #[test]
     fn a_watched_process_that_exited_first_is_not_lost() {
         isolated(
-            &test_path("a_watched_process_that_exited_first_is_not_lost"),
+            module_path!(),
+            "a_watched_process_that_exited_first_is_not_lost",
             || async {
                 let (r, _tracker, cancel) = reaper();
                 let before = r.mark();

@@ -256,20 +256,15 @@ fn kill_all() -> usize {
 #[cfg(test)]
 mod tests {
     //! Real short-lived processes, in a process of the test's own (see
-    //! `reaper::tests::isolated`): a stop signals every descendant.
+    //! [`isolated`](crate::init::test_support::isolated)): a stop signals
+    //! every descendant.
 
     use std::os::unix::process::CommandExt;
     use std::path::Path;
 
     use super::*;
-    use crate::init::reaper::tests::{isolated, reaper, sh, status_of};
     use crate::init::reaper::ExitStatus;
-
-    fn test_path(name: &str) -> String {
-        let module = module_path!();
-        let module = module.split_once("::").map_or(module, |m| m.1);
-        format!("{module}::{name}")
-    }
+    use crate::init::test_support::{isolated, reaper, sh, status_of};
 
     fn plan(grace: Duration, group: Option<(Pid, Signal)>) -> StopPlan {
         StopPlan {
@@ -299,7 +294,8 @@ mod tests {
     #[test]
     fn sigterm_then_sigkill_after_the_grace() {
         isolated(
-            &test_path("sigterm_then_sigkill_after_the_grace"),
+            module_path!(),
+            "sigterm_then_sigkill_after_the_grace",
             || async {
                 let dir = tempfile::tempdir().unwrap();
                 let (r, tracker, cancel) = reaper();
@@ -341,7 +337,8 @@ mod tests {
     #[test]
     fn a_sigterm_ignoring_grandchild_is_killed_and_reaped() {
         isolated(
-            &test_path("a_sigterm_ignoring_grandchild_is_killed_and_reaped"),
+            module_path!(),
+            "a_sigterm_ignoring_grandchild_is_killed_and_reaped",
             || async {
                 let dir = tempfile::tempdir().unwrap();
                 let (r, tracker, cancel) = reaper();
@@ -386,7 +383,8 @@ mod tests {
     #[test]
     fn the_childs_exit_code_passes_through_the_stop() {
         isolated(
-            &test_path("the_childs_exit_code_passes_through_the_stop"),
+            module_path!(),
+            "the_childs_exit_code_passes_through_the_stop",
             || async {
                 let dir = tempfile::tempdir().unwrap();
                 let (r, tracker, cancel) = reaper();
@@ -412,38 +410,43 @@ mod tests {
     /// A second SIGTERM during the grace: SIGKILL at once.
     #[test]
     fn a_second_stop_signal_kills_at_once() {
-        isolated(&test_path("a_second_stop_signal_kills_at_once"), || async {
-            let dir = tempfile::tempdir().unwrap();
-            let (r, tracker, cancel) = reaper();
-            let child = r
-                .spawn(
-                    sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
-                        .env("D", dir.path()),
-                    "stubborn",
-                )
-                .unwrap();
-            ready(&dir.path().join("ready")).await;
-            let grace = Duration::from_secs(30);
-            let (tx, mut signals) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                sleep(Duration::from_millis(300)).await;
-                let _ = tx.send(Signal::SIGTERM);
-                // Kept open: a closed channel is no signal.
-                sleep(Duration::from_secs(60)).await;
-            });
-            let report = stop_tree(&r, &plan(grace, None), &mut signals, &tracker, &cancel).await;
-            assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(9));
-            assert!(report.escalated, "{report:?}");
-            assert!(report.killed >= 1, "{report:?}");
-            assert!(report.elapsed < Duration::from_secs(10), "{report:?}");
-            cancel.cancel();
-        });
+        isolated(
+            module_path!(),
+            "a_second_stop_signal_kills_at_once",
+            || async {
+                let dir = tempfile::tempdir().unwrap();
+                let (r, tracker, cancel) = reaper();
+                let child = r
+                    .spawn(
+                        sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
+                            .env("D", dir.path()),
+                        "stubborn",
+                    )
+                    .unwrap();
+                ready(&dir.path().join("ready")).await;
+                let grace = Duration::from_secs(30);
+                let (tx, mut signals) = mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    sleep(Duration::from_millis(300)).await;
+                    let _ = tx.send(Signal::SIGTERM);
+                    // Kept open: a closed channel is no signal.
+                    sleep(Duration::from_secs(60)).await;
+                });
+                let report =
+                    stop_tree(&r, &plan(grace, None), &mut signals, &tracker, &cancel).await;
+                assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(9));
+                assert!(report.escalated, "{report:?}");
+                assert!(report.killed >= 1, "{report:?}");
+                assert!(report.elapsed < Duration::from_secs(10), "{report:?}");
+                cancel.cancel();
+            },
+        );
     }
 
     /// Nothing to stop: the stop returns at once, signalling nobody.
     #[test]
     fn an_empty_tree_stops_at_once() {
-        isolated(&test_path("an_empty_tree_stops_at_once"), || async {
+        isolated(module_path!(), "an_empty_tree_stops_at_once", || async {
             let (r, tracker, cancel) = reaper();
             // The reaper's first pass finds no child and says it is idle.
             let mut idle = r.idle();
