@@ -3,7 +3,8 @@
 //!
 //! It sits below both the supervisors (`init`, `ray`) and the probe server,
 //! so that the probe serves any supervisor and imports none. The supervisor
-//! is its only writer; readers borrow the latest snapshot without any I/O.
+//! writes it, and each storage monitor its own section (`redis`, `rocksdb`);
+//! readers borrow the latest snapshot without any I/O.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
