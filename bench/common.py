@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 import grpc
 
@@ -135,3 +136,22 @@ def stop_head(head, redis, tmp):
     subprocess.run(["pkill", "-9", "-f", tmp])
     redis.kill()
     redis.wait()
+
+
+def http_ok(url, timeout=0.5):
+    """Whether `url` answers 200 within `timeout` s."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def wait_for(what, cond, limit, every=0.01):
+    """The time at which `cond()` first holds; a RuntimeError after `limit` s."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if cond():
+            return time.time()
+        time.sleep(every)
+    raise RuntimeError(f"timed out waiting for {what}")

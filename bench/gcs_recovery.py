@@ -35,11 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PASSWORD, PY, RAYHEAD, ROOT, TESTS_PY, VENV_BIN, GcsHealth, free_port,  # noqa: E402
-                    manifest_env, procs_with, serving)
+                    http_ok, manifest_env, procs_with, serving, wait_for)
 
 # How long an incident may take before the benchmark records "never".
 LIMIT = 200.0
@@ -53,12 +52,6 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def http_ok(url, timeout=0.5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except Exception:
-        return False
 
 
 class Poller(threading.Thread):
@@ -92,13 +85,6 @@ class Poller(threading.Thread):
         return next((c for c in self.oks if c >= start), None)
 
 
-def wait_for(what, cond, limit):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if cond():
-            return time.time()
-        time.sleep(0.01)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def wait_for_head_init(marker):
@@ -291,7 +277,7 @@ class Cluster:
         for p in pollers:  # each has seen the outage end
             try:
                 wait_for("a poller", lambda: p.back_after(t0) is not None, 30)
-            except SystemExit:
+            except RuntimeError:
                 pass
         if sig == signal.SIGSTOP:  # (b) never kills it itself; PDEATHSIG does
             try:

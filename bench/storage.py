@@ -49,7 +49,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PASSWORD, PY, RAYHEAD, ROOT, VENV_BIN, GcsHealth, free_port,  # noqa: E402
-                    manifest_env, procs_with)
+                    http_ok, manifest_env, procs_with, wait_for)
 
 LIMIT = 120.0
 MARKER_VAR = "RAYHEAD_BENCH_STORAGE_RUN"
@@ -136,21 +136,8 @@ def sub_pgs(addr, n):
 
 # ---- the benchmark ----
 
-def http_ok(url, timeout=0.5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except Exception:
-        return False
 
 
-def wait_for(what, cond, limit=LIMIT, every=0.01):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if cond():
-            return time.time()
-        time.sleep(every)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def du(path):

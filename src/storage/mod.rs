@@ -20,6 +20,29 @@ use crate::exit::Exit;
 use crate::state::{Backend, Snapshot, State};
 pub use rocksdb::{DiskProblem, Rocksdb};
 
+/// A monitor's rhythm: `look` every `interval` (a late tick delays the next
+/// rather than bursting), each finding handed to `then`, until `cancel`,
+/// which also drops a look in flight.
+async fn every<T, F: std::future::Future<Output = T>>(
+    interval: Duration,
+    cancel: &CancellationToken,
+    look: impl Fn() -> F,
+    mut then: impl FnMut(T),
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        tokio::select! {
+            found = look() => then(found),
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// The GCS's fault-tolerant storage. `None` where it has none (memory).
 #[derive(Clone)]
 pub enum Store {

@@ -19,17 +19,8 @@ pub async fn monitor(
     let mut last_up: Option<bool> = None;
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_notes: Vec<String> = Vec::new();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = cancel.cancelled() => return,
-        }
-        let f = tokio::select! {
-            f = redis.findings(namespace.as_deref()) => f,
-            _ = cancel.cancelled() => return,
-        };
+    let look = || redis.findings(namespace.as_deref());
+    super::every(interval, &cancel, look, |f| {
         match (f.up, last_up) {
             (true, Some(false)) => tracing::info!(redis = %redis.address, "Redis answers again"),
             (false, Some(true) | None) => {
@@ -70,5 +61,6 @@ pub async fn monitor(
                 }
             }
         });
-    }
+    })
+    .await
 }

@@ -505,17 +505,8 @@ impl Rocksdb {
     /// `interval`; a problem is logged when it appears and when it clears.
     pub async fn monitor(self, interval: Duration, state: State, cancel: CancellationToken) {
         let mut last: Option<String> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
-            }
-            let reading = tokio::select! {
-                r = self.read(Look::Monitor, CHECK_TIMEOUT) => r,
-                _ = cancel.cancelled() => return,
-            };
+        let look = || self.read(Look::Monitor, CHECK_TIMEOUT);
+        super::every(interval, &cancel, look, |reading| {
             let problem = reading.problem.as_ref().map(ToString::to_string);
             match (&last, &problem) {
                 (_, Some(p)) if last.as_ref() != Some(p) => {
@@ -532,7 +523,8 @@ impl Rocksdb {
                     record(r, &reading);
                 }
             });
-        }
+        })
+        .await
     }
 }
 
