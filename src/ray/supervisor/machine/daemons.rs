@@ -154,41 +154,15 @@ impl Machine {
         healthy: bool,
         detail: String,
     ) -> Vec<Action> {
+        let (unready_after, hung_after) = self.health_bounds(daemon);
         let stable_after = self.cfg.gcs.stable_after;
-        let policy = self.cfg.ray.on_daemon_exit;
-        let (unready_after, hung_after) = match daemon.spec().policy {
-            Policy::Critical => (
-                self.cfg.ray.raylet_unhealthy_after,
-                self.cfg.ray.raylet_hung_after,
-            ),
-            _ => (
-                self.cfg.ray.daemon_unhealthy_after,
-                self.cfg.ray.daemon_unhealthy_after,
-            ),
-        };
         let Some(w) = self.watched.get_mut(&daemon) else {
             return Vec::new();
         };
         if w.pid != Some(pid) {
             return Vec::new();
         }
-        if healthy {
-            if w.unhealthy_since.take().is_some() {
-                tracing::info!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon healthy again");
-            }
-            if let DaemonStep::Running {
-                restarted: Some(at),
-            } = w.step
-            {
-                if now.saturating_duration_since(at) >= stable_after {
-                    w.step = DaemonStep::Running { restarted: None };
-                    w.failures = 0;
-                }
-            }
-        } else if w.unhealthy_since.is_none() {
-            w.unhealthy_since = Some(now);
-            tracing::warn!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon failed its health check");
-        }
+        w.record_check(now, daemon, pid, healthy, &detail, stable_after);
         let since = w.unhealthy_since;
         let running = matches!(w.step, DaemonStep::Running { .. });
         let on_probation = matches!(w.step, DaemonStep::Running { restarted: Some(_) });
@@ -213,7 +187,37 @@ impl Machine {
             "failed its health checks for {:.1}s ({detail})",
             hung_for.as_secs_f64()
         );
-        match (daemon.spec().policy, policy) {
+        self.daemon_hung(daemon, pid, &hung, hung_after, on_probation)
+    }
+
+    /// How long a daemon may fail its checks before it costs readiness, and
+    /// before it counts as hung: the raylet has bounds of its own, since a
+    /// hung raylet ends the head while any other daemon is only replaced.
+    fn health_bounds(&self, daemon: Daemon) -> (Duration, Duration) {
+        match daemon.spec().policy {
+            Policy::Critical => (
+                self.cfg.ray.raylet_unhealthy_after,
+                self.cfg.ray.raylet_hung_after,
+            ),
+            _ => (
+                self.cfg.ray.daemon_unhealthy_after,
+                self.cfg.ray.daemon_unhealthy_after,
+            ),
+        }
+    }
+
+    /// A daemon failed its checks past its hung bound: what ray.on-daemon-exit
+    /// says for an exit holds for a hang too, except for the raylet, which
+    /// cannot be replaced (a new raylet would be a new node).
+    fn daemon_hung(
+        &mut self,
+        daemon: Daemon,
+        pid: Pid,
+        hung: &str,
+        hung_after: Duration,
+        on_probation: bool,
+    ) -> Vec<Action> {
+        match (daemon.spec().policy, self.cfg.ray.on_daemon_exit) {
             (Policy::Critical, _) => {
                 tracing::error!(
                     daemon = daemon.name(),
@@ -242,7 +246,7 @@ impl Machine {
                     }
                     w.step = DaemonStep::Reaping(pid);
                 }
-                if let Some(finish) = self.daemon_crash_loop(daemon, &hung) {
+                if let Some(finish) = self.daemon_crash_loop(daemon, hung) {
                     return vec![finish];
                 }
                 tracing::warn!(
@@ -252,6 +256,39 @@ impl Machine {
                 );
                 vec![Action::KillTree(pid)]
             }
+        }
+    }
+}
+
+impl Watched {
+    /// Keeps when the checks began to fail (the hung bound counts from
+    /// there), and ends a restart's probation once it has been healthy
+    /// for gcs.stable-after.
+    fn record_check(
+        &mut self,
+        now: Instant,
+        daemon: Daemon,
+        pid: Pid,
+        healthy: bool,
+        detail: &str,
+        stable_after: Duration,
+    ) {
+        if healthy {
+            if self.unhealthy_since.take().is_some() {
+                tracing::info!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon healthy again");
+            }
+            if let DaemonStep::Running {
+                restarted: Some(at),
+            } = self.step
+            {
+                if now.saturating_duration_since(at) >= stable_after {
+                    self.step = DaemonStep::Running { restarted: None };
+                    self.failures = 0;
+                }
+            }
+        } else if self.unhealthy_since.is_none() {
+            self.unhealthy_since = Some(now);
+            tracing::warn!(daemon = daemon.name(), pid = pid.as_raw(), detail = %detail, "Ray daemon failed its health check");
         }
     }
 }

@@ -98,20 +98,8 @@ impl Machine {
             g.last_loss_reason = Some(reason.clone());
         });
         self.enter(Phase::Recovering, &format!("GCS lost: {reason}"));
-
-        if self.cfg.ray.mode == RayMode::Block {
-            actions.push(Action::KillBlockGcs);
-            actions.push(Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(
-                format!("GCS lost ({reason}); in block mode rayhead does not restart it"),
-            ))));
-            return actions;
-        }
-        if self.store.is_none() {
-            actions.push(Action::Finish(Outcome::Fail(
-                Exit::GcsLostWithoutFaultTolerance(format!(
-                    "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
-                )),
-            )));
+        if let Some(end) = self.unrecoverable(&reason) {
+            actions.extend(end);
             return actions;
         }
         self.state.update_gcs(|g| g.deadline = Some(deadline_wall));
@@ -141,6 +129,28 @@ impl Machine {
             actions.extend(self.after_reap(now));
         }
         actions
+    }
+
+    /// The heads whose GCS rayhead cannot restart: under `ray start
+    /// --block` the GCS is not rayhead's child, and without fault tolerance
+    /// a new GCS would start with none of the old one's state.
+    fn unrecoverable(&self, reason: &str) -> Option<Vec<Action>> {
+        if self.cfg.ray.mode == RayMode::Block {
+            return Some(vec![
+                Action::KillBlockGcs,
+                Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(format!(
+                    "GCS lost ({reason}); in block mode rayhead does not restart it"
+                )))),
+            ]);
+        }
+        if self.store.is_none() {
+            return Some(vec![Action::Finish(Outcome::Fail(
+                Exit::GcsLostWithoutFaultTolerance(format!(
+                    "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
+                )),
+            ))]);
+        }
+        None
     }
 
     /// An event while recovering: the gate's answer, the new gcs_server's
