@@ -388,7 +388,7 @@ mod tests {
                 assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(15));
                 // Orphaned to this subreaper, killed, and reaped by it.
                 assert_eq!(
-                    status_of(r.watch(gc, "grandchild", since)).await,
+                    status_of(r.claim(gc, "grandchild", since)).await,
                     ExitStatus::Signaled(9)
                 );
                 assert_eq!(report.terminated, 2, "{report:?}");

@@ -62,7 +62,7 @@ pub(super) struct Supervisor<'a> {
     /// Each adopted daemon's command, captured so that it can be started
     /// again in place.
     specs: HashMap<Daemon, DaemonSpec>,
-    /// Each watched daemon's descendants, as its health checks last saw.
+    /// Each health-checked daemon's descendants, as its checks last saw.
     families: Families,
     /// `ray start`'s pid: its process group is the head's (block mode).
     ray_start: Option<Pid>,
@@ -188,7 +188,7 @@ impl<'a> Supervisor<'a> {
                 self.pending.push_back(Event::Found(found));
             }
             Action::Adopt(found) => self.adopt(found),
-            Action::WatchHealth(daemon, pid) => self.watch_health(daemon, pid),
+            Action::StartHealthChecks(daemon, pid) => self.start_health_checks(daemon, pid),
             // Each by identity: the daemon may be reaped already, and the
             // family list is seconds old; a pid reused since is spared.
             Action::KillTree(pid) => {
@@ -318,7 +318,7 @@ impl<'a> Supervisor<'a> {
     fn adopt(&mut self, found: Vec<(Daemon, Pid)>) {
         let mark = self.scan_mark.unwrap_or_else(|| self.init.reaper.mark());
         for (daemon, pid) in found {
-            let rx = self.init.reaper.watch(pid, daemon.name(), mark);
+            let rx = self.init.reaper.claim(pid, daemon.name(), mark);
             self.forward_exit(daemon, pid, rx);
             match DaemonSpec::capture(pid) {
                 Ok(spec) => {
@@ -330,13 +330,13 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if daemon != Daemon::GcsServer {
-                self.watch_health(daemon, pid);
+                self.start_health_checks(daemon, pid);
             }
         }
     }
 
     /// Checks a daemon's health every ray.health-interval, until it is gone.
-    fn watch_health(&self, daemon: Daemon, pid: Pid) {
+    fn start_health_checks(&self, daemon: Daemon, pid: Pid) {
         let spec = self.specs.get(&daemon);
         // Only a daemon still unreaped: its pid may be anyone's after.
         let Some(pinned) = self.init.reaper.pin(pid) else {
@@ -349,7 +349,7 @@ impl<'a> Supervisor<'a> {
             check: daemon.spec().check,
             http: spec.and_then(|s| http_target(s.arg("--host"), s.arg("--port"))),
         };
-        self.init.tracker.spawn(daemon_health::watch(
+        self.init.tracker.spawn(daemon_health::check_every(
             target,
             self.cfg.ray.health_interval,
             self.cfg.ray.health_timeout,

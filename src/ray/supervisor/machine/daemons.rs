@@ -18,7 +18,7 @@ impl Machine {
         if daemon == Daemon::GcsServer {
             return self.gcs_exited(now, pid, status);
         }
-        let step = match self.watched.get_mut(&daemon) {
+        let step = match self.daemons.get_mut(&daemon) {
             Some(w) if w.pid == Some(pid) => {
                 w.pid = None;
                 w.unhealthy_since = None;
@@ -28,7 +28,7 @@ impl Machine {
         };
         self.set_child(daemon, None, ChildStatus::Exited, Some(status.to_string()));
         let stable_after = self.cfg.gcs.stable_after;
-        let Some(w) = self.watched.get_mut(&daemon) else {
+        let Some(w) = self.daemons.get_mut(&daemon) else {
             return Vec::new();
         };
         match (daemon.spec().policy, self.cfg.ray.on_daemon_exit, step) {
@@ -70,7 +70,7 @@ impl Machine {
 
     /// Starts a daemon again, at once or after its back-off.
     pub(super) fn start_daemon(&mut self, now: Instant, daemon: Daemon) -> Vec<Action> {
-        let Some(w) = self.watched.get_mut(&daemon) else {
+        let Some(w) = self.daemons.get_mut(&daemon) else {
             return Vec::new();
         };
         match w.step {
@@ -92,7 +92,7 @@ impl Machine {
         daemon: Daemon,
         started: Result<Pid, StartError>,
     ) -> Vec<Action> {
-        let Some(w) = self.watched.get_mut(&daemon) else {
+        let Some(w) = self.daemons.get_mut(&daemon) else {
             return Vec::new();
         };
         match started {
@@ -117,7 +117,7 @@ impl Machine {
                     pid = pid.as_raw(),
                     "restarted {daemon} in place"
                 );
-                vec![Action::WatchHealth(daemon, pid)]
+                vec![Action::StartHealthChecks(daemon, pid)]
             }
             Err(e) if !e.retry => vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
                 "Ray's {daemon} is gone and cannot be started again: {}",
@@ -136,7 +136,7 @@ impl Machine {
 
     /// Exit 84 once gcs.max-restarts restarts of one daemon in a row failed.
     pub(super) fn daemon_crash_loop(&self, daemon: Daemon, last: &str) -> Option<Action> {
-        let failures = self.watched.get(&daemon).map_or(0, |w| w.failures);
+        let failures = self.daemons.get(&daemon).map_or(0, |w| w.failures);
         (failures >= self.cfg.gcs.max_restarts).then(|| {
             Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
                 "Ray's {daemon}: {failures} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}"
@@ -156,7 +156,7 @@ impl Machine {
     ) -> Vec<Action> {
         let (unready_after, hung_after) = self.health_bounds(daemon);
         let stable_after = self.cfg.gcs.stable_after;
-        let Some(w) = self.watched.get_mut(&daemon) else {
+        let Some(w) = self.daemons.get_mut(&daemon) else {
             return Vec::new();
         };
         if w.pid != Some(pid) {
@@ -240,7 +240,7 @@ impl Machine {
                 )))),
             ],
             (_, DaemonExitPolicy::Restart) => {
-                if let Some(w) = self.watched.get_mut(&daemon) {
+                if let Some(w) = self.daemons.get_mut(&daemon) {
                     if on_probation {
                         w.failures = w.failures.saturating_add(1);
                     }
@@ -260,7 +260,7 @@ impl Machine {
     }
 }
 
-impl Watched {
+impl TrackedDaemon {
     /// Keeps when the checks began to fail (the hung bound counts from
     /// there), and ends a restart's probation once it has been healthy
     /// for gcs.stable-after.

@@ -24,7 +24,7 @@ pub use crate::ray::memory::MemorySample;
 
 /// What the machine remembers between samples.
 #[derive(Debug, Default)]
-pub(super) struct MemoryWatch {
+pub(super) struct MemoryRestarts {
     /// Since when the current gcs_server has been over the mark.
     over_since: Option<Instant>,
     /// When the last memory restart began.
@@ -59,7 +59,7 @@ impl Machine {
                 .find(|(_, pid, _)| *pid == gcs)
                 .map(|(_, _, rss)| *rss)
         });
-        let (Stage::Watching(_), Some(mark), Some(rss)) = (&self.stage, mark, gcs_rss) else {
+        let (Stage::Steady(_), Some(mark), Some(rss)) = (&self.stage, mark, gcs_rss) else {
             self.under_mark();
             return Vec::new();
         };
@@ -118,7 +118,7 @@ impl Machine {
             }
         });
         // A planned restart is no failure, whatever probation the GCS is on.
-        if let Stage::Watching(w) = &mut self.stage {
+        if let Stage::Steady(w) = &mut self.stage {
             w.probation = None;
         }
         self.lost(now, reason)

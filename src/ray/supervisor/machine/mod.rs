@@ -8,7 +8,7 @@
 //! and the unit tests drive every path with a made-up clock in
 //! microseconds.
 //!
-//! Stages: StartGate → Launching → Adopting → Watching ⇄ Recovering, and
+//! Stages: StartGate → Launching → Adopting → Steady ⇄ Recovering, and
 //! Done once an [`Action::Finish`] has been returned.
 
 use std::collections::BTreeMap;
@@ -120,7 +120,7 @@ pub enum Action {
     /// check the health of each but the GCS.
     Adopt(Vec<(Daemon, Pid)>),
     /// Check the health of a daemon started again.
-    WatchHealth(Daemon, Pid),
+    StartHealthChecks(Daemon, Pid),
     /// Point the GCS health monitor at a generation and an interval.
     Monitor(Mode),
     /// SIGKILL this process; its exit comes back as an event.
@@ -163,16 +163,17 @@ enum Stage {
         give_up: Instant,
         next_scan: Instant,
     },
-    /// The head runs; the GCS is watched.
-    Watching(Watch),
+    /// The head runs, between start-up and a loss: the GCS's health
+    /// decides when it is lost, and the other daemons are health-checked.
+    Steady(Steady),
     /// The GCS was lost and is being restarted in place.
     Recovering(Recovery),
     /// An [`Action::Finish`] was returned.
     Done,
 }
 
-struct Watch {
-    /// When watching began: the unhealthy timer's start until a SERVING.
+struct Steady {
+    /// When this stage began: the unhealthy timer's start until a SERVING.
     since: Instant,
     /// When a restarted GCS first answered SERVING, until gcs.stable-after
     /// has passed: a loss before then is a failed restart.
@@ -227,12 +228,12 @@ pub struct Machine {
     /// Failed restarts in a row: the crash-loop guard's count.
     failures: u32,
     /// Every adopted daemon but the GCS: its health, and its restarts.
-    watched: BTreeMap<Daemon, Watched>,
-    memory: memory::MemoryWatch,
+    daemons: BTreeMap<Daemon, TrackedDaemon>,
+    memory: memory::MemoryRestarts,
 }
 
 /// A daemon other than the GCS, as the machine follows it.
-struct Watched {
+struct TrackedDaemon {
     /// The live process, while there is one.
     pid: Option<Pid>,
     /// Since when its checks fail.
@@ -272,8 +273,8 @@ impl Machine {
             last_serving: None,
             gcs: None,
             failures: 0,
-            watched: BTreeMap::new(),
-            memory: memory::MemoryWatch::default(),
+            daemons: BTreeMap::new(),
+            memory: memory::MemoryRestarts::default(),
         }
     }
 
@@ -294,7 +295,7 @@ impl Machine {
 
     /// When the machine next wants [`Event::TimerFired`], and which.
     pub fn timer(&self) -> Option<(Instant, Timer)> {
-        let daemons = self.watched.iter().filter_map(|(d, w)| match w.step {
+        let daemons = self.daemons.iter().filter_map(|(d, w)| match w.step {
             DaemonStep::Backoff(until) => Some((until, Timer::DaemonBackoff(*d))),
             _ => None,
         });
@@ -307,7 +308,7 @@ impl Machine {
     fn stage_timer(&self) -> Option<(Instant, Timer)> {
         match &self.stage {
             Stage::Adopting { next_scan, .. } => Some((*next_scan, Timer::Rescan)),
-            Stage::Watching(w) => {
+            Stage::Steady(w) => {
                 let unhealthy = after(
                     self.last_serving.unwrap_or(w.since),
                     self.cfg.gcs.unhealthy_after,
@@ -387,7 +388,7 @@ impl Machine {
             Stage::StartGate => self.at_start_gate(now, event),
             Stage::Launching => self.while_launching(now, event),
             Stage::Adopting { .. } => self.while_adopting(now, event),
-            Stage::Watching(_) => self.while_watching(now, event),
+            Stage::Steady(_) => self.while_steady(now, event),
             Stage::Recovering(_) => self.while_recovering(now, event),
             Stage::Done => ignored(event),
         }
@@ -459,7 +460,7 @@ impl Machine {
         }
     }
 
-    fn while_watching(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    fn while_steady(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match event {
             Event::RayStartExited(status, _) => {
                 // Block mode: `ray start --block` is the head.
@@ -476,7 +477,7 @@ impl Machine {
                 self.lost(now, reason)
             }
             Event::TimerFired(Timer::Stable) => {
-                if let Stage::Watching(w) = &mut self.stage {
+                if let Stage::Steady(w) = &mut self.stage {
                     w.probation = None;
                 }
                 if self.failures > 0 {
@@ -493,11 +494,12 @@ impl Machine {
         }
     }
 
-    /// Runs `ray start`. In block mode it is the head: watching begins now.
+    /// Runs `ray start`. In block mode it is the head: the steady stage
+    /// begins now.
     fn launch(&mut self, now: Instant) -> Vec<Action> {
         self.stage = match self.cfg.ray.mode {
             RayMode::Direct => Stage::Launching,
-            RayMode::Block => Stage::Watching(Watch {
+            RayMode::Block => Stage::Steady(Steady {
                 since: now,
                 probation: None,
             }),
@@ -522,9 +524,9 @@ impl Machine {
             if *daemon == Daemon::GcsServer {
                 self.gcs = Some(*pid);
             } else {
-                self.watched.insert(
+                self.daemons.insert(
                     *daemon,
-                    Watched {
+                    TrackedDaemon {
                         pid: Some(*pid),
                         unhealthy_since: None,
                         failures: 0,
@@ -533,7 +535,7 @@ impl Machine {
                 );
             }
         }
-        self.stage = Stage::Watching(Watch {
+        self.stage = Stage::Steady(Steady {
             since: now,
             probation: None,
         });
@@ -544,7 +546,7 @@ impl Machine {
         actions
     }
 
-    /// The first SERVING while watching: the head runs, and the monitor
+    /// The first SERVING in the steady stage: the head runs, and the monitor
     /// slows to gcs.health-interval.
     fn start_running(&mut self) -> Vec<Action> {
         if self.phase != Phase::Starting {

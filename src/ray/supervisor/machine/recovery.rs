@@ -19,7 +19,7 @@ impl Machine {
             Some(status.to_string()),
         );
         match &mut self.stage {
-            Stage::Watching(_) => self.lost(now, format!("gcs_server {status}")),
+            Stage::Steady(_) => self.lost(now, format!("gcs_server {status}")),
             Stage::Recovering(r) => match r.step {
                 Step::Reaping(old) if old == pid => self.after_reap(now),
                 Step::Starting(new) if new == pid => {
@@ -50,19 +50,19 @@ impl Machine {
                 self.recovered(now)
             }
             (Stage::Recovering(_), _) => Vec::new(),
-            (Stage::Watching(_), Health::Serving) => {
+            (Stage::Steady(_), Health::Serving) => {
                 self.last_serving = Some(obs.at);
                 self.start_running()
             }
             (_, Health::Serving) => {
-                // Before adoption: remembered, acted on once watching.
+                // Before adoption: remembered, acted on once steady.
                 self.last_serving = Some(obs.at);
                 Vec::new()
             }
-            (Stage::Watching(_), Health::NotServing) => {
+            (Stage::Steady(_), Health::NotServing) => {
                 self.lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
             }
-            (Stage::Watching(_), Health::Refused) if self.last_serving.is_some() => {
+            (Stage::Steady(_), Health::Refused) if self.last_serving.is_some() => {
                 self.lost(now, "the GCS port refuses connections".into())
             }
             _ => Vec::new(),
@@ -71,7 +71,7 @@ impl Machine {
 
     /// The GCS is lost: start a recovery, or decide that none can be.
     pub(super) fn lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
-        if let Stage::Watching(Watch {
+        if let Stage::Steady(Steady {
             probation: Some(_), ..
         }) = self.stage
         {
@@ -298,7 +298,7 @@ impl Machine {
             "GCS recovered in place"
         );
         self.enter(Phase::Running, "GCS recovered in place");
-        self.stage = Stage::Watching(Watch {
+        self.stage = Stage::Steady(Steady {
             since: now,
             probation: Some(now),
         });

@@ -32,7 +32,10 @@ fn a_dashboard_that_exits_is_restarted_in_place() {
         ]
     );
     let a = h.ev(Event::Started(Daemon::Dashboard, Ok(pid(50))));
-    assert_eq!(a, vec![Action::WatchHealth(Daemon::Dashboard, pid(50))]);
+    assert_eq!(
+        a,
+        vec![Action::StartHealthChecks(Daemon::Dashboard, pid(50))]
+    );
     let snap = h.state.get();
     let d = &snap.daemons["dashboard"];
     assert_eq!(

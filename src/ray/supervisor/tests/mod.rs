@@ -43,7 +43,7 @@ enum At {
     Launching,
     Adopting,
     /// Adopted, no SERVING yet.
-    Watching,
+    Steady,
     Running,
     /// A hung GCS was SIGKILLed and is not reaped yet.
     Reaping,
@@ -59,7 +59,7 @@ const EVERY_STAGE: [At; 9] = [
     At::StartGate,
     At::Launching,
     At::Adopting,
-    At::Watching,
+    At::Steady,
     At::Running,
     At::Reaping,
     At::Gate,
@@ -169,7 +169,7 @@ impl H {
             (Daemon::Dashboard, pid(DASHBOARD)),
         ]));
         assert!(matches!(a[..], [Action::Adopt(_)]), "{a:?}");
-        if let At::Watching = at {
+        if let At::Steady = at {
             return h;
         }
         h.health(Health::Serving);
@@ -501,7 +501,7 @@ fn unhealthy_after_declares_a_silent_gcs_lost() {
         .unwrap()
         .contains("no SERVING answer"));
     // A refused port counts only once the GCS has served.
-    let mut h = H::at(At::Watching, &[]);
+    let mut h = H::at(At::Steady, &[]);
     assert!(h.health(Health::Refused).is_empty());
     let mut h = H::at(At::Running, &[]);
     assert!(h.health(Health::Refused).contains(&Action::Kill(pid(GCS))));
