@@ -70,10 +70,14 @@ impl Init {
 /// How often the loop proves it is alive, for `/livez`.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Why the supervised command stopped running.
-enum Ended {
-    Exited(ExitStatus),
-    Signalled(Signal),
+/// Why the init stops the tree: the command's end, or a stop signal for
+/// rayhead. (The Ray supervisor's machine has a `StopReason` of its own.)
+enum StopReason {
+    /// The command exited: its status is rayhead's exit code.
+    CommandExited(ExitStatus),
+    /// A SIGTERM or SIGINT: the command is stopped, and its status, once
+    /// reaped, is rayhead's exit code.
+    Signal(Signal),
 }
 
 /// The command's name in the state snapshot.
@@ -99,12 +103,12 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
         Err(exit) => return exit,
     };
     let pgid = child.pid;
-    let ended = match wait_for_end(cfg, init, &mut child, state).await {
+    let reason = match run_until_stop(cfg, init, &mut child, state).await {
         Ok(e) => e,
         Err(exit) => return exit,
     };
-    record_end(&ended, state);
-    let plan = stop_plan(cfg, pgid, &ended);
+    announce_stop(&reason, state);
+    let plan = stop_plan(cfg, pgid, &reason);
     let stop = stop::stop_tree(
         &init.reaper,
         &plan,
@@ -113,10 +117,10 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
         &init.cancel,
     );
     let report = state.beating(stop).await;
-    let status = match ended {
-        Ended::Exited(s) => s,
+    let status = match reason {
+        StopReason::CommandExited(s) => s,
         // The tree is gone, so the command has been reaped.
-        Ended::Signalled(_) => match child.exit.await {
+        StopReason::Signal(_) => match child.exit.await {
             Ok(s) => s,
             Err(_) => return Exit::Internal("the command's status was lost".into()),
         },
@@ -130,7 +134,7 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
     );
     Exit::Status {
         code: status.code(),
-        reason: reason(&ended, status, &report),
+        reason: exit_reason(&reason, status, &report),
     }
 }
 
@@ -162,24 +166,24 @@ fn start_command(argv: &[String], init: &Init, state: &State) -> Result<Spawned,
 
 /// The init's steady state, while the command runs: it forwards signals
 /// and beats the heartbeat until the command exits or a stop signal comes.
-async fn wait_for_end(
+async fn run_until_stop(
     cfg: &InitConfig,
     init: &mut Init,
     child: &mut Spawned,
     state: &State,
-) -> Result<Ended, Exit> {
+) -> Result<StopReason, Exit> {
     let pgid = child.pid;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
             status = &mut child.exit => match status {
-                Ok(s) => return Ok(Ended::Exited(s)),
+                Ok(s) => return Ok(StopReason::CommandExited(s)),
                 Err(_) => return Err(Exit::Internal("the reaper stopped before the command exited".into())),
             },
             _ = heartbeat.tick() => state.beat(crate::logging::dropped_lines()),
             Some(sig) = init.signals.recv() => {
                 if stop::is_stop_signal(sig) {
-                    return Ok(Ended::Signalled(sig));
+                    return Ok(StopReason::Signal(sig));
                 }
                 if cfg.forward_signals.contains(&sig) {
                     stop::forward_to_group(pgid, sig);
@@ -193,9 +197,9 @@ async fn wait_for_end(
 
 /// Shows why the stop begins, in the log and the snapshot, before the
 /// stop itself (which may take the whole grace period).
-fn record_end(ended: &Ended, state: &State) {
-    match ended {
-        Ended::Exited(s) => {
+fn announce_stop(reason: &StopReason, state: &State) {
+    match reason {
+        StopReason::CommandExited(s) => {
             tracing::info!(status = %s, "the command ended");
             state.set_child(
                 COMMAND,
@@ -206,7 +210,7 @@ fn record_end(ended: &Ended, state: &State) {
             );
             state.set_phase(Phase::Stopping, &format!("the command {s}"));
         }
-        Ended::Signalled(sig) => {
+        StopReason::Signal(sig) => {
             tracing::info!(signal = sig.as_str(), "stopping the process tree");
             state.set_phase(Phase::Stopping, &format!("received {}", sig.as_str()));
         }
@@ -216,9 +220,9 @@ fn record_end(ended: &Ended, state: &State) {
 /// The stop for the command's tree: its group gets the stop signal rayhead
 /// received when that one is forwarded, so the command sees what the
 /// kubelet sent.
-fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, ended: &Ended) -> StopPlan {
-    let group_signal = match ended {
-        Ended::Signalled(sig) if cfg.forward_signals.contains(sig) => *sig,
+fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, reason: &StopReason) -> StopPlan {
+    let group_signal = match reason {
+        StopReason::Signal(sig) if cfg.forward_signals.contains(sig) => *sig,
         _ => Signal::SIGTERM,
     };
     StopPlan {
@@ -230,10 +234,10 @@ fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, ended: &Ended) -> StopPla
     }
 }
 
-fn reason(ended: &Ended, status: ExitStatus, report: &StopReport) -> String {
-    let mut out = match ended {
-        Ended::Exited(_) => format!("the command {status}"),
-        Ended::Signalled(sig) => format!(
+fn exit_reason(stop: &StopReason, status: ExitStatus, report: &StopReport) -> String {
+    let mut out = match stop {
+        StopReason::CommandExited(_) => format!("the command {status}"),
+        StopReason::Signal(sig) => format!(
             "rayhead received {}; the command then {status}",
             sig.as_str()
         ),

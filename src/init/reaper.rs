@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::sys::pin::Pinned;
 use crate::sys::proctree::Identity;
 
-/// How a process ended.
+/// How a child ended, as the reaper's wait saw it: a child's termination,
+/// never rayhead's own exit (that is [`crate::exit::Exit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     Exited(i32),

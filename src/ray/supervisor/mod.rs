@@ -39,7 +39,7 @@ use crate::init::stop::{self, StopPlan};
 use crate::init::{spawn, Init};
 use crate::state::{Phase, State};
 use crate::sys::{pin, proctree};
-use machine::{Action, Event, Machine, Outcome, StartError};
+use machine::{Action, Event, Machine, StartError, StopReason};
 
 use crate::init::HEARTBEAT;
 
@@ -114,10 +114,10 @@ impl<'a> Supervisor<'a> {
             self.init.cancel.child_token(),
         ));
         let mut actions = self.machine.start(Instant::now());
-        let outcome = 'run: loop {
+        let stop = 'run: loop {
             for action in actions {
-                if let Some(outcome) = self.execute(action) {
-                    break 'run outcome;
+                if let Some(stop) = self.execute(action) {
+                    break 'run stop;
                 }
             }
             let event = self.next_event(&mut heartbeat).await;
@@ -126,8 +126,8 @@ impl<'a> Supervisor<'a> {
         if let Some(g) = self.gate.take() {
             g.cancel();
         }
-        match outcome {
-            Outcome::Stop(sig) => {
+        match stop {
+            StopReason::Signal(sig) => {
                 let report = self.teardown(false).await;
                 let killed = if report.killed > 0 {
                     format!(", {} process(es) SIGKILLed", report.killed)
@@ -143,7 +143,7 @@ impl<'a> Supervisor<'a> {
                     ),
                 }
             }
-            Outcome::Fail(exit) => {
+            StopReason::Exit(exit) => {
                 tracing::error!(code = exit.code(), reason = %exit, "giving up: tearing the Ray head down");
                 self.state.update(|s| s.last_reason = Some(exit.reason()));
                 self.teardown(true).await;
@@ -177,7 +177,7 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Carries out one action; `Some` ends the loop.
-    fn execute(&mut self, action: Action) -> Option<Outcome> {
+    fn execute(&mut self, action: Action) -> Option<StopReason> {
         match action {
             Action::WaitForStore { until, purpose } => self.wait_for_store(until, purpose),
             Action::LaunchRay => self.launch_ray(),
@@ -219,7 +219,7 @@ impl<'a> Supervisor<'a> {
                 let started = self.start_daemon(daemon);
                 self.pending.push_back(Event::Started(daemon, started));
             }
-            Action::Finish(outcome) => return Some(outcome),
+            Action::Stop(reason) => return Some(reason),
         }
         None
     }

@@ -32,13 +32,13 @@ impl Machine {
             return Vec::new();
         };
         match (daemon.spec().policy, self.cfg.ray.on_daemon_exit, step) {
-            (Policy::Critical, _, _) => vec![Action::Finish(Outcome::Fail(Exit::RayletDied(
+            (Policy::Critical, _, _) => vec![Action::Stop(StopReason::Exit(Exit::RayletDied(
                 format!("the head {daemon} (pid {pid}) {status}"),
             )))],
             // rayhead killed it (hung): start it again.
             (_, _, DaemonStep::Reaping(old)) if old == pid => self.start_daemon(now, daemon),
             (_, DaemonExitPolicy::Exit, _) => {
-                vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                vec![Action::Stop(StopReason::Exit(Exit::DaemonDied(format!(
                     "Ray's {daemon} (pid {pid}) {status}, and ray.on-daemon-exit is \"exit\""
                 ))))]
             }
@@ -55,8 +55,8 @@ impl Machine {
                         w.failures = w.failures.saturating_add(1);
                     }
                 }
-                if let Some(finish) = self.daemon_crash_loop(daemon, &format!("it {status}")) {
-                    return vec![finish];
+                if let Some(stop) = self.daemon_crash_loop(daemon, &format!("it {status}")) {
+                    return vec![stop];
                 }
                 tracing::warn!(daemon = daemon.name(), "restarting it in place");
                 // Its own children (the dashboard's forkserver modules) go
@@ -119,15 +119,15 @@ impl Machine {
                 );
                 vec![Action::StartHealthChecks(daemon, pid)]
             }
-            Err(e) if !e.retry => vec![Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+            Err(e) if !e.retry => vec![Action::Stop(StopReason::Exit(Exit::DaemonDied(format!(
                 "Ray's {daemon} is gone and cannot be started again: {}",
                 e.message
             ))))],
             Err(e) => {
                 w.failures = w.failures.saturating_add(1);
                 w.step = DaemonStep::Gone;
-                if let Some(finish) = self.daemon_crash_loop(daemon, &e.message) {
-                    return vec![finish];
+                if let Some(stop) = self.daemon_crash_loop(daemon, &e.message) {
+                    return vec![stop];
                 }
                 self.start_daemon(now, daemon)
             }
@@ -138,7 +138,7 @@ impl Machine {
     pub(super) fn daemon_crash_loop(&self, daemon: Daemon, last: &str) -> Option<Action> {
         let failures = self.daemons.get(&daemon).map_or(0, |w| w.failures);
         (failures >= self.cfg.gcs.max_restarts).then(|| {
-            Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+            Action::Stop(StopReason::Exit(Exit::DaemonDied(format!(
                 "Ray's {daemon}: {failures} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}"
             ))))
         })
@@ -226,7 +226,7 @@ impl Machine {
                 );
                 vec![
                     Action::Kill(pid),
-                    Action::Finish(Outcome::Fail(Exit::RayletDied(format!(
+                    Action::Stop(StopReason::Exit(Exit::RayletDied(format!(
                         "the head {daemon} (pid {pid}) {hung}, past ray.raylet-hung-after ({}); it was SIGKILLed: a new raylet would be a new node",
                         humantime::format_duration(hung_after)
                     )))),
@@ -235,7 +235,7 @@ impl Machine {
             (_, DaemonExitPolicy::Ignore) => Vec::new(),
             (_, DaemonExitPolicy::Exit) => vec![
                 Action::KillTree(pid),
-                Action::Finish(Outcome::Fail(Exit::DaemonDied(format!(
+                Action::Stop(StopReason::Exit(Exit::DaemonDied(format!(
                     "Ray's {daemon} (pid {pid}) {hung}, and ray.on-daemon-exit is \"exit\""
                 )))),
             ],
@@ -246,8 +246,8 @@ impl Machine {
                     }
                     w.step = DaemonStep::Reaping(pid);
                 }
-                if let Some(finish) = self.daemon_crash_loop(daemon, hung) {
-                    return vec![finish];
+                if let Some(stop) = self.daemon_crash_loop(daemon, hung) {
+                    return vec![stop];
                 }
                 tracing::warn!(
                     daemon = daemon.name(),

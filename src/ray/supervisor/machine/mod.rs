@@ -9,7 +9,7 @@
 //! microseconds.
 //!
 //! Stages: StartGate → Launching → Adopting → Steady ⇄ Recovering, and
-//! Done once an [`Action::Finish`] has been returned.
+//! Done once an [`Action::Stop`] has been returned.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -134,16 +134,18 @@ pub enum Action {
     /// [`Event::Started`].
     StartDaemon(Daemon),
     /// Stop supervising: tear the head down and exit.
-    Finish(Outcome),
+    Stop(StopReason),
 }
 
-/// How supervision ends.
+/// Why supervision stops: the machine's last word, which the driver turns
+/// into rayhead's [`Exit`] after the teardown. (The init's own supervisor
+/// has a `StopReason` of its own, for a plain command.)
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
-    /// A SIGTERM or SIGINT asked for a stop.
-    Stop(Signal),
+pub enum StopReason {
+    /// A SIGTERM or SIGINT asked for a stop: exit 0 once the head is down.
+    Signal(Signal),
     /// rayhead decided to exit: tear down, then exit with this.
-    Fail(Exit),
+    Exit(Exit),
 }
 
 /// How long after `ray start` exits its daemons may still be between fork
@@ -168,7 +170,7 @@ enum Stage {
     Steady(Steady),
     /// The GCS was lost and is being restarted in place.
     Recovering(Recovery),
-    /// An [`Action::Finish`] was returned.
+    /// An [`Action::Stop`] was returned.
     Done,
 }
 
@@ -334,7 +336,7 @@ impl Machine {
         self.gcs.is_some()
     }
 
-    /// Whether an [`Action::Finish`] was returned.
+    /// Whether an [`Action::Stop`] was returned.
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
     }
@@ -351,7 +353,7 @@ impl Machine {
             }
             Event::Signal(sig) if stop::is_stop_signal(sig) => {
                 tracing::info!(signal = sig.as_str(), "stop requested");
-                vec![Action::Finish(Outcome::Stop(sig))]
+                vec![Action::Stop(StopReason::Signal(sig))]
             }
             Event::Signal(sig) => {
                 tracing::info!(
@@ -360,7 +362,7 @@ impl Machine {
                 );
                 Vec::new()
             }
-            Event::LaunchFailed(exit) => vec![Action::Finish(Outcome::Fail(exit))],
+            Event::LaunchFailed(exit) => vec![Action::Stop(StopReason::Exit(exit))],
             Event::DaemonExited {
                 daemon,
                 pid,
@@ -375,7 +377,7 @@ impl Machine {
             Event::Memory(sample) => self.memory(now, sample),
             other => self.on_stage_event(now, other),
         };
-        if actions.iter().any(|a| matches!(a, Action::Finish(_))) {
+        if actions.iter().any(|a| matches!(a, Action::Stop(_))) {
             self.stage = Stage::Done;
         }
         actions
@@ -407,7 +409,7 @@ impl Machine {
                     Some(store) => store.start_gate_exit(&e),
                     None => Exit::Internal(format!("a store gate failed without a store: {e}")),
                 };
-                vec![Action::Finish(Outcome::Fail(exit))]
+                vec![Action::Stop(StopReason::Exit(exit))]
             }
             other => ignored(other),
         }
@@ -419,7 +421,7 @@ impl Machine {
         };
         self.start_output = output;
         if !status.success() {
-            return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+            return vec![Action::Stop(StopReason::Exit(Exit::RayStartFailed(
                 format!("ray start {status}: {}", self.start_output),
             )))];
         }
@@ -446,7 +448,7 @@ impl Machine {
         match missing {
             None => self.adopt(now, found),
             Some(spec) if now >= *give_up => {
-                vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                vec![Action::Stop(StopReason::Exit(Exit::RayStartFailed(
                     format!(
                         "ray start exited 0 but no {} is running: {}",
                         spec.name, self.start_output
@@ -464,7 +466,7 @@ impl Machine {
         match event {
             Event::RayStartExited(status, _) => {
                 // Block mode: `ray start --block` is the head.
-                vec![Action::Finish(Outcome::Fail(Exit::Status {
+                vec![Action::Stop(StopReason::Exit(Exit::Status {
                     code: status.code(),
                     reason: format!("ray start --block {status}"),
                 }))]

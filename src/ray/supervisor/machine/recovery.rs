@@ -77,8 +77,8 @@ impl Machine {
         {
             // Lost again within gcs.stable-after of its restart.
             self.count_failure();
-            if let Some(finish) = self.crash_loop(&reason, "lost again soon after its restart") {
-                return vec![finish];
+            if let Some(stop) = self.crash_loop(&reason, "lost again soon after its restart") {
+                return vec![stop];
             }
         }
         self.generation += 1;
@@ -138,13 +138,13 @@ impl Machine {
         if self.cfg.ray.mode == RayMode::Block {
             return Some(vec![
                 Action::KillBlockGcs,
-                Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(format!(
+                Action::Stop(StopReason::Exit(Exit::GcsLostInBlockMode(format!(
                     "GCS lost ({reason}); in block mode rayhead does not restart it"
                 )))),
             ]);
         }
         if self.store.is_none() {
-            return Some(vec![Action::Finish(Outcome::Fail(
+            return Some(vec![Action::Stop(StopReason::Exit(
                 Exit::GcsLostWithoutFaultTolerance(format!(
                     "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
                 )),
@@ -246,8 +246,8 @@ impl Machine {
         tracing::warn!(attempt = r.attempts, error = %r.last_error, "GCS restart attempt failed");
         let reason = r.reason.clone();
         let last = r.last_error.clone();
-        if let Some(finish) = self.crash_loop(&reason, &last) {
-            return vec![finish];
+        if let Some(stop) = self.crash_loop(&reason, &last) {
+            return vec![stop];
         }
         if let Stage::Recovering(r) = &mut self.stage {
             r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
@@ -264,7 +264,7 @@ impl Machine {
     /// Exit 82 once gcs.max-restarts restarts in a row have failed.
     pub(super) fn crash_loop(&self, reason: &str, last: &str) -> Option<Action> {
         (self.failures >= self.cfg.gcs.max_restarts).then(|| {
-            Action::Finish(Outcome::Fail(Exit::GcsCrashLoop(format!(
+            Action::Stop(StopReason::Exit(Exit::GcsCrashLoop(format!(
                 "GCS lost ({reason}) after {} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}",
                 self.failures
             ))))
@@ -325,11 +325,11 @@ impl Machine {
                     took.as_secs_f64()
                 )
             };
-            return Action::Finish(Outcome::Fail(p.exit(&format!(
+            return Action::Stop(StopReason::Exit(p.exit(&format!(
                 "GCS lost ({reason}) and not restarted: {p}{waited}"
             ))));
         }
-        Action::Finish(Outcome::Fail(Exit::GcsNotRecovered(format!(
+        Action::Stop(StopReason::Exit(Exit::GcsNotRecovered(format!(
             "GCS lost ({reason}) and not SERVING again within {:.1}s, before the head's reconnect timeout ({}) less gcs.deadline-margin ({}); last attempt: {last}",
             took.as_secs_f64(),
             humantime::format_duration(self.cfg.ray.reconnect_timeout),
