@@ -128,7 +128,7 @@ impl<'a> Supervisor<'a> {
         }
         match stop {
             StopReason::Signal(sig) => {
-                let report = self.teardown(false).await;
+                let report = self.tear_down(false).await;
                 let killed = if report.killed > 0 {
                     format!(", {} process(es) SIGKILLed", report.killed)
                 } else {
@@ -146,7 +146,7 @@ impl<'a> Supervisor<'a> {
             StopReason::Exit(exit) => {
                 tracing::error!(code = exit.code(), reason = %exit, "giving up: tearing the Ray head down");
                 self.state.update(|s| s.last_reason = Some(exit.reason()));
-                self.teardown(true).await;
+                self.tear_down(true).await;
                 exit
             }
         }
@@ -425,7 +425,7 @@ impl<'a> Supervisor<'a> {
     /// grace, KILL. A failure (`fast`) skips `ray stop` and gives TERM only
     /// half of gcs.deadline-margin: the head is broken already, and rayhead
     /// must be gone before the head's reconnect window ends.
-    async fn teardown(&mut self, fast: bool) -> stop::StopReport {
+    async fn tear_down(&mut self, fast: bool) -> stop::StopReport {
         self.state
             .set_phase(Phase::Stopping, "stopping the Ray head");
         let (stop_command, grace) = if fast {

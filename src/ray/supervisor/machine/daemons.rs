@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::*;
 
 impl Machine {
-    pub(super) fn daemon_exited(
+    pub(super) fn on_daemon_exited(
         &mut self,
         now: Instant,
         daemon: Daemon,
@@ -16,7 +16,7 @@ impl Machine {
     ) -> Vec<Action> {
         tracing::warn!(daemon = daemon.name(), pid = pid.as_raw(), %status, "Ray daemon exited");
         if daemon == Daemon::GcsServer {
-            return self.gcs_exited(now, pid, status);
+            return self.on_gcs_exited(now, pid, status);
         }
         let step = match self.daemons.get_mut(&daemon) {
             Some(w) if w.pid == Some(pid) => {
@@ -86,7 +86,7 @@ impl Machine {
         vec![Action::StartDaemon(daemon)]
     }
 
-    pub(super) fn daemon_started(
+    pub(super) fn on_daemon_started(
         &mut self,
         now: Instant,
         daemon: Daemon,
@@ -146,7 +146,7 @@ impl Machine {
 
     /// A daemon's health check: readiness follows it, and past its bound a
     /// hung raylet ends the head, a hung restartable daemon is replaced.
-    pub(super) fn daemon_health(
+    pub(super) fn on_daemon_health(
         &mut self,
         now: Instant,
         daemon: Daemon,

@@ -174,6 +174,8 @@ enum Stage {
     Done,
 }
 
+/// What the steady stage keeps for its timers: the unhealthy timer's
+/// start, and a restarted GCS's probation.
 struct Steady {
     /// When this stage began: the unhealthy timer's start until a SERVING.
     since: Instant,
@@ -182,6 +184,7 @@ struct Steady {
     probation: Option<Instant>,
 }
 
+/// A GCS recovery under way, and what its failure message will need.
 struct Recovery {
     t0: Instant,
     deadline: Instant,
@@ -190,11 +193,12 @@ struct Recovery {
     /// Why the storage gate did not pass, when that ended the recovery.
     storage: Option<crate::storage::DiskProblem>,
     attempts: u32,
-    step: Step,
+    step: RecoveryStep,
 }
 
+/// Where a GCS recovery is; a daemon's restart has its [`DaemonStep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+enum RecoveryStep {
     /// The old gcs_server was SIGKILLed; waiting until it is reaped. Two
     /// GCS processes must never share a Redis namespace, and a second one
     /// on RocksDB exits at once (the database's `LOCK`).
@@ -245,16 +249,18 @@ struct TrackedDaemon {
     step: DaemonStep,
 }
 
+/// Where a daemon other than the GCS is in its life and its in-place
+/// restarts; the GCS's recovery has its [`RecoveryStep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DaemonStep {
     /// Running; `restarted` while a restart is on probation
     /// (gcs.stable-after).
-    Running {
-        restarted: Option<Instant>,
-    },
+    Running { restarted: Option<Instant> },
     /// SIGKILLed (hung), or exited: waiting for its reap to start it again.
     Reaping(Pid),
+    /// After a failed restart, until then.
     Backoff(Instant),
+    /// Being started again from its captured command.
     Spawning,
     /// Exited and not restarted (ray.on-daemon-exit "ignore").
     Gone,
@@ -322,7 +328,7 @@ impl Machine {
                 }
             }
             Stage::Recovering(r) => match r.step {
-                Step::Backoff(until) if until < r.deadline => Some((until, Timer::Backoff)),
+                RecoveryStep::Backoff(until) if until < r.deadline => Some((until, Timer::Backoff)),
                 _ => Some((r.deadline, Timer::Deadline)),
             },
             Stage::StartGate | Stage::Launching | Stage::Done => None,
@@ -367,14 +373,16 @@ impl Machine {
                 daemon,
                 pid,
                 status,
-            } => self.daemon_exited(now, daemon, pid, status),
-            Event::Health(obs) => self.health(now, obs),
-            Event::DaemonHealth(c) => self.daemon_health(now, c.daemon, c.pid, c.healthy, c.detail),
+            } => self.on_daemon_exited(now, daemon, pid, status),
+            Event::Health(obs) => self.on_gcs_health(now, obs),
+            Event::DaemonHealth(c) => {
+                self.on_daemon_health(now, c.daemon, c.pid, c.healthy, c.detail)
+            }
             Event::Started(daemon, started) if daemon != Daemon::GcsServer => {
-                self.daemon_started(now, daemon, started)
+                self.on_daemon_started(now, daemon, started)
             }
             Event::TimerFired(Timer::DaemonBackoff(daemon)) => self.start_daemon(now, daemon),
-            Event::Memory(sample) => self.memory(now, sample),
+            Event::Memory(sample) => self.on_memory_sample(now, sample),
             other => self.on_stage_event(now, other),
         };
         if actions.iter().any(|a| matches!(a, Action::Stop(_))) {
@@ -476,7 +484,7 @@ impl Machine {
                     "no SERVING answer from the GCS for {}",
                     humantime::format_duration(self.cfg.gcs.unhealthy_after)
                 );
-                self.lost(now, reason)
+                self.on_gcs_lost(now, reason)
             }
             Event::TimerFired(Timer::Stable) => {
                 if let Stage::Steady(w) = &mut self.stage {

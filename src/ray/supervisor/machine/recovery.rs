@@ -7,7 +7,12 @@ use tokio::time::Instant;
 use super::*;
 
 impl Machine {
-    pub(super) fn gcs_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Vec<Action> {
+    pub(super) fn on_gcs_exited(
+        &mut self,
+        now: Instant,
+        pid: Pid,
+        status: ExitStatus,
+    ) -> Vec<Action> {
         if self.gcs != Some(pid) {
             return Vec::new();
         }
@@ -19,12 +24,12 @@ impl Machine {
             Some(status.to_string()),
         );
         match &mut self.stage {
-            Stage::Steady(_) => self.lost(now, format!("gcs_server {status}")),
+            Stage::Steady(_) => self.on_gcs_lost(now, format!("gcs_server {status}")),
             Stage::Recovering(r) => match r.step {
-                Step::Reaping(old) if old == pid => self.after_reap(now),
-                Step::Starting(new) if new == pid => {
+                RecoveryStep::Reaping(old) if old == pid => self.after_reap(now),
+                RecoveryStep::Starting(new) if new == pid => {
                     r.last_error = format!("the restarted gcs_server {status}");
-                    self.restart_failed(now)
+                    self.on_restart_failed(now)
                 }
                 _ => Vec::new(),
             },
@@ -32,7 +37,7 @@ impl Machine {
         }
     }
 
-    pub(super) fn health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
+    pub(super) fn on_gcs_health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
         if obs.generation != self.generation {
             return Vec::new();
         }
@@ -46,8 +51,10 @@ impl Machine {
             tracing::debug!(why = %why, via = obs.via, "GCS health check failed");
         }
         match (&self.stage, &obs.health) {
-            (Stage::Recovering(r), Health::Serving) if matches!(r.step, Step::Starting(_)) => {
-                self.recovered(now)
+            (Stage::Recovering(r), Health::Serving)
+                if matches!(r.step, RecoveryStep::Starting(_)) =>
+            {
+                self.on_recovered(now)
             }
             (Stage::Recovering(_), _) => Vec::new(),
             (Stage::Steady(_), Health::Serving) => {
@@ -60,17 +67,17 @@ impl Machine {
                 Vec::new()
             }
             (Stage::Steady(_), Health::NotServing) => {
-                self.lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
+                self.on_gcs_lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
             }
             (Stage::Steady(_), Health::Refused) if self.last_serving.is_some() => {
-                self.lost(now, "the GCS port refuses connections".into())
+                self.on_gcs_lost(now, "the GCS port refuses connections".into())
             }
             _ => Vec::new(),
         }
     }
 
     /// The GCS is lost: start a recovery, or decide that none can be.
-    pub(super) fn lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
+    pub(super) fn on_gcs_lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
         if let Stage::Steady(Steady {
             probation: Some(_), ..
         }) = self.stage
@@ -112,9 +119,9 @@ impl Machine {
                     "killing the old gcs_server before a new one starts"
                 );
                 actions.push(Action::Kill(old));
-                Step::Reaping(old)
+                RecoveryStep::Reaping(old)
             }
-            None => Step::Gate,
+            None => RecoveryStep::Gate,
         };
         self.stage = Stage::Recovering(Recovery {
             t0: now,
@@ -125,7 +132,7 @@ impl Machine {
             attempts: 0,
             step,
         });
-        if step == Step::Gate {
+        if step == RecoveryStep::Gate {
             actions.extend(self.after_reap(now));
         }
         actions
@@ -160,11 +167,11 @@ impl Machine {
             return Vec::new();
         };
         match (r.step, event) {
-            (Step::Gate, Event::StoreReady) => {
-                r.step = Step::Spawning;
+            (RecoveryStep::Gate, Event::StoreReady) => {
+                r.step = RecoveryStep::Spawning;
                 vec![Action::StartDaemon(Daemon::GcsServer)]
             }
-            (Step::Gate, Event::StoreFailed(e)) => {
+            (RecoveryStep::Gate, Event::StoreFailed(e)) => {
                 r.last_error = match (&self.store, &e) {
                     (_, GateError::Disk(p)) => p.to_string(),
                     (Some(s), GateError::Redis(p)) => {
@@ -178,15 +185,15 @@ impl Machine {
                 };
                 vec![self.not_recovered(now)]
             }
-            (Step::Spawning, Event::Started(Daemon::GcsServer, started)) => {
-                self.gcs_started(now, started)
+            (RecoveryStep::Spawning, Event::Started(Daemon::GcsServer, started)) => {
+                self.on_gcs_started(now, started)
             }
             (_, Event::TimerFired(Timer::Backoff)) => {
-                r.step = Step::Gate;
-                vec![gate(r.deadline)]
+                r.step = RecoveryStep::Gate;
+                vec![restart_gate(r.deadline)]
             }
             (step, Event::TimerFired(Timer::Deadline)) => {
-                if let Step::Starting(_) = step {
+                if let RecoveryStep::Starting(_) = step {
                     r.last_error = "the restarted gcs_server did not answer SERVING".into();
                 }
                 vec![self.not_recovered(now)]
@@ -196,14 +203,14 @@ impl Machine {
     }
 
     /// A new gcs_server was spawned, or could not be.
-    fn gcs_started(&mut self, now: Instant, started: Result<Pid, StartError>) -> Vec<Action> {
+    fn on_gcs_started(&mut self, now: Instant, started: Result<Pid, StartError>) -> Vec<Action> {
         let Stage::Recovering(r) = &mut self.stage else {
             return Vec::new();
         };
         match started {
             Ok(pid) => {
                 r.attempts += 1;
-                r.step = Step::Starting(pid);
+                r.step = RecoveryStep::Starting(pid);
                 let attempt = r.attempts;
                 self.gcs = Some(pid);
                 self.state.update_gcs(|g| g.restarts += 1);
@@ -217,7 +224,7 @@ impl Machine {
             }
             Err(e) => {
                 r.last_error = e.message;
-                self.restart_failed(now)
+                self.on_restart_failed(now)
             }
         }
     }
@@ -230,15 +237,15 @@ impl Machine {
             return Vec::new();
         };
         if failures > 0 {
-            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
+            r.step = RecoveryStep::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
             return Vec::new();
         }
-        r.step = Step::Gate;
-        vec![gate(r.deadline)]
+        r.step = RecoveryStep::Gate;
+        vec![restart_gate(r.deadline)]
     }
 
     /// A restart failed: count it, then back off, or give up.
-    pub(super) fn restart_failed(&mut self, now: Instant) -> Vec<Action> {
+    pub(super) fn on_restart_failed(&mut self, now: Instant) -> Vec<Action> {
         self.count_failure();
         let Stage::Recovering(r) = &mut self.stage else {
             return Vec::new();
@@ -250,7 +257,7 @@ impl Machine {
             return vec![stop];
         }
         if let Stage::Recovering(r) = &mut self.stage {
-            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
+            r.step = RecoveryStep::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
         }
         Vec::new()
     }
@@ -271,7 +278,7 @@ impl Machine {
         })
     }
 
-    pub(super) fn recovered(&mut self, now: Instant) -> Vec<Action> {
+    pub(super) fn on_recovered(&mut self, now: Instant) -> Vec<Action> {
         let Stage::Recovering(r) = &self.stage else {
             return Vec::new();
         };
@@ -340,7 +347,7 @@ impl Machine {
 
 /// The restart gate: the store must be usable before a GCS starts, or it
 /// aborts (Redis unreachable) or dies at its first write (a full disk).
-pub(super) fn gate(deadline: Instant) -> Action {
+pub(super) fn restart_gate(deadline: Instant) -> Action {
     Action::WaitForStore {
         until: deadline,
         purpose: "restart gate",
