@@ -77,7 +77,7 @@ pub enum Event {
     TimerFired(Timer),
 }
 
-/// Why gcs_server could not be started again.
+/// Why a daemon (gcs_server or another) could not be started again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartError {
     pub message: String,
