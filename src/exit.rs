@@ -24,7 +24,9 @@ const TERMINATION_MESSAGE_MAX: usize = 4096;
 
 /// Why rayhead exits: each decision is a variant with its code, and its
 /// text (one or two sentences for a human; it lands in `kubectl describe
-/// pod`, and never contains a secret).
+/// pod`, and never contains a secret). rayhead's own exit, the last of the
+/// ending types: a child's end is an `ExitStatus`, and a supervisor's
+/// reason to stop (a `StopReason`) becomes one of these after the teardown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Exit {
     /// The supervised command's own status passed on (0-255, 128+N for a

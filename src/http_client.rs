@@ -2,10 +2,10 @@
 //! answer, parsed by `httparse` (the parser hyper's server uses).
 //!
 //! rayhead only ever asks loopback servers small questions (the exec probe
-//! asks rayhead's own probe server, the daemon watch asks Ray's dashboard),
-//! so it is one HTTP/1.0 request per connection, no TLS, no pool, with
-//! bounds a slow or broken server cannot get past: timeouts on every
-//! blocking read and write, an answer cut at [`MAX_RESPONSE`], and a
+//! asks rayhead's own probe server, the daemon health checks ask Ray's
+//! dashboard), so it is one HTTP/1.0 request per connection, no TLS, no
+//! pool, with bounds a slow or broken server cannot get past: timeouts on
+//! every blocking read and write, an answer cut at [`MAX_RESPONSE`], and a
 //! `Content-Length` of any size read without an overflow.
 
 use std::io::{Read, Write};

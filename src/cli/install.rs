@@ -25,7 +25,19 @@ const NAME_TRIES: u32 = 16;
 /// What every temporary name of ours contains, after `.DEST-NAME`.
 const TMP_MARK: &str = ".rayhead-install.";
 
-pub(super) fn install(dest: &Path) -> io::Result<()> {
+/// `rayhead install DEST`: the copy's error names DEST, since an init
+/// container's log is all there is to read.
+pub(super) fn command(dest: &Path) -> u8 {
+    match install(dest) {
+        Ok(()) => 0,
+        Err(e) => {
+            crate::logging::err(&format!("rayhead install: {}: {e}\n", dest.display()));
+            1
+        }
+    }
+}
+
+fn install(dest: &Path) -> io::Result<()> {
     let name = dest
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "names no file"))?;

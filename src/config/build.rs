@@ -53,10 +53,42 @@ impl Values<'_> {
             _ => None,
         }
     }
+    /// A path key's value; an empty one means "none", as an unset one.
+    fn path(&self, key: &'static Key) -> Option<PathBuf> {
+        self.text(key).filter(|s| !s.is_empty()).map(PathBuf::from)
+    }
     /// A choice key's word as its enum. The word was validated against the
     /// same enum's WORDS, so `None` means the value is missing.
     fn choice<T>(&self, key: &'static Key, from_word: fn(&str) -> Option<T>) -> Option<T> {
         self.text(key).as_deref().and_then(from_word)
+    }
+}
+
+/// The problems the sections find, each with the key it is about; reported
+/// in the registry's order, whichever section found it first.
+struct Found<'a> {
+    values: &'a Values<'a>,
+    problems: Vec<(&'static Key, Problem)>,
+}
+
+impl Found<'_> {
+    fn problem(&mut self, key: &'static Key, message: String) {
+        self.problems.push((
+            key,
+            Problem {
+                key: key.name.to_string(),
+                source: Some(self.values.source(key)),
+                message,
+            },
+        ))
+    }
+
+    /// The problems in the registry's order (stable: one key's problems
+    /// keep the order they were found in).
+    fn into_sorted(mut self) -> impl Iterator<Item = Problem> {
+        self.problems
+            .sort_by_key(|(key, _)| KEYS.iter().position(|k| std::ptr::eq(*k, *key)));
+        self.problems.into_iter().map(|(_, p)| p)
     }
 }
 
@@ -67,21 +99,35 @@ pub(super) fn build(
     problems: &mut Vec<Problem>,
 ) -> Config {
     let v = Values(&resolved);
-    // Collected here, then reported in the registry's order.
-    let mut found: Vec<(&'static Key, Problem)> = Vec::new();
-    let mut problem = |key: &'static Key, message: String| {
-        found.push((
-            key,
-            Problem {
-                key: key.name.to_string(),
-                source: Some(v.source(key)),
-                message,
-            },
-        ))
+    let mut found = Found {
+        values: &v,
+        problems: Vec::new(),
     };
-    let path = |key: &'static Key| v.text(key).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let init = init_section(&v);
+    let log = log_section(&v, &mut found);
+    let ray = ray_section(&v, &mut found);
+    let gcs = gcs_section(&v, &ray, &mut found);
+    let redis = redis_section(&v, &mut found);
+    let probe = probe_section(&v);
+    let memory = memory_section(&v);
+    check_nonzero_durations(&v, &mut found);
+    problems.extend(found.into_sorted());
+    Config {
+        init,
+        log,
+        ray,
+        gcs,
+        redis,
+        probe,
+        memory,
+        file,
+        resolved,
+    }
+}
 
-    let init = InitConfig {
+/// `[init]`: how the tree is stopped; its keys need no cross-checks.
+fn init_section(v: &Values) -> InitConfig {
+    InitConfig {
         forward_signals: match v.get(&INIT_FORWARD_SIGNALS) {
             Some(Value::Signals(s)) => s.clone(),
             _ => Vec::new(),
@@ -89,20 +135,28 @@ pub(super) fn build(
         stop_grace: v.duration(&INIT_STOP_GRACE),
         stop_command: v.argv(&INIT_STOP_COMMAND),
         stop_command_timeout: v.duration(&INIT_STOP_COMMAND_TIMEOUT),
-        termination_log: path(&INIT_TERMINATION_LOG),
-    };
+        termination_log: v.path(&INIT_TERMINATION_LOG),
+    }
+}
 
+/// `[log]`: the level is a tracing filter, which only tracing itself can
+/// validate, so it is parsed here rather than by its key's type.
+fn log_section(v: &Values, found: &mut Found) -> LogConfig {
     let level = v.text(&LOG_LEVEL).unwrap_or_default();
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        problem(&LOG_LEVEL, format!("{level:?}: {e}"));
+        found.problem(&LOG_LEVEL, format!("{level:?}: {e}"));
     }
-    let log = LogConfig {
+    LogConfig {
         level,
         format: v
             .choice(&LOG_FORMAT, LogFormat::from_word)
             .unwrap_or(LogFormat::Text),
-    };
+    }
+}
 
+/// `[ray]`: `ray start` and the daemons' health, with the checks between
+/// its own durations (the GCS section checks its keys against this one).
+fn ray_section(v: &Values, found: &mut Found) -> RayConfig {
     let ray = RayConfig {
         start_command: v.text(&RAY_START_COMMAND).filter(|s| !s.trim().is_empty()),
         mode: v
@@ -124,7 +178,7 @@ pub(super) fn build(
     };
     // Ray reads whole milliseconds; 0 would make every client spin.
     if ray.client_check_interval < Duration::from_millis(1) {
-        problem(
+        found.problem(
             &RAY_CLIENT_CHECK_INTERVAL,
             format!(
                 "{}: expected at least 1ms, as Ray counts it in whole milliseconds",
@@ -132,7 +186,7 @@ pub(super) fn build(
             ),
         );
     } else if ray.client_check_interval > ray.reconnect_timeout {
-        problem(
+        found.problem(
             &RAY_CLIENT_CHECK_INTERVAL,
             format!(
                 "{} is longer than ray.reconnect-timeout ({}): clients would not re-check within the window",
@@ -142,7 +196,7 @@ pub(super) fn build(
         );
     }
     if ray.raylet_hung_after < ray.raylet_unhealthy_after {
-        problem(
+        found.problem(
             &RAY_RAYLET_HUNG_AFTER,
             shorter(
                 ray.raylet_hung_after,
@@ -152,7 +206,12 @@ pub(super) fn build(
             ),
         );
     }
+    ray
+}
 
+/// `[gcs]`: health, recovery and storage of the GCS. Its margin is checked
+/// against ray.reconnect-timeout, the window a recovery must fit in.
+fn gcs_section(v: &Values, ray: &RayConfig, found: &mut Found) -> GcsConfig {
     let gcs = GcsConfig {
         health_interval: v.duration(&GCS_HEALTH_INTERVAL),
         health_timeout: v.duration(&GCS_HEALTH_TIMEOUT),
@@ -165,7 +224,7 @@ pub(super) fn build(
         storage_check_interval: v.duration(&GCS_STORAGE_CHECK_INTERVAL),
     };
     if gcs.unhealthy_after < gcs.health_interval {
-        problem(
+        found.problem(
             &GCS_UNHEALTHY_AFTER,
             shorter(
                 gcs.unhealthy_after,
@@ -176,7 +235,7 @@ pub(super) fn build(
         );
     }
     if gcs.deadline_margin >= ray.reconnect_timeout {
-        problem(
+        found.problem(
             &GCS_DEADLINE_MARGIN,
             format!(
                 "{} leaves no time to recover within ray.reconnect-timeout ({}); expected less",
@@ -185,7 +244,12 @@ pub(super) fn build(
             ),
         );
     }
+    gcs
+}
 
+/// `[redis]`: the client's address, credentials and TLS files, which must
+/// come in pairs, and the checks the probe may skip.
+fn redis_section(v: &Values, found: &mut Found) -> RedisConfig {
     let redis = RedisConfig {
         address: v.text(&REDIS_ADDRESS).filter(|s| !s.trim().is_empty()),
         username: v.text(&REDIS_USERNAME).filter(|s| !s.is_empty()),
@@ -194,10 +258,10 @@ pub(super) fn build(
             _ => None,
         },
         namespace: v.text(&REDIS_NAMESPACE).filter(|s| !s.is_empty()),
-        tls_ca_cert: path(&REDIS_TLS_CA_CERT),
-        tls_ca_path: path(&REDIS_TLS_CA_PATH),
-        tls_client_cert: path(&REDIS_TLS_CLIENT_CERT),
-        tls_client_key: path(&REDIS_TLS_CLIENT_KEY),
+        tls_ca_cert: v.path(&REDIS_TLS_CA_CERT),
+        tls_ca_path: v.path(&REDIS_TLS_CA_PATH),
+        tls_client_cert: v.path(&REDIS_TLS_CLIENT_CERT),
+        tls_client_key: v.path(&REDIS_TLS_CLIENT_KEY),
         tls_server_name: v.text(&REDIS_TLS_SERVER_NAME).filter(|s| !s.is_empty()),
         skip_checks: v
             .argv(&REDIS_SKIP_CHECKS)
@@ -212,7 +276,7 @@ pub(super) fn build(
     };
     for c in &redis.skip_checks {
         if !["info", "config", "tables"].contains(&c.as_str()) {
-            problem(
+            found.problem(
                 &REDIS_SKIP_CHECKS,
                 format!("{c:?}: expected any of info, config, tables"),
             );
@@ -220,11 +284,11 @@ pub(super) fn build(
     }
     // The problem names the key that is set: the user set that one.
     match (&redis.tls_client_cert, &redis.tls_client_key) {
-        (Some(_), None) => problem(
+        (Some(_), None) => found.problem(
             &REDIS_TLS_CLIENT_CERT,
             "a client certificate needs its client key (redis.tls-client-key, RAY_REDIS_CLIENT_KEY)".into(),
         ),
-        (None, Some(_)) => problem(
+        (None, Some(_)) => found.problem(
             &REDIS_TLS_CLIENT_KEY,
             "a client key needs its client certificate (redis.tls-client-cert, RAY_REDIS_CLIENT_CERT)".into(),
         ),
@@ -232,36 +296,48 @@ pub(super) fn build(
     }
     if let Some(ns) = &redis.namespace {
         if ns.contains('@') {
-            problem(
+            found.problem(
                 &REDIS_NAMESPACE,
                 format!("{ns:?}: must not contain '@', which separates Ray's namespace from its table names"),
             );
         }
     }
+    redis
+}
 
+/// `[probe]`: "auto" puts the socket's name after the listen port, so the
+/// two keys are read together.
+fn probe_section(v: &Values) -> ProbeConfig {
     let listen = match v.get(&PROBE_LISTEN) {
         Some(Value::Listen(a)) => *a,
         _ => SocketAddr::from(([0, 0, 0, 0], 8099)),
     };
-    let probe = ProbeConfig {
+    ProbeConfig {
         listen,
         socket: match v.text(&PROBE_SOCKET).as_deref() {
             Some("auto") => SocketSetting::Auto {
                 port: listen.port(),
             },
-            _ => path(&PROBE_SOCKET).map_or(SocketSetting::Off, SocketSetting::At),
+            _ => v
+                .path(&PROBE_SOCKET)
+                .map_or(SocketSetting::Off, SocketSetting::At),
         },
         stall_after: v.duration(&PROBE_STALL_AFTER),
-    };
+    }
+}
 
-    let memory = MemoryConfig {
+/// `[memory]`: the GCS's high-water mark; its keys need no cross-checks.
+fn memory_section(v: &Values) -> MemoryConfig {
+    MemoryConfig {
         gcs_high_water: v.mark(&MEMORY_GCS_HIGH_WATER),
         sustain: v.duration(&MEMORY_SUSTAIN),
         min_interval: v.duration(&MEMORY_MIN_INTERVAL),
-    };
+    }
+}
 
-    // Durations that must not be zero: a zero interval would spin, a zero
-    // grace or timeout would give up at once.
+/// Durations that must not be zero, across sections: a zero interval
+/// would spin, a zero grace or timeout would give up at once.
+fn check_nonzero_durations(v: &Values, found: &mut Found) {
     for key in [
         &INIT_STOP_GRACE,
         &GCS_HEALTH_INTERVAL,
@@ -276,23 +352,8 @@ pub(super) fn build(
         &PROBE_STALL_AFTER,
     ] {
         if v.duration(key).is_zero() {
-            problem(key, "must be longer than 0s".into());
+            found.problem(key, "must be longer than 0s".into());
         }
-    }
-
-    found.sort_by_key(|(key, _)| KEYS.iter().position(|k| std::ptr::eq(*k, *key)));
-    problems.extend(found.into_iter().map(|(_, p)| p));
-
-    Config {
-        init,
-        log,
-        ray,
-        gcs,
-        redis,
-        probe,
-        memory,
-        file,
-        resolved,
     }
 }
 

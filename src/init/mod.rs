@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::InitConfig;
 use crate::exit::Exit;
 use crate::state::{ChildStatus, Phase, State};
-use reaper::{ExitStatus, Reaper};
+use reaper::{ExitStatus, Reaper, Spawned};
 use stop::{StopPlan, StopReport};
 
 /// The process-wide parts of the init, set up once: the reaper and the
@@ -72,10 +72,14 @@ impl Init {
 /// How often the loop proves it is alive, for `/livez`.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Why the supervised command stopped running.
-enum Ended {
-    Exited(ExitStatus),
-    Signalled(Signal),
+/// Why the init stops the tree: the command's end, or a stop signal for
+/// rayhead. (The Ray supervisor's machine has a `StopReason` of its own.)
+enum StopReason {
+    /// The command exited: its status is rayhead's exit code.
+    CommandExited(ExitStatus),
+    /// A SIGTERM or SIGINT: the command is stopped, and its status, once
+    /// reaped, is rayhead's exit code.
+    Signal(Signal),
 }
 
 /// The command's name in the state snapshot.
@@ -96,73 +100,17 @@ pub async fn run(cfg: &InitConfig, argv: &[String], state: &State) -> Exit {
 }
 
 async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &State) -> Exit {
-    let line = crate::redact::command_line(argv);
-    let mut child = match init.reaper.spawn(&mut spawn::command(argv), "command") {
+    let mut child = match start_command(argv, init, state) {
         Ok(c) => c,
-        Err(e) => {
-            return spawn::spawn_error(&e, format!("cannot start {:?}: {e}", argv[0]));
-        }
+        Err(exit) => return exit,
     };
     let pgid = child.pid;
-    tracing::info!(pid = pgid.as_raw(), command = %line, "started the command");
-    state.set_child(
-        COMMAND,
-        Some(pgid.as_raw()),
-        ChildStatus::Running,
-        None,
-        true,
-    );
-    state.set_phase(Phase::Running, "the command runs");
-
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    let ended = loop {
-        tokio::select! {
-            status = &mut child.exit => match status {
-                Ok(s) => break Ended::Exited(s),
-                Err(_) => return Exit::Internal("the reaper stopped before the command exited".into()),
-            },
-            _ = heartbeat.tick() => state.beat(crate::logging::dropped_lines()),
-            Some(sig) = init.signals.recv() => {
-                if stop::is_stop_signal(sig) {
-                    break Ended::Signalled(sig);
-                }
-                if cfg.forward_signals.contains(&sig) {
-                    stop::forward_to_group(pgid, sig);
-                } else {
-                    tracing::info!(signal = sig.as_str(), "signal is not forwarded; ignored");
-                }
-            }
-        }
+    let reason = match run_until_stop(cfg, init, &mut child, state).await {
+        Ok(e) => e,
+        Err(exit) => return exit,
     };
-
-    let group_signal = match ended {
-        Ended::Signalled(sig) if cfg.forward_signals.contains(&sig) => sig,
-        _ => Signal::SIGTERM,
-    };
-    let plan = StopPlan {
-        stop_command: cfg.stop_command.clone(),
-        stop_command_timeout: cfg.stop_command_timeout,
-        grace: cfg.stop_grace,
-        group: Some((pgid, group_signal)),
-        forward: cfg.forward_signals.clone(),
-    };
-    match &ended {
-        Ended::Exited(s) => {
-            tracing::info!(status = %s, "the command ended");
-            state.set_child(
-                COMMAND,
-                None,
-                ChildStatus::Exited,
-                Some(s.to_string()),
-                true,
-            );
-            state.set_phase(Phase::Stopping, &format!("the command {s}"));
-        }
-        Ended::Signalled(sig) => {
-            tracing::info!(signal = sig.as_str(), "stopping the process tree");
-            state.set_phase(Phase::Stopping, &format!("received {}", sig.as_str()));
-        }
-    }
+    announce_stop(&reason, state);
+    let plan = stop_plan(cfg, pgid, &reason);
     let stop = stop::stop_tree(
         &init.reaper,
         &plan,
@@ -171,10 +119,10 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
         &init.cancel,
     );
     let report = state.beating(stop).await;
-    let status = match ended {
-        Ended::Exited(s) => s,
+    let status = match reason {
+        StopReason::CommandExited(s) => s,
         // The tree is gone, so the command has been reaped.
-        Ended::Signalled(_) => match child.exit.await {
+        StopReason::Signal(_) => match child.exit.await {
             Ok(s) => s,
             Err(_) => return Exit::Internal("the command's status was lost".into()),
         },
@@ -188,14 +136,110 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
     );
     Exit::Status {
         code: status.code(),
-        reason: reason(&ended, status, &report),
+        reason: exit_reason(&reason, status, &report),
     }
 }
 
-fn reason(ended: &Ended, status: ExitStatus, report: &StopReport) -> String {
-    let mut out = match ended {
-        Ended::Exited(_) => format!("the command {status}"),
-        Ended::Signalled(sig) => format!(
+/// Spawns the command under the reaper and shows it running: the probe
+/// server reports ready from this moment on.
+fn start_command(argv: &[String], init: &Init, state: &State) -> Result<Spawned, Exit> {
+    let line = crate::redact::command_line(argv);
+    let child = match init.reaper.spawn(&mut spawn::command(argv), "command") {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(spawn::spawn_error(
+                &e,
+                format!("cannot start {:?}: {e}", argv[0]),
+            ));
+        }
+    };
+    let pgid = child.pid;
+    tracing::info!(pid = pgid.as_raw(), command = %line, "started the command");
+    state.set_child(
+        COMMAND,
+        Some(pgid.as_raw()),
+        ChildStatus::Running,
+        None,
+        true,
+    );
+    state.set_phase(Phase::Running, "the command runs");
+    Ok(child)
+}
+
+/// The init's steady state, while the command runs: it forwards signals
+/// and beats the heartbeat until the command exits or a stop signal comes.
+async fn run_until_stop(
+    cfg: &InitConfig,
+    init: &mut Init,
+    child: &mut Spawned,
+    state: &State,
+) -> Result<StopReason, Exit> {
+    let pgid = child.pid;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            status = &mut child.exit => match status {
+                Ok(s) => return Ok(StopReason::CommandExited(s)),
+                Err(_) => return Err(Exit::Internal("the reaper stopped before the command exited".into())),
+            },
+            _ = heartbeat.tick() => state.beat(crate::logging::dropped_lines()),
+            Some(sig) = init.signals.recv() => {
+                if stop::is_stop_signal(sig) {
+                    return Ok(StopReason::Signal(sig));
+                }
+                if cfg.forward_signals.contains(&sig) {
+                    stop::forward_to_group(pgid, sig);
+                } else {
+                    tracing::info!(signal = sig.as_str(), "signal is not forwarded; ignored");
+                }
+            }
+        }
+    }
+}
+
+/// Shows why the stop begins, in the log and the snapshot, before the
+/// stop itself (which may take the whole grace period).
+fn announce_stop(reason: &StopReason, state: &State) {
+    match reason {
+        StopReason::CommandExited(s) => {
+            tracing::info!(status = %s, "the command ended");
+            state.set_child(
+                COMMAND,
+                None,
+                ChildStatus::Exited,
+                Some(s.to_string()),
+                true,
+            );
+            state.set_phase(Phase::Stopping, &format!("the command {s}"));
+        }
+        StopReason::Signal(sig) => {
+            tracing::info!(signal = sig.as_str(), "stopping the process tree");
+            state.set_phase(Phase::Stopping, &format!("received {}", sig.as_str()));
+        }
+    }
+}
+
+/// The stop for the command's tree: its group gets the stop signal rayhead
+/// received when that one is forwarded, so the command sees what the
+/// kubelet sent.
+fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, reason: &StopReason) -> StopPlan {
+    let group_signal = match reason {
+        StopReason::Signal(sig) if cfg.forward_signals.contains(sig) => *sig,
+        _ => Signal::SIGTERM,
+    };
+    StopPlan {
+        stop_command: cfg.stop_command.clone(),
+        stop_command_timeout: cfg.stop_command_timeout,
+        grace: cfg.stop_grace,
+        group: Some((pgid, group_signal)),
+        forward: cfg.forward_signals.clone(),
+    }
+}
+
+fn exit_reason(stop: &StopReason, status: ExitStatus, report: &StopReport) -> String {
+    let mut out = match stop {
+        StopReason::CommandExited(_) => format!("the command {status}"),
+        StopReason::Signal(sig) => format!(
             "rayhead received {}; the command then {status}",
             sig.as_str()
         ),

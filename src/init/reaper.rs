@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::sys::pin::Pinned;
 use crate::sys::proctree::Identity;
 
-/// How a process ended.
+/// How a child ended, as the reaper's wait saw it: a child's termination,
+/// never rayhead's own exit (that is [`crate::exit::Exit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     Exited(i32),
@@ -84,7 +85,7 @@ pub struct Spawned {
     pub stderr: Option<std::process::ChildStderr>,
 }
 
-/// How many recent exits are kept for [`Reaper::watch`] callers that arrive
+/// How many recent exits are kept for [`Reaper::claim`] callers that arrive
 /// after the fact.
 const RECENT: usize = 4096;
 
@@ -220,7 +221,7 @@ impl Reaper {
     }
 
     /// Now, in the reaper's history. Take a mark before looking a process up
-    /// in `/proc`, and pass it to [`Reaper::watch`].
+    /// in `/proc`, and pass it to [`Reaper::claim`].
     pub fn mark(&self) -> Mark {
         Mark(self.lock().seq)
     }
@@ -229,7 +230,7 @@ impl Reaper {
     /// re-parented to it), seen alive after `since`. If it has been reaped
     /// since then, the receiver resolves at once with its status; an older
     /// exit of the same pid number is not mistaken for it.
-    pub fn watch(&self, pid: Pid, name: &str, since: Mark) -> oneshot::Receiver<ExitStatus> {
+    pub fn claim(&self, pid: Pid, name: &str, since: Mark) -> oneshot::Receiver<ExitStatus> {
         let mut inner = self.lock();
         let (tx, rx) = oneshot::channel();
         let found = inner
@@ -254,7 +255,7 @@ impl Reaper {
         rx
     }
 
-    /// Pins a process rayhead spawned or watches, for a signal: `None` once
+    /// Pins a process rayhead spawned or claimed, for a signal: `None` once
     /// it has been reaped (its pid may be anyone's now) or was never ours.
     /// The lock keeps it from being reaped while it is pinned; the pidfd
     /// keeps a signal from reaching another after that.
@@ -414,14 +415,14 @@ mod tests {
     }
 
     /// A process the reaper did not spawn (a daemon re-parented to rayhead)
-    /// that exits before it is watched: a watch with a mark from before the
+    /// that exits before it is claimed: a claim with a mark from before the
     /// exit gets the status at once; one with a later mark does not take
     /// that old exit for a new one.
     #[test]
-    fn a_watched_process_that_exited_first_is_not_lost() {
+    fn a_claimed_process_that_exited_first_is_not_lost() {
         isolated(
             module_path!(),
-            "a_watched_process_that_exited_first_is_not_lost",
+            "a_claimed_process_that_exited_first_is_not_lost",
             || async {
                 let (r, _tracker, cancel) = reaper();
                 let before = r.mark();
@@ -435,10 +436,10 @@ mod tests {
                 }
                 let after = r.mark();
                 assert_eq!(
-                    status_of(r.watch(pid, "early", before)).await,
+                    status_of(r.claim(pid, "early", before)).await,
                     ExitStatus::Exited(5)
                 );
-                let mut late = r.watch(pid, "late", after);
+                let mut late = r.claim(pid, "late", after);
                 assert!(
                     matches!(late.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
                     "an old exit was taken for a new one"

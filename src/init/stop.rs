@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -86,44 +86,65 @@ pub async fn stop_tree(
             grace = %humantime::format_duration(plan.grace),
             "sent SIGTERM to the process tree"
         );
-        loop {
-            tokio::select! {
-                changed = idle.changed() => {
-                    if changed.is_err() || *idle.borrow_and_update() {
-                        return done(&mut report);
-                    }
-                }
-                _ = sleep_until(kill_at) => {
-                    tracing::warn!("grace period over: SIGKILL to what remains");
-                    break;
-                }
-                Some(sig) = signals.recv() => {
-                    if is_stop_signal(sig) {
-                        tracing::warn!(signal = sig.as_str(), "second stop signal: SIGKILL now");
-                        escalate = true;
-                        break;
-                    }
-                    forward(plan, sig);
-                }
-            }
+        match wait_out_grace(plan, kill_at, &mut idle, signals).await {
+            None => return done(&mut report),
+            Some(escalated) => escalate = escalated,
         }
     }
     report.escalated = escalate;
+    report.killed = kill_until_gone(&mut idle).await;
+    done(&mut report)
+}
 
-    // Kill phase: repeat until the reaper has nothing left.
+/// The grace period after SIGTERM, which the tree may use to exit by
+/// itself. Returns `None` once the tree is gone, else whether a second stop
+/// signal cut it short (`Some(false)`: it ran out).
+async fn wait_out_grace(
+    plan: &StopPlan,
+    kill_at: Instant,
+    idle: &mut watch::Receiver<bool>,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+) -> Option<bool> {
     loop {
-        let n = kill_all();
-        report.killed = report.killed.max(n);
         tokio::select! {
             changed = idle.changed() => {
                 if changed.is_err() || *idle.borrow_and_update() {
-                    return done(&mut report);
+                    return None;
+                }
+            }
+            _ = sleep_until(kill_at) => {
+                tracing::warn!("grace period over: SIGKILL to what remains");
+                return Some(false);
+            }
+            Some(sig) = signals.recv() => {
+                if is_stop_signal(sig) {
+                    tracing::warn!(signal = sig.as_str(), "second stop signal: SIGKILL now");
+                    return Some(true);
+                }
+                forward(plan, sig);
+            }
+        }
+    }
+}
+
+/// SIGKILL, again and again until the reaper has nothing left: a dying
+/// parent may fork at the last moment. Returns the most processes one
+/// round found.
+async fn kill_until_gone(idle: &mut watch::Receiver<bool>) -> usize {
+    let mut killed = 0;
+    loop {
+        let n = kill_all();
+        killed = killed.max(n);
+        tokio::select! {
+            changed = idle.changed() => {
+                if changed.is_err() || *idle.borrow_and_update() {
+                    return killed;
                 }
             }
             _ = sleep(KILL_RESCAN) => {}
         }
         if *idle.borrow_and_update() {
-            return done(&mut report);
+            return killed;
         }
     }
 }
@@ -364,7 +385,7 @@ mod tests {
                 assert_eq!(status_of(child.exit).await, ExitStatus::Signaled(15));
                 // Orphaned to this subreaper, killed, and reaped by it.
                 assert_eq!(
-                    status_of(r.watch(gc, "grandchild", since)).await,
+                    status_of(r.claim(gc, "grandchild", since)).await,
                     ExitStatus::Signaled(9)
                 );
                 assert_eq!(report.terminated, 2, "{report:?}");

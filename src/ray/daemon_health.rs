@@ -1,4 +1,4 @@
-//! The health of every head daemon but the GCS (which has its own watch in
+//! The health of every head daemon but the GCS (which has its own monitor in
 //! `health.rs`), checked on an interval with a timeout, as events for the
 //! supervisor.
 //!
@@ -28,7 +28,7 @@ use super::report::Report;
 use crate::http_client;
 use crate::sys::proctree::{self, Identity};
 
-/// Each watched daemon's descendants, as last seen: by identity, since
+/// Each checked daemon's descendants, as last seen: by identity, since
 /// any of them may have exited and its pid gone to another by the time a
 /// restart kills them.
 #[derive(Clone, Default)]
@@ -81,7 +81,7 @@ pub struct DaemonCheck {
 /// head: one `stat` read, a walk down its own children, and one request:
 /// over a gRPC channel kept to ports found once (the raylet), or over a new
 /// HTTP connection each time (the dashboard).
-pub async fn watch(
+pub async fn check_every(
     target: Target,
     interval: Duration,
     check_timeout: Duration,
@@ -295,12 +295,12 @@ mod tests {
         assert_eq!(t(None, None), None);
     }
 
-    /// The watched pid now names a process that started at another time
-    /// (the daemon exited, was reaped, and the pid was reused): the watch
-    /// ends without a health event, and records no family for a later
-    /// kill, while the same process under its own identity is watched.
+    /// The checked pid now names a process that started at another time
+    /// (the daemon exited, was reaped, and the pid was reused): the checks
+    /// end without a health event, and record no family for a later
+    /// kill, while the same process under its own identity is checked.
     #[tokio::test]
-    async fn a_reused_pid_is_neither_watched_nor_its_family_kept() {
+    async fn a_reused_pid_is_neither_checked_nor_its_family_kept() {
         let mut other = std::process::Command::new("sh")
             .args(["-c", "sleep 30 & wait"])
             .spawn()
@@ -320,7 +320,7 @@ mod tests {
             let cancel = CancellationToken::new();
             let f = families.clone();
             async move {
-                let task = tokio::spawn(watch(
+                let task = tokio::spawn(check_every(
                     target,
                     Duration::from_millis(10),
                     Duration::from_secs(1),
@@ -335,7 +335,7 @@ mod tests {
             }
         };
         let (heard, family) = run(id.start + 1).await;
-        // Its own identity: the same process is watched (the control).
+        // Its own identity: the same process is checked (the control).
         let (heard_own, _) = run(id.start).await;
         crate::sys::pin::signal_all(
             proctree::descendants_of(pid),

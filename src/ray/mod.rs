@@ -1,4 +1,4 @@
-//! Supervising a Ray head: launch `ray start`, know its daemons, watch the
+//! Supervising a Ray head: launch `ray start`, know its daemons, monitor the
 //! GCS, recover it in place within the head's reconnect window, and stop
 //! everything cleanly.
 

@@ -37,113 +37,144 @@ enum Quoting {
 /// Splits and expands `text` from `env`.
 pub fn words(text: &str, env: &dyn Env) -> Result<Words, String> {
     let chars = join_continued_lines(text);
-    let mut out = Words {
-        argv: Vec::new(),
-        unset: Vec::new(),
+    let mut r = Reader {
+        chars: &chars,
+        env,
+        out: Words {
+            argv: Vec::new(),
+            unset: Vec::new(),
+        },
+        cur: String::new(),
+        in_word: false,
+        quoted: false,
     };
-    let mut cur = String::new();
-    // A word has started (even if it may expand to nothing).
-    let mut in_word = false;
-    // The word holds quotes, so it is kept even when empty (`""`).
-    let mut quoted = false;
     let mut i = 0;
-    let at = |i: usize| format!("at character {}", i + 1);
     while i < chars.len() {
         let c = chars[i];
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word && (quoted || !cur.is_empty()) {
-                    out.argv.push(std::mem::take(&mut cur));
-                }
-                cur.clear();
-                in_word = false;
-                quoted = false;
-                if c == '\n' {
-                    // The end, unless a second command follows.
-                    if chars[i..].iter().any(|c| !matches!(c, ' ' | '\t' | '\n')) {
-                        return Err(format!(
-                            "a newline {} starts a second command; rayhead runs one `ray start`",
-                            at(i)
-                        ));
-                    }
-                    return Ok(out);
-                }
-                i += 1;
+        i = match c {
+            ' ' | '\t' => {
+                r.end_word();
+                i + 1
             }
-            '\'' => {
-                in_word = true;
-                quoted = true;
-                let close = chars[i + 1..]
-                    .iter()
-                    .position(|c| *c == '\'')
-                    .ok_or_else(|| format!("unterminated single quote {}", at(i)))?;
-                cur.extend(&chars[i + 1..i + 1 + close]);
-                i += close + 2;
+            '\n' => {
+                r.end_word();
+                return r.end_at_newline(i);
             }
-            '"' => {
-                in_word = true;
-                quoted = true;
-                let open = i;
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => return Err(format!("unterminated double quote {}", at(open))),
-                        Some('"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some('\\') => {
-                            match chars.get(i + 1) {
-                                Some(e @ ('$' | '"' | '\\' | '`')) => cur.push(*e),
-                                Some(e) => {
-                                    cur.push('\\');
-                                    cur.push(*e);
-                                }
-                                None => {
-                                    return Err(format!("unterminated double quote {}", at(open)))
-                                }
-                            }
-                            i += 2;
-                        }
-                        Some('$') => {
-                            i = expand(&chars, i, Quoting::Double, env, &mut cur, &mut out)?
-                        }
-                        Some('`') => return Err(unsupported("`...` (command substitution)", i)),
-                        Some(c) => {
-                            cur.push(*c);
-                            i += 1;
-                        }
-                    }
-                }
-            }
+            '\'' => r.single_quoted(i)?,
+            '"' => r.double_quoted(i)?,
             '\\' => {
-                in_word = true;
-                match chars.get(i + 1) {
-                    Some(e) => cur.push(*e),
-                    // bash keeps a trailing backslash.
-                    None => cur.push('\\'),
-                }
-                i += 2;
+                r.in_word = true;
+                // bash keeps a trailing backslash.
+                r.cur.push(chars.get(i + 1).copied().unwrap_or('\\'));
+                i + 2
             }
             '$' => {
-                in_word = true;
-                i = expand(&chars, i, Quoting::Bare, env, &mut cur, &mut out)?;
+                r.in_word = true;
+                r.expand(i, Quoting::Bare)?
             }
             '\0' => return Err(format!("a NUL character {}", at(i))),
             _ => {
-                if let Some(what) = bare_construct(c, in_word) {
+                if let Some(what) = bare_construct(c, r.in_word) {
                     return Err(unsupported(what, i));
                 }
-                in_word = true;
-                cur.push(c);
-                i += 1;
+                r.in_word = true;
+                r.cur.push(c);
+                i + 1
+            }
+        };
+    }
+    r.end_word();
+    Ok(r.out)
+}
+
+/// The one pass's state, so that each quoting form can be read by its own
+/// method: the words so far and the word being built.
+struct Reader<'a> {
+    chars: &'a [char],
+    env: &'a dyn Env,
+    out: Words,
+    cur: String,
+    /// A word has started (even if it may expand to nothing).
+    in_word: bool,
+    /// The word holds quotes, so it is kept even when empty (`""`).
+    quoted: bool,
+}
+
+impl Reader<'_> {
+    /// At a blank: the word so far is an argument, unless it is an unquoted
+    /// word that expanded to nothing.
+    fn end_word(&mut self) {
+        if self.in_word && (self.quoted || !self.cur.is_empty()) {
+            self.out.argv.push(std::mem::take(&mut self.cur));
+        }
+        self.cur.clear();
+        self.in_word = false;
+        self.quoted = false;
+    }
+
+    /// A newline ends the command, and only blanks may follow it: anything
+    /// else is a second command, which bash would run and rayhead cannot.
+    fn end_at_newline(self, i: usize) -> Result<Words, String> {
+        if self.chars[i..]
+            .iter()
+            .any(|c| !matches!(c, ' ' | '\t' | '\n'))
+        {
+            return Err(format!(
+                "a newline {} starts a second command; rayhead runs one `ray start`",
+                at(i)
+            ));
+        }
+        Ok(self.out)
+    }
+
+    /// `'...'` at `open`: everything up to the next `'` is literal. Returns
+    /// the index after the closing quote.
+    fn single_quoted(&mut self, open: usize) -> Result<usize, String> {
+        self.in_word = true;
+        self.quoted = true;
+        let close = self.chars[open + 1..]
+            .iter()
+            .position(|c| *c == '\'')
+            .ok_or_else(|| format!("unterminated single quote {}", at(open)))?;
+        self.cur.extend(&self.chars[open + 1..open + 1 + close]);
+        Ok(open + close + 2)
+    }
+
+    /// `"..."` at `open`: `$` expands, and a backslash escapes only `$`,
+    /// `"`, `\\` and `` ` ``, as in bash. Returns the index after the closing quote.
+    fn double_quoted(&mut self, open: usize) -> Result<usize, String> {
+        self.in_word = true;
+        self.quoted = true;
+        let mut i = open + 1;
+        loop {
+            match self.chars.get(i) {
+                None => return Err(format!("unterminated double quote {}", at(open))),
+                Some('"') => return Ok(i + 1),
+                Some('\\') => {
+                    match self.chars.get(i + 1) {
+                        Some(e @ ('$' | '"' | '\\' | '`')) => self.cur.push(*e),
+                        Some(e) => {
+                            self.cur.push('\\');
+                            self.cur.push(*e);
+                        }
+                        None => return Err(format!("unterminated double quote {}", at(open))),
+                    }
+                    i += 2;
+                }
+                Some('$') => i = self.expand(i, Quoting::Double)?,
+                Some('`') => return Err(unsupported("`...` (command substitution)", i)),
+                Some(c) => {
+                    self.cur.push(*c);
+                    i += 1;
+                }
             }
         }
     }
-    if in_word && (quoted || !cur.is_empty()) {
-        out.argv.push(cur);
-    }
-    Ok(out)
+}
+
+/// Where an error is, counted in characters of the joined text.
+fn at(i: usize) -> String {
+    format!("at character {}", i + 1)
 }
 
 /// The text with every line continuation (a backslash that is not itself
@@ -211,71 +242,67 @@ fn unsupported(what: &str, i: usize) -> String {
     )
 }
 
-/// Expands the `$` at `chars[i]` into `cur`; returns the index after it.
-fn expand(
-    chars: &[char],
-    i: usize,
-    quoting: Quoting,
-    env: &dyn Env,
-    cur: &mut String,
-    out: &mut Words,
-) -> Result<usize, String> {
-    let name_start = |c: char| c.is_ascii_alphabetic() || c == '_';
-    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let (name, next): (String, usize) = match chars.get(i + 1) {
-        Some('{') => {
-            let close = chars[i + 2..]
-                .iter()
-                .position(|c| *c == '}')
-                .ok_or_else(|| format!("unterminated ${{ at character {}", i + 1))?;
-            let name: String = chars[i + 2..i + 2 + close].iter().collect();
-            let valid = name.starts_with(name_start) && name.chars().all(name_char);
-            if !valid || name == "_" {
+impl Reader<'_> {
+    /// Expands the `$` at `chars[i]` into the word; returns the index after it.
+    fn expand(&mut self, i: usize, quoting: Quoting) -> Result<usize, String> {
+        let chars = self.chars;
+        let name_start = |c: char| c.is_ascii_alphabetic() || c == '_';
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let (name, next): (String, usize) = match chars.get(i + 1) {
+            Some('{') => {
+                let close = chars[i + 2..]
+                    .iter()
+                    .position(|c| *c == '}')
+                    .ok_or_else(|| format!("unterminated ${{ at character {}", i + 1))?;
+                let name: String = chars[i + 2..i + 2 + close].iter().collect();
+                let valid = name.starts_with(name_start) && name.chars().all(name_char);
+                if !valid || name == "_" {
+                    return Err(unsupported(
+                        "`${...}` with anything but a variable name (only ${NAME} is supported)",
+                        i,
+                    ));
+                }
+                (name, i + 3 + close)
+            }
+            Some(&c) if name_start(c) => {
+                let len = chars[i + 1..].iter().take_while(|c| name_char(**c)).count();
+                let name: String = chars[i + 1..i + 1 + len].iter().collect();
+                if name == "_" {
+                    return Err(unsupported("`$_` (a special parameter)", i));
+                }
+                (name, i + 1 + len)
+            }
+            Some('(') => return Err(unsupported("`$(...)` (command substitution)", i)),
+            Some('[') => return Err(unsupported("`$[...]` (arithmetic)", i)),
+            Some('\'') if quoting == Quoting::Bare => {
+                return Err(unsupported("`$'...'` (ANSI-C quoting)", i))
+            }
+            Some('"') if quoting == Quoting::Bare => {
+                return Err(unsupported("`$\"...\"` (locale quoting)", i))
+            }
+            Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(*c) => {
                 return Err(unsupported(
-                    "`${...}` with anything but a variable name (only ${NAME} is supported)",
+                    "a positional or special parameter (`$1`, `$@`, `$$`, ...)",
                     i,
-                ));
+                ))
             }
-            (name, i + 3 + close)
-        }
-        Some(&c) if name_start(c) => {
-            let len = chars[i + 1..].iter().take_while(|c| name_char(**c)).count();
-            let name: String = chars[i + 1..i + 1 + len].iter().collect();
-            if name == "_" {
-                return Err(unsupported("`$_` (a special parameter)", i));
+            // Anything else leaves the `$` as it is, as in bash: `$`, `a$`, `$/`.
+            _ => {
+                self.cur.push('$');
+                return Ok(i + 1);
             }
-            (name, i + 1 + len)
-        }
-        Some('(') => return Err(unsupported("`$(...)` (command substitution)", i)),
-        Some('[') => return Err(unsupported("`$[...]` (arithmetic)", i)),
-        Some('\'') if quoting == Quoting::Bare => {
-            return Err(unsupported("`$'...'` (ANSI-C quoting)", i))
-        }
-        Some('"') if quoting == Quoting::Bare => {
-            return Err(unsupported("`$\"...\"` (locale quoting)", i))
-        }
-        Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(*c) => {
-            return Err(unsupported(
-                "a positional or special parameter (`$1`, `$@`, `$$`, ...)",
-                i,
-            ))
-        }
-        // Anything else leaves the `$` as it is, as in bash: `$`, `a$`, `$/`.
-        _ => {
-            cur.push('$');
-            return Ok(i + 1);
-        }
-    };
-    match env.var(&name) {
-        Ok(Some(v)) => cur.push_str(&v),
-        Ok(None) => {
-            if !out.unset.contains(&name) {
-                out.unset.push(name);
+        };
+        match self.env.var(&name) {
+            Ok(Some(v)) => self.cur.push_str(&v),
+            Ok(None) => {
+                if !self.out.unset.contains(&name) {
+                    self.out.unset.push(name);
+                }
             }
+            Err(e) => return Err(e.to_string()),
         }
-        Err(e) => return Err(e.to_string()),
+        Ok(next)
     }
-    Ok(next)
 }
 
 #[cfg(test)]

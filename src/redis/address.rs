@@ -109,26 +109,7 @@ pub fn parse(text: &str) -> Result<RedisAddress, String> {
     if first.is_empty() {
         return Err("empty address; expected host:port or redis://host:port".into());
     }
-    let (tls, scheme, rest) = if let Some(r) = first.strip_prefix("rediss://") {
-        (true, true, r)
-    } else if let Some(r) = first.strip_prefix("redis://") {
-        (false, true, r)
-    } else if let Some((scheme, _)) = first.split_once("://") {
-        let shown = if !first.contains('@')
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        {
-            format!(" {scheme:?}")
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "unknown scheme{shown}; expected redis:// or rediss://"
-        ));
-    } else {
-        (false, false, first)
-    };
+    let (tls, scheme, rest) = split_scheme(first)?;
     let rest = rest.trim_end_matches('/');
     let (userinfo, hostport) = match rest.rfind('@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
@@ -142,17 +123,60 @@ pub fn parse(text: &str) -> Result<RedisAddress, String> {
         hidden: others.contains('@'),
     };
     let shown = parts.masked();
-    let (username, password) = match userinfo {
+    let (username, password) = credentials(userinfo);
+    let (host, port) = split_host_port(hostport, &shown)?;
+    Ok(RedisAddress {
+        tls,
+        host,
+        port,
+        username,
+        password,
+    })
+}
+
+/// Whether the address asks for TLS and wrote its scheme out, and the rest.
+/// An unknown scheme is named only when it cannot be a password's text.
+fn split_scheme(first: &str) -> Result<(bool, bool, &str), String> {
+    if let Some(r) = first.strip_prefix("rediss://") {
+        Ok((true, true, r))
+    } else if let Some(r) = first.strip_prefix("redis://") {
+        Ok((false, true, r))
+    } else if let Some((scheme, _)) = first.split_once("://") {
+        let shown = if !first.contains('@')
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            format!(" {scheme:?}")
+        } else {
+            String::new()
+        };
+        Err(format!(
+            "unknown scheme{shown}; expected redis:// or rediss://"
+        ))
+    } else {
+        Ok((false, false, first))
+    }
+}
+
+/// The userinfo's user and password; Ray and redis-py read a lone userinfo
+/// as the password, so rayhead does too.
+fn credentials(userinfo: Option<&str>) -> (Option<String>, Option<Secret>) {
+    match userinfo {
         None => (None, None),
         Some(u) => match u.split_once(':') {
             Some((user, pass)) => (
                 (!user.is_empty()).then(|| user.to_string()),
                 (!pass.is_empty()).then(|| Secret::new(pass)),
             ),
-            // Ray and redis-py read a lone userinfo as the password.
             None => (None, (!u.is_empty()).then(|| Secret::new(u))),
         },
-    };
+    }
+}
+
+/// The host and port, checked; errors show the address as `shown` (its
+/// password masked), never the text as given.
+fn split_host_port(hostport: &str, shown: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, p) = v6
             .split_once(']')
@@ -188,13 +212,7 @@ pub fn parse(text: &str) -> Result<RedisAddress, String> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{shown}: the port is not a number from 1 to 65535"))?;
-    Ok(RedisAddress {
-        tls,
-        host,
-        port,
-        username,
-        password,
-    })
+    Ok((host, port))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use tokio::time::{sleep, Instant};
 
 use super::Redis;
@@ -85,25 +86,7 @@ pub async fn cleanup(
     let mut cursor: u64 = 0;
     let mut attempt: u32 = 0;
     loop {
-        let step = async {
-            redis.ping().await.map_err(|e| e.to_string())?;
-            let mut conn = redis.kept().ok_or("no connection")?;
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            // Belt and braces: only this namespace's keys, ever.
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| k.starts_with(&prefix))
-                .collect();
-            Ok::<_, String>((next, keys, conn))
-        };
+        let step = scan_step(redis, cursor, &pattern, &prefix);
         let (next, keys, mut conn) = match tokio::time::timeout_at(deadline, step).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -123,33 +106,71 @@ pub async fn cleanup(
         if dry_run {
             keys.iter().for_each(|k| each(k));
         } else if !keys.is_empty() {
-            let cmd_name = if report.used_del { "DEL" } else { "UNLINK" };
-            let mut cmd = redis::cmd(cmd_name);
-            cmd.arg(&keys);
-            match cmd.query_async::<u64>(&mut conn).await {
-                Ok(n) => report.deleted += n,
-                Err(e) if !report.used_del && e.kind() != redis::ErrorKind::Io => {
-                    tracing::info!(error = %e, "UNLINK refused; using DEL");
-                    report.used_del = true;
-                    let mut del = redis::cmd("DEL");
-                    del.arg(&keys);
-                    report.deleted += del.query_async::<u64>(&mut conn).await.map_err(|e| {
-                        format!("DEL failed: {e} (after {} deleted)", report.deleted)
-                    })?;
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "{cmd_name} failed: {e} (after {} deleted)",
-                        report.deleted
-                    ))
-                }
-            }
+            delete(&mut conn, &keys, &mut report).await?;
         }
         cursor = next;
         if cursor == 0 {
             return Ok(report);
         }
     }
+}
+
+/// One SCAN step from `cursor`, after a PING: the part of a run that is
+/// safe to retry, since it changes nothing. Returns the next cursor, this
+/// namespace's keys, and the connection to delete them on.
+async fn scan_step(
+    redis: &Redis,
+    cursor: u64,
+    pattern: &str,
+    prefix: &[u8],
+) -> Result<(u64, Vec<Vec<u8>>, MultiplexedConnection), String> {
+    redis.ping().await.map_err(|e| e.to_string())?;
+    let mut conn = redis.kept().ok_or("no connection")?;
+    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(BATCH)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Belt and braces: only this namespace's keys, ever.
+    let keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| k.starts_with(prefix)).collect();
+    Ok((next, keys, conn))
+}
+
+/// Deletes one batch with UNLINK, or with DEL from the first refusal on (a
+/// managed Redis may rename or forbid UNLINK). Not retried: the error says
+/// how many keys went, and a rerun finishes the job.
+async fn delete(
+    conn: &mut MultiplexedConnection,
+    keys: &[Vec<u8>],
+    report: &mut Report,
+) -> Result<(), String> {
+    let cmd_name = if report.used_del { "DEL" } else { "UNLINK" };
+    let mut cmd = redis::cmd(cmd_name);
+    cmd.arg(keys);
+    match cmd.query_async::<u64>(conn).await {
+        Ok(n) => report.deleted += n,
+        Err(e) if !report.used_del && e.kind() != redis::ErrorKind::Io => {
+            tracing::info!(error = %e, "UNLINK refused; using DEL");
+            report.used_del = true;
+            let mut del = redis::cmd("DEL");
+            del.arg(keys);
+            report.deleted += del
+                .query_async::<u64>(conn)
+                .await
+                .map_err(|e| format!("DEL failed: {e} (after {} deleted)", report.deleted))?;
+        }
+        Err(e) => {
+            return Err(format!(
+                "{cmd_name} failed: {e} (after {} deleted)",
+                report.deleted
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Between retries through a dropped connection.

@@ -102,6 +102,30 @@ impl Findings {
 
     /// A table for people.
     pub fn render(&self) -> String {
+        let rows = self.rows();
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("{k:<width$}  {v}\n"));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("WARNING  {w}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("NOTE     {n}\n"));
+        }
+        let verdict = match self.exit_code() {
+            0 => "healthy".to_string(),
+            2 => "healthy, with warnings".to_string(),
+            _ => format!("UNHEALTHY: {}", self.problem().unwrap_or_default()),
+        };
+        out.push_str(&format!("verdict  {verdict}\n"));
+        out
+    }
+
+    /// The table's rows, before they are aligned: the connection first,
+    /// then the settings that decide whether GCS state survives.
+    fn rows(&self) -> Vec<(String, String)> {
         let mut rows: Vec<(String, String)> = vec![
             ("address".into(), self.address.clone()),
             (
@@ -145,44 +169,30 @@ impl Findings {
                 }
             }),
         ));
-        rows.push((
-            "memory".into(),
-            match (self.used_memory, self.maxmemory) {
-                (Some(u), Some(0)) => format!("{} used, no maxmemory", mib(u)),
-                (Some(u), Some(m)) => format!(
-                    "{} used of {} ({:.0}%)",
-                    mib(u),
-                    mib(m),
-                    u as f64 * 100.0 / m as f64
-                ),
-                (Some(u), None) => format!("{} used", mib(u)),
-                _ => "unknown".into(),
-            },
-        ));
+        rows.push(("memory".into(), self.memory_text()));
         for (t, n) in &self.tables {
             rows.push((
                 format!("table {t}"),
                 n.map_or("absent".into(), |n| format!("{n} fields")),
             ));
         }
-        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (k, v) in rows {
-            out.push_str(&format!("{k:<width$}  {v}\n"));
+        rows
+    }
+
+    /// The memory row: how close Redis is to its limit, where eviction or
+    /// refused writes begin.
+    fn memory_text(&self) -> String {
+        match (self.used_memory, self.maxmemory) {
+            (Some(u), Some(0)) => format!("{} used, no maxmemory", mib(u)),
+            (Some(u), Some(m)) => format!(
+                "{} used of {} ({:.0}%)",
+                mib(u),
+                mib(m),
+                u as f64 * 100.0 / m as f64
+            ),
+            (Some(u), None) => format!("{} used", mib(u)),
+            _ => "unknown".into(),
         }
-        for w in &self.warnings {
-            out.push_str(&format!("WARNING  {w}\n"));
-        }
-        for n in &self.notes {
-            out.push_str(&format!("NOTE     {n}\n"));
-        }
-        let verdict = match self.exit_code() {
-            0 => "healthy".to_string(),
-            2 => "healthy, with warnings".to_string(),
-            _ => format!("UNHEALTHY: {}", self.problem().unwrap_or_default()),
-        };
-        out.push_str(&format!("verdict  {verdict}\n"));
-        out
     }
 }
 
@@ -251,16 +261,40 @@ impl Redis {
         let Some(mut conn) = self.kept() else {
             return f;
         };
-        let t = self.command_timeout();
-        let skip = |c: &str| self.skip.iter().any(|s| s == c);
-        let info = if skip("info") {
+        let info = self.read_info(&mut conn, &mut f).await;
+        self.read_save_points(&mut conn, &mut f).await;
+        if f.maxmemory_policy.is_none() && !info.is_empty() {
+            f.notes
+                .push("cannot check the eviction policy: INFO has no maxmemory_policy".into());
+        }
+        if let Some(ns) = namespace.filter(|_| !self.skips("tables")) {
+            self.count_tables(&mut conn, ns, &mut f).await;
+        }
+        f.warnings = warnings(&f, &info);
+        f
+    }
+
+    /// redis.skip-checks names this check: a managed Redis may forbid its
+    /// command, and the user said so.
+    fn skips(&self, check: &str) -> bool {
+        self.skip.iter().any(|s| s == check)
+    }
+
+    /// INFO: the role, memory, eviction policy and AOF. Its fields are
+    /// returned too, for the warnings that need the keyspace.
+    async fn read_info(
+        &self,
+        conn: &mut MultiplexedConnection,
+        f: &mut Findings,
+    ) -> BTreeMap<String, String> {
+        let info = if self.skips("info") {
             f.notes.push(
                 "not checking the role, memory, eviction policy or AOF: redis.skip-checks has info"
                     .into(),
             );
             BTreeMap::new()
         } else {
-            match query::<String>(&mut conn, redis::cmd("INFO"), t).await {
+            match query::<String>(conn, redis::cmd("INFO"), self.command_timeout()).await {
                 Ok(text) => parse_info(&text),
                 Err(e) => {
                     f.notes.push(format!(
@@ -275,12 +309,18 @@ impl Redis {
         f.aof = info.get("aof_enabled").map(|v| v == "1");
         f.used_memory = info.get("used_memory").and_then(|v| v.parse().ok());
         f.maxmemory = info.get("maxmemory").and_then(|v| v.parse().ok());
+        info
+    }
+
+    /// CONFIG GET save: INFO does not say whether RDB snapshots are on,
+    /// which the no-persistence warning needs.
+    async fn read_save_points(&self, conn: &mut MultiplexedConnection, f: &mut Findings) {
         let mut save = redis::cmd("CONFIG");
         save.arg("GET").arg("save");
-        let saved = if skip("config") {
+        let saved = if self.skips("config") {
             Err("redis.skip-checks has config".to_string())
         } else {
-            query::<Vec<String>>(&mut conn, save, t).await
+            query::<Vec<String>>(conn, save, self.command_timeout()).await
         };
         match saved {
             Ok(v) if v.len() == 2 => f.save_points = Some(v[1].clone()),
@@ -291,34 +331,32 @@ impl Redis {
                 "cannot check RDB save points: CONFIG is disabled or skipped ({e})"
             )),
         }
-        if f.maxmemory_policy.is_none() && !info.is_empty() {
-            f.notes
-                .push("cannot check the eviction policy: INFO has no maxmemory_policy".into());
+    }
+
+    /// The namespace's GCS tables and their sizes, in one pipeline: whether
+    /// a restarted GCS will find the state it needs.
+    async fn count_tables(&self, conn: &mut MultiplexedConnection, ns: &str, f: &mut Findings) {
+        let mut pipe = redis::pipe();
+        for table in TABLES {
+            let key = format!("RAY{ns}@{table}");
+            pipe.cmd("EXISTS").arg(&key).cmd("HLEN").arg(&key);
         }
-        if let Some(ns) = namespace.filter(|_| !skip("tables")) {
-            let mut pipe = redis::pipe();
-            for table in TABLES {
-                let key = format!("RAY{ns}@{table}");
-                pipe.cmd("EXISTS").arg(&key).cmd("HLEN").arg(&key);
-            }
-            match tokio::time::timeout(t, pipe.query_async::<Vec<i64>>(&mut conn)).await {
-                Ok(Ok(v)) if v.len() == TABLES.len() * 2 => {
-                    for (i, table) in TABLES.iter().enumerate() {
-                        let n = (v[2 * i] > 0).then_some(v[2 * i + 1].max(0) as u64);
-                        f.tables.insert(table.to_string(), n);
-                    }
+        let t = self.command_timeout();
+        match tokio::time::timeout(t, pipe.query_async::<Vec<i64>>(conn)).await {
+            Ok(Ok(v)) if v.len() == TABLES.len() * 2 => {
+                for (i, table) in TABLES.iter().enumerate() {
+                    let n = (v[2 * i] > 0).then_some(v[2 * i + 1].max(0) as u64);
+                    f.tables.insert(table.to_string(), n);
                 }
-                Ok(Ok(_)) => f
-                    .notes
-                    .push("cannot count the GCS tables: unexpected answer".into()),
-                Ok(Err(e)) => f.notes.push(format!("cannot count the GCS tables: {e}")),
-                Err(_) => f
-                    .notes
-                    .push("cannot count the GCS tables: timed out".into()),
             }
+            Ok(Ok(_)) => f
+                .notes
+                .push("cannot count the GCS tables: unexpected answer".into()),
+            Ok(Err(e)) => f.notes.push(format!("cannot count the GCS tables: {e}")),
+            Err(_) => f
+                .notes
+                .push("cannot count the GCS tables: timed out".into()),
         }
-        f.warnings = warnings(&f, &info);
-        f
     }
 }
 

@@ -39,7 +39,7 @@ use crate::init::stop::{self, StopPlan};
 use crate::init::{spawn, Init};
 use crate::state::{Phase, State};
 use crate::sys::{pin, proctree};
-use machine::{Action, Event, Machine, Outcome, StartError};
+use machine::{Action, Event, Machine, StartError, StopReason};
 
 use crate::init::HEARTBEAT;
 
@@ -62,7 +62,7 @@ pub(super) struct Supervisor<'a> {
     /// Each adopted daemon's command, captured so that it can be started
     /// again in place.
     specs: HashMap<Daemon, DaemonSpec>,
-    /// Each watched daemon's descendants, as its health checks last saw.
+    /// Each health-checked daemon's descendants, as its checks last saw.
     families: Families,
     /// `ray start`'s pid: its process group is the head's (block mode).
     ray_start: Option<Pid>,
@@ -114,10 +114,10 @@ impl<'a> Supervisor<'a> {
             self.init.cancel.child_token(),
         ));
         let mut actions = self.machine.start(Instant::now());
-        let outcome = 'run: loop {
+        let stop = 'run: loop {
             for action in actions {
-                if let Some(outcome) = self.execute(action) {
-                    break 'run outcome;
+                if let Some(stop) = self.execute(action) {
+                    break 'run stop;
                 }
             }
             let event = self.next_event(&mut heartbeat).await;
@@ -126,9 +126,9 @@ impl<'a> Supervisor<'a> {
         if let Some(g) = self.gate.take() {
             g.cancel();
         }
-        match outcome {
-            Outcome::Stop(sig) => {
-                let report = self.teardown(false).await;
+        match stop {
+            StopReason::Signal(sig) => {
+                let report = self.tear_down(false).await;
                 let killed = if report.killed > 0 {
                     format!(", {} process(es) SIGKILLed", report.killed)
                 } else {
@@ -143,10 +143,10 @@ impl<'a> Supervisor<'a> {
                     ),
                 }
             }
-            Outcome::Fail(exit) => {
+            StopReason::Exit(exit) => {
                 tracing::error!(code = exit.code(), reason = %exit, "giving up: tearing the Ray head down");
                 self.state.update(|s| s.last_reason = Some(exit.reason()));
-                self.teardown(true).await;
+                self.tear_down(true).await;
                 exit
             }
         }
@@ -177,7 +177,7 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Carries out one action; `Some` ends the loop.
-    fn execute(&mut self, action: Action) -> Option<Outcome> {
+    fn execute(&mut self, action: Action) -> Option<StopReason> {
         match action {
             Action::WaitForStore { until, purpose } => self.wait_for_store(until, purpose),
             Action::LaunchRay => self.launch_ray(),
@@ -188,7 +188,7 @@ impl<'a> Supervisor<'a> {
                 self.pending.push_back(Event::Found(found));
             }
             Action::Adopt(found) => self.adopt(found),
-            Action::WatchHealth(daemon, pid) => self.watch_health(daemon, pid),
+            Action::StartHealthChecks(daemon, pid) => self.start_health_checks(daemon, pid),
             // Each by identity: the daemon may be reaped already, and the
             // family list is seconds old; a pid reused since is spared.
             Action::KillTree(pid) => {
@@ -219,7 +219,7 @@ impl<'a> Supervisor<'a> {
                 let started = self.start_daemon(daemon);
                 self.pending.push_back(Event::Started(daemon, started));
             }
-            Action::Finish(outcome) => return Some(outcome),
+            Action::Stop(reason) => return Some(reason),
         }
         None
     }
@@ -318,7 +318,7 @@ impl<'a> Supervisor<'a> {
     fn adopt(&mut self, found: Vec<(Daemon, Pid)>) {
         let mark = self.scan_mark.unwrap_or_else(|| self.init.reaper.mark());
         for (daemon, pid) in found {
-            let rx = self.init.reaper.watch(pid, daemon.name(), mark);
+            let rx = self.init.reaper.claim(pid, daemon.name(), mark);
             self.forward_exit(daemon, pid, rx);
             match DaemonSpec::capture(pid) {
                 Ok(spec) => {
@@ -330,13 +330,13 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if daemon != Daemon::GcsServer {
-                self.watch_health(daemon, pid);
+                self.start_health_checks(daemon, pid);
             }
         }
     }
 
     /// Checks a daemon's health every ray.health-interval, until it is gone.
-    fn watch_health(&self, daemon: Daemon, pid: Pid) {
+    fn start_health_checks(&self, daemon: Daemon, pid: Pid) {
         let spec = self.specs.get(&daemon);
         // Only a daemon still unreaped: its pid may be anyone's after.
         let Some(pinned) = self.init.reaper.pin(pid) else {
@@ -349,7 +349,7 @@ impl<'a> Supervisor<'a> {
             check: daemon.spec().check,
             http: spec.and_then(|s| http_target(s.arg("--host"), s.arg("--port"))),
         };
-        self.init.tracker.spawn(daemon_health::watch(
+        self.init.tracker.spawn(daemon_health::check_every(
             target,
             self.cfg.ray.health_interval,
             self.cfg.ray.health_timeout,
@@ -425,7 +425,7 @@ impl<'a> Supervisor<'a> {
     /// grace, KILL. A failure (`fast`) skips `ray stop` and gives TERM only
     /// half of gcs.deadline-margin: the head is broken already, and rayhead
     /// must be gone before the head's reconnect window ends.
-    async fn teardown(&mut self, fast: bool) -> stop::StopReport {
+    async fn tear_down(&mut self, fast: bool) -> stop::StopReport {
         self.state
             .set_phase(Phase::Stopping, "stopping the Ray head");
         let (stop_command, grace) = if fast {

@@ -24,7 +24,7 @@ pub use crate::ray::memory::MemorySample;
 
 /// What the machine remembers between samples.
 #[derive(Debug, Default)]
-pub(super) struct MemoryWatch {
+pub(super) struct MemoryRestarts {
     /// Since when the current gcs_server has been over the mark.
     over_since: Option<Instant>,
     /// When the last memory restart began.
@@ -38,7 +38,7 @@ pub(super) struct MemoryWatch {
 }
 
 impl Machine {
-    pub(super) fn memory(&mut self, now: Instant, sample: MemorySample) -> Vec<Action> {
+    pub(super) fn on_memory_sample(&mut self, now: Instant, sample: MemorySample) -> Vec<Action> {
         let limit = sample
             .container
             .as_ref()
@@ -59,12 +59,12 @@ impl Machine {
                 .find(|(_, pid, _)| *pid == gcs)
                 .map(|(_, _, rss)| *rss)
         });
-        let (Stage::Watching(_), Some(mark), Some(rss)) = (&self.stage, mark, gcs_rss) else {
-            self.under_mark();
+        let (Stage::Steady(_), Some(mark), Some(rss)) = (&self.stage, mark, gcs_rss) else {
+            self.clear_over_mark();
             return Vec::new();
         };
         if rss <= mark {
-            self.under_mark();
+            self.clear_over_mark();
             return Vec::new();
         }
         if self.memory.gave_up {
@@ -118,10 +118,10 @@ impl Machine {
             }
         });
         // A planned restart is no failure, whatever probation the GCS is on.
-        if let Stage::Watching(w) = &mut self.stage {
+        if let Stage::Steady(w) = &mut self.stage {
             w.probation = None;
         }
-        self.lost(now, reason)
+        self.on_gcs_lost(now, reason)
     }
 
     /// How soon after a memory restart a GCS over the mark is a leak:
@@ -151,7 +151,9 @@ impl Machine {
         Vec::new()
     }
 
-    fn under_mark(&mut self) {
+    /// The GCS is under its mark (or has none): a later excursion must be
+    /// sustained for memory.sustain again, from its own start.
+    fn clear_over_mark(&mut self) {
         if self.memory.over_since.take().is_some() {
             self.state.update(|s| {
                 if let Some(m) = &mut s.memory {

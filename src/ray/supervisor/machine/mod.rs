@@ -8,8 +8,8 @@
 //! and the unit tests drive every path with a made-up clock in
 //! microseconds.
 //!
-//! Stages: StartGate → Launching → Adopting → Watching ⇄ Recovering, and
-//! Done once an [`Action::Finish`] has been returned.
+//! Stages: StartGate → Launching → Adopting → Steady ⇄ Recovering, and
+//! Done once an [`Action::Stop`] has been returned.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -77,7 +77,7 @@ pub enum Event {
     TimerFired(Timer),
 }
 
-/// Why gcs_server could not be started again.
+/// Why a daemon (gcs_server or another) could not be started again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartError {
     pub message: String,
@@ -120,7 +120,7 @@ pub enum Action {
     /// check the health of each but the GCS.
     Adopt(Vec<(Daemon, Pid)>),
     /// Check the health of a daemon started again.
-    WatchHealth(Daemon, Pid),
+    StartHealthChecks(Daemon, Pid),
     /// Point the GCS health monitor at a generation and an interval.
     Monitor(Mode),
     /// SIGKILL this process; its exit comes back as an event.
@@ -134,16 +134,18 @@ pub enum Action {
     /// [`Event::Started`].
     StartDaemon(Daemon),
     /// Stop supervising: tear the head down and exit.
-    Finish(Outcome),
+    Stop(StopReason),
 }
 
-/// How supervision ends.
+/// Why supervision stops: the machine's last word, which the driver turns
+/// into rayhead's [`Exit`] after the teardown. (The init's own supervisor
+/// has a `StopReason` of its own, for a plain command.)
 #[derive(Debug, PartialEq)]
-pub enum Outcome {
-    /// A SIGTERM or SIGINT asked for a stop.
-    Stop(Signal),
+pub enum StopReason {
+    /// A SIGTERM or SIGINT asked for a stop: exit 0 once the head is down.
+    Signal(Signal),
     /// rayhead decided to exit: tear down, then exit with this.
-    Fail(Exit),
+    Exit(Exit),
 }
 
 /// How long after `ray start` exits its daemons may still be between fork
@@ -163,22 +165,26 @@ enum Stage {
         give_up: Instant,
         next_scan: Instant,
     },
-    /// The head runs; the GCS is watched.
-    Watching(Watch),
+    /// The head runs, between start-up and a loss: the GCS's health
+    /// decides when it is lost, and the other daemons are health-checked.
+    Steady(Steady),
     /// The GCS was lost and is being restarted in place.
     Recovering(Recovery),
-    /// An [`Action::Finish`] was returned.
+    /// An [`Action::Stop`] was returned.
     Done,
 }
 
-struct Watch {
-    /// When watching began: the unhealthy timer's start until a SERVING.
+/// What the steady stage keeps for its timers: the unhealthy timer's
+/// start, and a restarted GCS's probation.
+struct Steady {
+    /// When this stage began: the unhealthy timer's start until a SERVING.
     since: Instant,
     /// When a restarted GCS first answered SERVING, until gcs.stable-after
     /// has passed: a loss before then is a failed restart.
     probation: Option<Instant>,
 }
 
+/// A GCS recovery under way, and what its failure message will need.
 struct Recovery {
     t0: Instant,
     deadline: Instant,
@@ -187,11 +193,12 @@ struct Recovery {
     /// Why the storage gate did not pass, when that ended the recovery.
     storage: Option<crate::storage::DiskProblem>,
     attempts: u32,
-    step: Step,
+    step: RecoveryStep,
 }
 
+/// Where a GCS recovery is; a daemon's restart has its [`DaemonStep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+enum RecoveryStep {
     /// The old gcs_server was SIGKILLed; waiting until it is reaped. Two
     /// GCS processes must never share a Redis namespace, and a second one
     /// on RocksDB exits at once (the database's `LOCK`).
@@ -227,12 +234,12 @@ pub struct Machine {
     /// Failed restarts in a row: the crash-loop guard's count.
     failures: u32,
     /// Every adopted daemon but the GCS: its health, and its restarts.
-    watched: BTreeMap<Daemon, Watched>,
-    memory: memory::MemoryWatch,
+    daemons: BTreeMap<Daemon, TrackedDaemon>,
+    memory: memory::MemoryRestarts,
 }
 
 /// A daemon other than the GCS, as the machine follows it.
-struct Watched {
+struct TrackedDaemon {
     /// The live process, while there is one.
     pid: Option<Pid>,
     /// Since when its checks fail.
@@ -242,16 +249,18 @@ struct Watched {
     step: DaemonStep,
 }
 
+/// Where a daemon other than the GCS is in its life and its in-place
+/// restarts; the GCS's recovery has its [`RecoveryStep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DaemonStep {
     /// Running; `restarted` while a restart is on probation
     /// (gcs.stable-after).
-    Running {
-        restarted: Option<Instant>,
-    },
+    Running { restarted: Option<Instant> },
     /// SIGKILLed (hung), or exited: waiting for its reap to start it again.
     Reaping(Pid),
+    /// After a failed restart, until then.
     Backoff(Instant),
+    /// Being started again from its captured command.
     Spawning,
     /// Exited and not restarted (ray.on-daemon-exit "ignore").
     Gone,
@@ -272,8 +281,8 @@ impl Machine {
             last_serving: None,
             gcs: None,
             failures: 0,
-            watched: BTreeMap::new(),
-            memory: memory::MemoryWatch::default(),
+            daemons: BTreeMap::new(),
+            memory: memory::MemoryRestarts::default(),
         }
     }
 
@@ -294,7 +303,7 @@ impl Machine {
 
     /// When the machine next wants [`Event::TimerFired`], and which.
     pub fn timer(&self) -> Option<(Instant, Timer)> {
-        let daemons = self.watched.iter().filter_map(|(d, w)| match w.step {
+        let daemons = self.daemons.iter().filter_map(|(d, w)| match w.step {
             DaemonStep::Backoff(until) => Some((until, Timer::DaemonBackoff(*d))),
             _ => None,
         });
@@ -307,7 +316,7 @@ impl Machine {
     fn stage_timer(&self) -> Option<(Instant, Timer)> {
         match &self.stage {
             Stage::Adopting { next_scan, .. } => Some((*next_scan, Timer::Rescan)),
-            Stage::Watching(w) => {
+            Stage::Steady(w) => {
                 let unhealthy = after(
                     self.last_serving.unwrap_or(w.since),
                     self.cfg.gcs.unhealthy_after,
@@ -319,7 +328,7 @@ impl Machine {
                 }
             }
             Stage::Recovering(r) => match r.step {
-                Step::Backoff(until) if until < r.deadline => Some((until, Timer::Backoff)),
+                RecoveryStep::Backoff(until) if until < r.deadline => Some((until, Timer::Backoff)),
                 _ => Some((r.deadline, Timer::Deadline)),
             },
             Stage::StartGate | Stage::Launching | Stage::Done => None,
@@ -333,7 +342,7 @@ impl Machine {
         self.gcs.is_some()
     }
 
-    /// Whether an [`Action::Finish`] was returned.
+    /// Whether an [`Action::Stop`] was returned.
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
     }
@@ -350,7 +359,7 @@ impl Machine {
             }
             Event::Signal(sig) if stop::is_stop_signal(sig) => {
                 tracing::info!(signal = sig.as_str(), "stop requested");
-                vec![Action::Finish(Outcome::Stop(sig))]
+                vec![Action::Stop(StopReason::Signal(sig))]
             }
             Event::Signal(sig) => {
                 tracing::info!(
@@ -359,22 +368,24 @@ impl Machine {
                 );
                 Vec::new()
             }
-            Event::LaunchFailed(exit) => vec![Action::Finish(Outcome::Fail(exit))],
+            Event::LaunchFailed(exit) => vec![Action::Stop(StopReason::Exit(exit))],
             Event::DaemonExited {
                 daemon,
                 pid,
                 status,
-            } => self.daemon_exited(now, daemon, pid, status),
-            Event::Health(obs) => self.health(now, obs),
-            Event::DaemonHealth(c) => self.daemon_health(now, c.daemon, c.pid, c.healthy, c.detail),
+            } => self.on_daemon_exited(now, daemon, pid, status),
+            Event::Health(obs) => self.on_gcs_health(now, obs),
+            Event::DaemonHealth(c) => {
+                self.on_daemon_health(now, c.daemon, c.pid, c.healthy, c.detail)
+            }
             Event::Started(daemon, started) if daemon != Daemon::GcsServer => {
-                self.daemon_started(now, daemon, started)
+                self.on_daemon_started(now, daemon, started)
             }
             Event::TimerFired(Timer::DaemonBackoff(daemon)) => self.start_daemon(now, daemon),
-            Event::Memory(sample) => self.memory(now, sample),
+            Event::Memory(sample) => self.on_memory_sample(now, sample),
             other => self.on_stage_event(now, other),
         };
-        if actions.iter().any(|a| matches!(a, Action::Finish(_))) {
+        if actions.iter().any(|a| matches!(a, Action::Stop(_))) {
             self.stage = Stage::Done;
         }
         actions
@@ -387,7 +398,7 @@ impl Machine {
             Stage::StartGate => self.at_start_gate(now, event),
             Stage::Launching => self.while_launching(now, event),
             Stage::Adopting { .. } => self.while_adopting(now, event),
-            Stage::Watching(_) => self.while_watching(now, event),
+            Stage::Steady(_) => self.while_steady(now, event),
             Stage::Recovering(_) => self.while_recovering(now, event),
             Stage::Done => ignored(event),
         }
@@ -406,7 +417,7 @@ impl Machine {
                     Some(store) => store.start_gate_exit(&e),
                     None => Exit::Internal(format!("a store gate failed without a store: {e}")),
                 };
-                vec![Action::Finish(Outcome::Fail(exit))]
+                vec![Action::Stop(StopReason::Exit(exit))]
             }
             other => ignored(other),
         }
@@ -418,7 +429,7 @@ impl Machine {
         };
         self.start_output = output;
         if !status.success() {
-            return vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+            return vec![Action::Stop(StopReason::Exit(Exit::RayStartFailed(
                 format!("ray start {status}: {}", self.start_output),
             )))];
         }
@@ -445,7 +456,7 @@ impl Machine {
         match missing {
             None => self.adopt(now, found),
             Some(spec) if now >= *give_up => {
-                vec![Action::Finish(Outcome::Fail(Exit::RayStartFailed(
+                vec![Action::Stop(StopReason::Exit(Exit::RayStartFailed(
                     format!(
                         "ray start exited 0 but no {} is running: {}",
                         spec.name, self.start_output
@@ -459,11 +470,11 @@ impl Machine {
         }
     }
 
-    fn while_watching(&mut self, now: Instant, event: Event) -> Vec<Action> {
+    fn while_steady(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match event {
             Event::RayStartExited(status, _) => {
                 // Block mode: `ray start --block` is the head.
-                vec![Action::Finish(Outcome::Fail(Exit::Status {
+                vec![Action::Stop(StopReason::Exit(Exit::Status {
                     code: status.code(),
                     reason: format!("ray start --block {status}"),
                 }))]
@@ -473,10 +484,10 @@ impl Machine {
                     "no SERVING answer from the GCS for {}",
                     humantime::format_duration(self.cfg.gcs.unhealthy_after)
                 );
-                self.lost(now, reason)
+                self.on_gcs_lost(now, reason)
             }
             Event::TimerFired(Timer::Stable) => {
-                if let Stage::Watching(w) = &mut self.stage {
+                if let Stage::Steady(w) = &mut self.stage {
                     w.probation = None;
                 }
                 if self.failures > 0 {
@@ -493,11 +504,12 @@ impl Machine {
         }
     }
 
-    /// Runs `ray start`. In block mode it is the head: watching begins now.
+    /// Runs `ray start`. In block mode it is the head: the steady stage
+    /// begins now.
     fn launch(&mut self, now: Instant) -> Vec<Action> {
         self.stage = match self.cfg.ray.mode {
             RayMode::Direct => Stage::Launching,
-            RayMode::Block => Stage::Watching(Watch {
+            RayMode::Block => Stage::Steady(Steady {
                 since: now,
                 probation: None,
             }),
@@ -522,9 +534,9 @@ impl Machine {
             if *daemon == Daemon::GcsServer {
                 self.gcs = Some(*pid);
             } else {
-                self.watched.insert(
+                self.daemons.insert(
                     *daemon,
-                    Watched {
+                    TrackedDaemon {
                         pid: Some(*pid),
                         unhealthy_since: None,
                         failures: 0,
@@ -533,7 +545,7 @@ impl Machine {
                 );
             }
         }
-        self.stage = Stage::Watching(Watch {
+        self.stage = Stage::Steady(Steady {
             since: now,
             probation: None,
         });
@@ -544,7 +556,7 @@ impl Machine {
         actions
     }
 
-    /// The first SERVING while watching: the head runs, and the monitor
+    /// The first SERVING in the steady stage: the head runs, and the monitor
     /// slows to gcs.health-interval.
     fn start_running(&mut self) -> Vec<Action> {
         if self.phase != Phase::Starting {

@@ -7,7 +7,12 @@ use tokio::time::Instant;
 use super::*;
 
 impl Machine {
-    pub(super) fn gcs_exited(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Vec<Action> {
+    pub(super) fn on_gcs_exited(
+        &mut self,
+        now: Instant,
+        pid: Pid,
+        status: ExitStatus,
+    ) -> Vec<Action> {
         if self.gcs != Some(pid) {
             return Vec::new();
         }
@@ -19,12 +24,12 @@ impl Machine {
             Some(status.to_string()),
         );
         match &mut self.stage {
-            Stage::Watching(_) => self.lost(now, format!("gcs_server {status}")),
+            Stage::Steady(_) => self.on_gcs_lost(now, format!("gcs_server {status}")),
             Stage::Recovering(r) => match r.step {
-                Step::Reaping(old) if old == pid => self.after_reap(now),
-                Step::Starting(new) if new == pid => {
+                RecoveryStep::Reaping(old) if old == pid => self.after_reap(now),
+                RecoveryStep::Starting(new) if new == pid => {
                     r.last_error = format!("the restarted gcs_server {status}");
-                    self.restart_failed(now)
+                    self.on_restart_failed(now)
                 }
                 _ => Vec::new(),
             },
@@ -32,7 +37,7 @@ impl Machine {
         }
     }
 
-    pub(super) fn health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
+    pub(super) fn on_gcs_health(&mut self, now: Instant, obs: Observation) -> Vec<Action> {
         if obs.generation != self.generation {
             return Vec::new();
         }
@@ -46,39 +51,41 @@ impl Machine {
             tracing::debug!(why = %why, via = obs.via, "GCS health check failed");
         }
         match (&self.stage, &obs.health) {
-            (Stage::Recovering(r), Health::Serving) if matches!(r.step, Step::Starting(_)) => {
-                self.recovered(now)
+            (Stage::Recovering(r), Health::Serving)
+                if matches!(r.step, RecoveryStep::Starting(_)) =>
+            {
+                self.on_recovered(now)
             }
             (Stage::Recovering(_), _) => Vec::new(),
-            (Stage::Watching(_), Health::Serving) => {
+            (Stage::Steady(_), Health::Serving) => {
                 self.last_serving = Some(obs.at);
                 self.start_running()
             }
             (_, Health::Serving) => {
-                // Before adoption: remembered, acted on once watching.
+                // Before adoption: remembered, acted on once steady.
                 self.last_serving = Some(obs.at);
                 Vec::new()
             }
-            (Stage::Watching(_), Health::NotServing) => {
-                self.lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
+            (Stage::Steady(_), Health::NotServing) => {
+                self.on_gcs_lost(now, format!("the GCS reported NOT_SERVING ({})", obs.via))
             }
-            (Stage::Watching(_), Health::Refused) if self.last_serving.is_some() => {
-                self.lost(now, "the GCS port refuses connections".into())
+            (Stage::Steady(_), Health::Refused) if self.last_serving.is_some() => {
+                self.on_gcs_lost(now, "the GCS port refuses connections".into())
             }
             _ => Vec::new(),
         }
     }
 
     /// The GCS is lost: start a recovery, or decide that none can be.
-    pub(super) fn lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
-        if let Stage::Watching(Watch {
+    pub(super) fn on_gcs_lost(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        if let Stage::Steady(Steady {
             probation: Some(_), ..
         }) = self.stage
         {
             // Lost again within gcs.stable-after of its restart.
             self.count_failure();
-            if let Some(finish) = self.crash_loop(&reason, "lost again soon after its restart") {
-                return vec![finish];
+            if let Some(stop) = self.crash_loop(&reason, "lost again soon after its restart") {
+                return vec![stop];
             }
         }
         self.generation += 1;
@@ -98,20 +105,8 @@ impl Machine {
             g.last_loss_reason = Some(reason.clone());
         });
         self.enter(Phase::Recovering, &format!("GCS lost: {reason}"));
-
-        if self.cfg.ray.mode == RayMode::Block {
-            actions.push(Action::KillBlockGcs);
-            actions.push(Action::Finish(Outcome::Fail(Exit::GcsLostInBlockMode(
-                format!("GCS lost ({reason}); in block mode rayhead does not restart it"),
-            ))));
-            return actions;
-        }
-        if self.store.is_none() {
-            actions.push(Action::Finish(Outcome::Fail(
-                Exit::GcsLostWithoutFaultTolerance(format!(
-                    "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
-                )),
-            )));
+        if let Some(end) = self.unrecoverable(&reason) {
+            actions.extend(end);
             return actions;
         }
         self.state.update_gcs(|g| g.deadline = Some(deadline_wall));
@@ -124,9 +119,9 @@ impl Machine {
                     "killing the old gcs_server before a new one starts"
                 );
                 actions.push(Action::Kill(old));
-                Step::Reaping(old)
+                RecoveryStep::Reaping(old)
             }
-            None => Step::Gate,
+            None => RecoveryStep::Gate,
         };
         self.stage = Stage::Recovering(Recovery {
             t0: now,
@@ -137,10 +132,32 @@ impl Machine {
             attempts: 0,
             step,
         });
-        if step == Step::Gate {
+        if step == RecoveryStep::Gate {
             actions.extend(self.after_reap(now));
         }
         actions
+    }
+
+    /// The heads whose GCS rayhead cannot restart: under `ray start
+    /// --block` the GCS is not rayhead's child, and without fault tolerance
+    /// a new GCS would start with none of the old one's state.
+    fn unrecoverable(&self, reason: &str) -> Option<Vec<Action>> {
+        if self.cfg.ray.mode == RayMode::Block {
+            return Some(vec![
+                Action::KillBlockGcs,
+                Action::Stop(StopReason::Exit(Exit::GcsLostInBlockMode(format!(
+                    "GCS lost ({reason}); in block mode rayhead does not restart it"
+                )))),
+            ]);
+        }
+        if self.store.is_none() {
+            return Some(vec![Action::Stop(StopReason::Exit(
+                Exit::GcsLostWithoutFaultTolerance(format!(
+                    "GCS lost ({reason}) without fault tolerance (no Redis, no RocksDB): its state is gone, so the head exits"
+                )),
+            ))]);
+        }
+        None
     }
 
     /// An event while recovering: the gate's answer, the new gcs_server's
@@ -150,11 +167,11 @@ impl Machine {
             return Vec::new();
         };
         match (r.step, event) {
-            (Step::Gate, Event::StoreReady) => {
-                r.step = Step::Spawning;
+            (RecoveryStep::Gate, Event::StoreReady) => {
+                r.step = RecoveryStep::Spawning;
                 vec![Action::StartDaemon(Daemon::GcsServer)]
             }
-            (Step::Gate, Event::StoreFailed(e)) => {
+            (RecoveryStep::Gate, Event::StoreFailed(e)) => {
                 r.last_error = match (&self.store, &e) {
                     (_, GateError::Disk(p)) => p.to_string(),
                     (Some(s), GateError::Redis(p)) => {
@@ -170,15 +187,15 @@ impl Machine {
                 };
                 vec![self.not_recovered(now)]
             }
-            (Step::Spawning, Event::Started(Daemon::GcsServer, started)) => {
-                self.gcs_started(now, started)
+            (RecoveryStep::Spawning, Event::Started(Daemon::GcsServer, started)) => {
+                self.on_gcs_started(now, started)
             }
             (_, Event::TimerFired(Timer::Backoff)) => {
-                r.step = Step::Gate;
-                vec![gate(r.deadline)]
+                r.step = RecoveryStep::Gate;
+                vec![restart_gate(r.deadline)]
             }
             (step, Event::TimerFired(Timer::Deadline)) => {
-                if let Step::Starting(_) = step {
+                if let RecoveryStep::Starting(_) = step {
                     r.last_error = "the restarted gcs_server did not answer SERVING".into();
                 }
                 vec![self.not_recovered(now)]
@@ -188,14 +205,14 @@ impl Machine {
     }
 
     /// A new gcs_server was spawned, or could not be.
-    fn gcs_started(&mut self, now: Instant, started: Result<Pid, StartError>) -> Vec<Action> {
+    fn on_gcs_started(&mut self, now: Instant, started: Result<Pid, StartError>) -> Vec<Action> {
         let Stage::Recovering(r) = &mut self.stage else {
             return Vec::new();
         };
         match started {
             Ok(pid) => {
                 r.attempts += 1;
-                r.step = Step::Starting(pid);
+                r.step = RecoveryStep::Starting(pid);
                 let attempt = r.attempts;
                 self.gcs = Some(pid);
                 self.state.update_gcs(|g| g.restarts += 1);
@@ -209,7 +226,7 @@ impl Machine {
             }
             Err(e) => {
                 r.last_error = e.message;
-                self.restart_failed(now)
+                self.on_restart_failed(now)
             }
         }
     }
@@ -222,15 +239,15 @@ impl Machine {
             return Vec::new();
         };
         if failures > 0 {
-            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
+            r.step = RecoveryStep::Backoff(after(now, RESTART_BACKOFF.delay(failures)));
             return Vec::new();
         }
-        r.step = Step::Gate;
-        vec![gate(r.deadline)]
+        r.step = RecoveryStep::Gate;
+        vec![restart_gate(r.deadline)]
     }
 
     /// A restart failed: count it, then back off, or give up.
-    pub(super) fn restart_failed(&mut self, now: Instant) -> Vec<Action> {
+    pub(super) fn on_restart_failed(&mut self, now: Instant) -> Vec<Action> {
         self.count_failure();
         let Stage::Recovering(r) = &mut self.stage else {
             return Vec::new();
@@ -238,11 +255,11 @@ impl Machine {
         tracing::warn!(attempt = r.attempts, error = %r.last_error, "GCS restart attempt failed");
         let reason = r.reason.clone();
         let last = r.last_error.clone();
-        if let Some(finish) = self.crash_loop(&reason, &last) {
-            return vec![finish];
+        if let Some(stop) = self.crash_loop(&reason, &last) {
+            return vec![stop];
         }
         if let Stage::Recovering(r) = &mut self.stage {
-            r.step = Step::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
+            r.step = RecoveryStep::Backoff(after(now, RESTART_BACKOFF.delay(self.failures)));
         }
         Vec::new()
     }
@@ -256,14 +273,14 @@ impl Machine {
     /// Exit 82 once gcs.max-restarts restarts in a row have failed.
     pub(super) fn crash_loop(&self, reason: &str, last: &str) -> Option<Action> {
         (self.failures >= self.cfg.gcs.max_restarts).then(|| {
-            Action::Finish(Outcome::Fail(Exit::GcsCrashLoop(format!(
+            Action::Stop(StopReason::Exit(Exit::GcsCrashLoop(format!(
                 "GCS lost ({reason}) after {} consecutive failed in-place restarts (gcs.max-restarts): crash loop; last: {last}",
                 self.failures
             ))))
         })
     }
 
-    pub(super) fn recovered(&mut self, now: Instant) -> Vec<Action> {
+    pub(super) fn on_recovered(&mut self, now: Instant) -> Vec<Action> {
         let Stage::Recovering(r) = &self.stage else {
             return Vec::new();
         };
@@ -290,7 +307,7 @@ impl Machine {
             "GCS recovered in place"
         );
         self.enter(Phase::Running, "GCS recovered in place");
-        self.stage = Stage::Watching(Watch {
+        self.stage = Stage::Steady(Steady {
             since: now,
             probation: Some(now),
         });
@@ -317,11 +334,11 @@ impl Machine {
                     took.as_secs_f64()
                 )
             };
-            return Action::Finish(Outcome::Fail(p.exit(&format!(
+            return Action::Stop(StopReason::Exit(p.exit(&format!(
                 "GCS lost ({reason}) and not restarted: {p}{waited}"
             ))));
         }
-        Action::Finish(Outcome::Fail(Exit::GcsNotRecovered(format!(
+        Action::Stop(StopReason::Exit(Exit::GcsNotRecovered(format!(
             "GCS lost ({reason}) and not SERVING again within {:.1}s, before the head's reconnect timeout ({}) less gcs.deadline-margin ({}); last attempt: {last}",
             took.as_secs_f64(),
             humantime::format_duration(self.cfg.ray.reconnect_timeout),
@@ -332,7 +349,7 @@ impl Machine {
 
 /// The restart gate: the store must be usable before a GCS starts, or it
 /// aborts (Redis unreachable) or dies at its first write (a full disk).
-pub(super) fn gate(deadline: Instant) -> Action {
+pub(super) fn restart_gate(deadline: Instant) -> Action {
     Action::WaitForStore {
         until: deadline,
         purpose: "restart gate",

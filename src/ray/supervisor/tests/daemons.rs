@@ -32,7 +32,10 @@ fn a_dashboard_that_exits_is_restarted_in_place() {
         ]
     );
     let a = h.ev(Event::Started(Daemon::Dashboard, Ok(pid(50))));
-    assert_eq!(a, vec![Action::WatchHealth(Daemon::Dashboard, pid(50))]);
+    assert_eq!(
+        a,
+        vec![Action::StartHealthChecks(Daemon::Dashboard, pid(50))]
+    );
     let snap = h.state.get();
     let d = &snap.daemons["dashboard"];
     assert_eq!(
@@ -57,7 +60,7 @@ fn a_daemon_that_keeps_dying_is_a_crash_loop_84() {
         let a = h.exited(Daemon::Dashboard, p, ExitStatus::Exited(1));
         if n == 6 {
             assert_eq!(code(&a), Some(84), "{a:?}");
-            let Some(Outcome::Fail(e)) = finish(&a) else {
+            let Some(StopReason::Exit(e)) = stop_reason(&a) else {
                 panic!()
             };
             assert!(e.reason().contains("crash loop"), "{e}");
@@ -128,7 +131,7 @@ fn a_hung_raylet_costs_readiness_then_ends_the_head_past_its_bound() {
     let a = h.daemon_health(Daemon::Raylet, RAYLET, false);
     assert!(a.contains(&Action::Kill(pid(RAYLET))), "{a:?}");
     assert_eq!(code(&a), Some(83));
-    let Some(Outcome::Fail(e)) = finish(&a) else {
+    let Some(StopReason::Exit(e)) = stop_reason(&a) else {
         panic!()
     };
     assert!(e.reason().contains("ray.raylet-hung-after"), "{e}");

@@ -45,7 +45,7 @@ fn finish_restart(h: &mut H, old: i32, actions: &[Action]) -> i32 {
     let new = h.restart();
     h.advance(Duration::from_millis(100));
     let a = h.health(Health::Serving);
-    assert!(finish(&a).is_none(), "{a:?}");
+    assert!(stop_reason(&a).is_none(), "{a:?}");
     assert_eq!(h.phase(), Phase::Running);
     new
 }

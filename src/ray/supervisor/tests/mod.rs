@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-use super::machine::{Action, Event, Machine, Outcome, StartError, Timer};
+use super::machine::{Action, Event, Machine, StartError, StopReason, Timer};
 use crate::config::{Config, FlagValue, Inputs};
 use crate::init::reaper::ExitStatus;
 use crate::ray::daemon_health::DaemonCheck;
@@ -43,7 +43,7 @@ enum At {
     Launching,
     Adopting,
     /// Adopted, no SERVING yet.
-    Watching,
+    Steady,
     Running,
     /// A hung GCS was SIGKILLed and is not reaped yet.
     Reaping,
@@ -59,7 +59,7 @@ const EVERY_STAGE: [At; 9] = [
     At::StartGate,
     At::Launching,
     At::Adopting,
-    At::Watching,
+    At::Steady,
     At::Running,
     At::Reaping,
     At::Gate,
@@ -169,7 +169,7 @@ impl H {
             (Daemon::Dashboard, pid(DASHBOARD)),
         ]));
         assert!(matches!(a[..], [Action::Adopt(_)]), "{a:?}");
-        if let At::Watching = at {
+        if let At::Steady = at {
             return h;
         }
         h.health(Health::Serving);
@@ -227,24 +227,24 @@ impl H {
         let new = self.restart();
         self.advance(Duration::from_millis(50));
         let a = self.health(Health::Serving);
-        assert!(finish(&a).is_none(), "{a:?}");
+        assert!(stop_reason(&a).is_none(), "{a:?}");
         assert_eq!(self.phase(), Phase::Running);
         new
     }
 }
 
-fn finish(actions: &[Action]) -> Option<&Outcome> {
+fn stop_reason(actions: &[Action]) -> Option<&StopReason> {
     actions.iter().find_map(|a| match a {
-        Action::Finish(o) => Some(o),
+        Action::Stop(o) => Some(o),
         _ => None,
     })
 }
 
-/// The exit code an outcome ends with (a requested stop exits 0).
+/// The exit code a stop ends with (a requested stop exits 0).
 fn code(actions: &[Action]) -> Option<u8> {
-    finish(actions).map(|o| match o {
-        Outcome::Stop(_) => 0,
-        Outcome::Fail(e) => e.code(),
+    stop_reason(actions).map(|o| match o {
+        StopReason::Signal(_) => 0,
+        StopReason::Exit(e) => e.code(),
     })
 }
 
@@ -262,7 +262,7 @@ fn recovery_succeeds_on_the_third_attempt() {
     }
     let third = h.restart();
     let a = h.health(Health::Serving);
-    assert!(finish(&a).is_none());
+    assert!(stop_reason(&a).is_none());
     assert_eq!(h.phase(), Phase::Running);
     let snap = h.state.get();
     let gcs = snap.gcs.unwrap();
@@ -289,7 +289,7 @@ fn the_deadline_ends_a_recovery_with_80() {
     assert_eq!(at - lost, Duration::from_secs(25));
     let (_, a) = h.fire();
     assert_eq!(code(&a), Some(80), "{a:?}");
-    let Some(Outcome::Fail(e)) = finish(&a) else {
+    let Some(StopReason::Exit(e)) = stop_reason(&a) else {
         panic!()
     };
     assert!(e.reason().contains("not SERVING again"), "{e}");
@@ -303,7 +303,7 @@ fn a_restarted_gcs_that_never_serves_is_killed_by_the_deadline() {
     let mut h = H::at(At::Restarting, &[]);
     let (t, a) = h.fire();
     assert_eq!(t, Timer::Deadline);
-    let Some(Outcome::Fail(e)) = finish(&a) else {
+    let Some(StopReason::Exit(e)) = stop_reason(&a) else {
         panic!("{a:?}")
     };
     assert_eq!(e.code(), 80);
@@ -326,7 +326,7 @@ fn five_consecutive_failed_restarts_exit_82() {
             pauses.push(h.now - before);
         } else {
             assert_eq!(code(&a), Some(82), "{a:?}");
-            let Some(Outcome::Fail(e)) = finish(&a) else {
+            let Some(StopReason::Exit(e)) = stop_reason(&a) else {
                 panic!()
             };
             assert!(e.reason().contains("5 consecutive failed"), "{e}");
@@ -391,7 +391,7 @@ fn losses_soon_after_a_restart_are_failures() {
         // Lost again 1 s after SERVING: a failed restart, counted.
         h.advance(Duration::from_secs(1));
         let a = h.exited(Daemon::GcsServer, gcs, ExitStatus::Signaled(6));
-        assert!(finish(&a).is_none(), "{a:?}");
+        assert!(stop_reason(&a).is_none(), "{a:?}");
         assert_eq!(h.state.get().gcs.unwrap().consecutive_failures, n);
         // It backs off first.
         let (t, _) = h.fire();
@@ -414,7 +414,7 @@ fn a_raylet_death_ends_the_head_in_every_stage_within_one_event() {
             At::StartGate | At::Launching | At::Adopting => {}
             _ => {
                 assert_eq!(code(&a), Some(83), "{at:?}: {a:?}");
-                let Some(Outcome::Fail(e)) = finish(&a) else {
+                let Some(StopReason::Exit(e)) = stop_reason(&a) else {
                     panic!()
                 };
                 assert!(
@@ -433,7 +433,7 @@ fn sigterm_stops_in_every_stage() {
         for sig in [Signal::SIGTERM, Signal::SIGINT] {
             let mut h = H::at(at, &[]);
             let a = h.ev(Event::Signal(sig));
-            assert_eq!(finish(&a), Some(&Outcome::Stop(sig)), "{at:?}");
+            assert_eq!(stop_reason(&a), Some(&StopReason::Signal(sig)), "{at:?}");
             assert_eq!(code(&a), Some(0));
         }
         // Other signals are not a stop.
@@ -501,7 +501,7 @@ fn unhealthy_after_declares_a_silent_gcs_lost() {
         .unwrap()
         .contains("no SERVING answer"));
     // A refused port counts only once the GCS has served.
-    let mut h = H::at(At::Watching, &[]);
+    let mut h = H::at(At::Steady, &[]);
     assert!(h.health(Health::Refused).is_empty());
     let mut h = H::at(At::Running, &[]);
     assert!(h.health(Health::Refused).contains(&Action::Kill(pid(GCS))));
@@ -561,7 +561,7 @@ fn start_failures_have_their_codes() {
         let a = h.ev(only_gcs());
         if let Some(c) = code(&a) {
             assert_eq!(c, 85);
-            let Some(Outcome::Fail(e)) = finish(&a) else {
+            let Some(StopReason::Exit(e)) = stop_reason(&a) else {
                 panic!()
             };
             assert!(e.reason().contains("no raylet"), "{e}");
@@ -606,7 +606,7 @@ mod memory;
 /// Random event sequences, from every stage: the machine never panics,
 /// never starts a gcs_server while it knows one alive (two GCS processes
 /// must never share a Redis namespace), and decides nothing after it has
-/// decided to finish.
+/// decided to stop.
 mod random {
     use proptest::prelude::*;
 
@@ -705,7 +705,7 @@ mod random {
                 if a.contains(&Action::StartDaemon(Daemon::GcsServer)) {
                     prop_assert!(!alive_before, "a gcs_server started beside a live one: {a:?}");
                 }
-                finished |= finish(&a).is_some();
+                finished |= stop_reason(&a).is_some();
                 prop_assert_eq!(finished, h.m.is_done());
             }
         }
@@ -727,8 +727,8 @@ fn storage_gate_failures_have_their_own_codes() {
         })
     };
     let read_only = || GateError::Disk(DiskProblem::ReadOnly("/data/gcs".into()));
-    let reason = |a: &[Action]| match finish(a) {
-        Some(Outcome::Fail(e)) => e.reason(),
+    let reason = |a: &[Action]| match stop_reason(a) {
+        Some(StopReason::Exit(e)) => e.reason(),
         other => panic!("{other:?}"),
     };
 
