@@ -10,11 +10,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use super::routes::Reply;
 use crate::state::{ChildStatus, GcsHealth, Phase, Snapshot};
 
-/// `/metrics`: one function per family of metrics, all from the snapshot.
-pub(super) fn metrics(snap: &Snapshot) -> Reply {
+/// The OpenMetrics text format's content type.
+pub(super) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `/metrics`' body: one function per family of metrics, all from the
+/// snapshot. The route turns it into a reply; this module knows no HTTP.
+pub(super) fn metrics(snap: &Snapshot) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("rayhead");
     gcs_metrics(&mut reg, snap);
     storage_metrics(&mut reg, snap);
@@ -24,15 +27,8 @@ pub(super) fn metrics(snap: &Snapshot) -> Reply {
     memory_metrics(&mut reg, snap);
     rayhead_metrics(&mut reg, snap);
     let mut body = String::new();
-    if let Err(e) = encode(&mut body, &reg) {
-        return Reply::text(500, format!("cannot encode the metrics: {e}\n"));
-    }
-    Reply {
-        status: 200,
-        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        body,
-        allow: None,
-    }
+    encode(&mut body, &reg)?;
+    Ok(body)
 }
 
 fn fgauge(v: f64) -> Gauge<f64, std::sync::atomic::AtomicU64> {

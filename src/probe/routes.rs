@@ -96,7 +96,15 @@ pub fn route(
         Endpoint::Ready => readyz(snap, now, verbose),
         Endpoint::Live => livez(snap, now, stall_after),
         Endpoint::Status => status(snap, now),
-        Endpoint::Metrics => super::metrics::metrics(snap),
+        Endpoint::Metrics => match super::metrics::metrics(snap) {
+            Ok(body) => Reply {
+                status: 200,
+                content_type: super::metrics::CONTENT_TYPE,
+                body,
+                allow: None,
+            },
+            Err(e) => Reply::text(500, format!("cannot encode the metrics: {e}\n")),
+        },
     }
 }
 
