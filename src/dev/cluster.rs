@@ -296,6 +296,35 @@ impl Cluster {
     /// The head's arguments after the binary, and its env over the
     /// runner's (`None`: removed).
     pub fn head_spec(&self) -> HeadSpec {
+        let mut start = self.head_start_command();
+        let plain = |k: &str, v: String| (k.to_string(), Some(Secret::new(v)));
+        let mut env = vec![
+            plain("RAY_ADDRESS", self.gcs_address()),
+            plain("RAY_PORT", self.saved.ports.gcs.to_string()),
+            plain("RAY_DISABLE_USAGE_STATS", "1".into()),
+            ("REDIS_PASSWORD".to_string(), None),
+            ("REDIS_USERNAME".to_string(), None),
+            // The runner's own env must not choose the head's store.
+            ("RAY_REDIS_ADDRESS".to_string(), None),
+            ("RAY_gcs_storage".to_string(), None),
+            ("RAY_gcs_storage_path".to_string(), None),
+        ];
+        self.head_store(&mut start, &mut env);
+        if let Some(t) = self.head_timeout {
+            env.push(plain(
+                "RAY_gcs_rpc_server_reconnect_timeout_s",
+                t.as_secs().to_string(),
+            ));
+        }
+        env.push(plain("KUBERAY_GEN_RAY_START_CMD", start));
+        HeadSpec {
+            args: self.head_args(),
+            env,
+        }
+    }
+
+    /// `ray start --head` on the saved ports, as KubeRay generates it.
+    fn head_start_command(&self) -> String {
         let temp = self.ray_root.join("head");
         let p = &self.saved.ports;
         let mut start = format!(
@@ -315,9 +344,13 @@ impl Cluster {
         if self.workers > 0 {
             start.push_str(" --num-cpus=0");
         }
-        // rayhead's own keys as flags: they beat any RAYHEAD_* of the
-        // user's env, and a wrong one would be refused, not ignored.
-        let args = vec![
+        start
+    }
+
+    /// rayhead's own keys as flags: they beat any RAYHEAD_* of the user's
+    /// env, and a wrong one would be refused, not ignored.
+    fn head_args(&self) -> Vec<String> {
+        vec![
             "run".to_string(),
             // A dev cluster's stop need not wait long: a SIGTERMed
             // gcs_server hangs until SIGKILL, and the GCS's state is in
@@ -329,24 +362,17 @@ impl Cluster {
             "--set".into(),
             "init.stop-command=true".into(),
             "--set".into(),
-            format!("probe.listen=127.0.0.1:{}", p.probe),
+            format!("probe.listen=127.0.0.1:{}", self.saved.ports.probe),
             "--set".into(),
             format!("init.termination-log={}", self.termination_log().display()),
-        ];
+        ]
+    }
+
+    /// The store's env (and Redis's credentials' flags, by reference), as
+    /// KubeRay 1.7 gives a head with either backend.
+    fn head_store(&self, start: &mut String, env: &mut Vec<(String, Option<Secret>)>) {
         let plain = |k: &str, v: String| (k.to_string(), Some(Secret::new(v)));
-        let mut env = vec![
-            plain("RAY_ADDRESS", self.gcs_address()),
-            plain("RAY_PORT", p.gcs.to_string()),
-            plain("RAY_DISABLE_USAGE_STATS", "1".into()),
-            ("REDIS_PASSWORD".to_string(), None),
-            ("REDIS_USERNAME".to_string(), None),
-            // The runner's own env must not choose the head's store.
-            ("RAY_REDIS_ADDRESS".to_string(), None),
-            ("RAY_gcs_storage".to_string(), None),
-            ("RAY_gcs_storage_path".to_string(), None),
-        ];
         match self.redis_address() {
-            // What KubeRay 1.7 gives a head with backend: rocksdb.
             None => {
                 env.push(plain("RAY_gcs_storage", "rocksdb".into()));
                 env.push(plain(
@@ -370,14 +396,6 @@ impl Cluster {
                 }
             }
         }
-        if let Some(t) = self.head_timeout {
-            env.push(plain(
-                "RAY_gcs_rpc_server_reconnect_timeout_s",
-                t.as_secs().to_string(),
-            ));
-        }
-        env.push(plain("KUBERAY_GEN_RAY_START_CMD", start));
-        HeadSpec { args, env }
     }
 
     /// A worker pod: `ray start --address ... --block`, with the reconnect
