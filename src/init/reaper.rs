@@ -97,6 +97,21 @@ struct Inner {
     seq: u64,
 }
 
+impl Inner {
+    /// Takes `pid` as ours until it is reaped. Called under the lock, while
+    /// the pid cannot have been reaped (and reused), so its identity read
+    /// now is its own.
+    fn own(&mut self, pid: Pid, name: &str, tx: oneshot::Sender<ExitStatus>) {
+        let id = Identity::of(pid);
+        let owner = Owner {
+            name: name.to_string(),
+            tx,
+            id,
+        };
+        self.owners.insert(pid, owner);
+    }
+}
+
 /// A point in the reaper's history, from [`Reaper::mark`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mark(u64);
@@ -203,14 +218,7 @@ impl Reaper {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         drop(child);
         let (tx, rx) = oneshot::channel();
-        inner.owners.insert(
-            pid,
-            Owner {
-                name: name.to_string(),
-                tx,
-                id: Identity::of(pid),
-            },
-        );
+        inner.own(pid, name, tx);
         self.idle.send_if_modified(|v| std::mem::replace(v, false));
         Ok(Spawned {
             pid,
@@ -243,14 +251,7 @@ impl Reaper {
         if let Some(status) = found {
             let _ = tx.send(status);
         } else {
-            inner.owners.insert(
-                pid,
-                Owner {
-                    name: name.to_string(),
-                    tx,
-                    id: Identity::of(pid),
-                },
-            );
+            inner.own(pid, name, tx);
         }
         rx
     }

@@ -297,6 +297,18 @@ mod tests {
         }
     }
 
+    /// A child that ignores SIGTERM, spawned and seen to have set its trap.
+    async fn stubborn(r: &Reaper, dir: &Path) -> crate::init::reaper::Spawned {
+        let child = r
+            .spawn(
+                sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done").env("D", dir),
+                "stubborn",
+            )
+            .unwrap();
+        ready(&dir.join("ready")).await;
+        child
+    }
+
     /// Waits for `file` to exist (a child's "ready" mark).
     async fn ready(file: &Path) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -321,14 +333,7 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let (r, tracker, cancel) = reaper();
                 let polite = r.spawn(&mut sh("exec sleep 1000"), "polite").unwrap();
-                let stubborn = r
-                    .spawn(
-                        sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
-                            .env("D", dir.path()),
-                        "stubborn",
-                    )
-                    .unwrap();
-                ready(&dir.path().join("ready")).await;
+                let stubborn = stubborn(&r, dir.path()).await;
                 let grace = Duration::from_secs(1);
                 let (_tx, mut signals) = mpsc::unbounded_channel();
                 let report =
@@ -437,14 +442,7 @@ mod tests {
             || async {
                 let dir = tempfile::tempdir().unwrap();
                 let (r, tracker, cancel) = reaper();
-                let child = r
-                    .spawn(
-                        sh("trap '' TERM; touch \"$D/ready\"; while :; do sleep 0.05; done")
-                            .env("D", dir.path()),
-                        "stubborn",
-                    )
-                    .unwrap();
-                ready(&dir.path().join("ready")).await;
+                let child = stubborn(&r, dir.path()).await;
                 let grace = Duration::from_secs(30);
                 let (tx, mut signals) = mpsc::unbounded_channel();
                 tokio::spawn(async move {
