@@ -106,12 +106,7 @@ fn pid1_reaps_100_orphans() {
         "{}",
         out.dump()
     );
-    let orphans = count_lines(&out.stderr, "\"orphan\"");
-    assert!(
-        orphans >= 100,
-        "only {orphans} orphans reaped\n{}",
-        out.dump()
-    );
+    assert_orphans_reaped(&out, 100);
 }
 
 /// As a subreaper, rayhead inherits the orphans of its tree and reaps them
@@ -143,12 +138,7 @@ while [ ! -e "$D/quit" ]; do sleep 0.05; done
     dir.write("quit", "");
     let out = run.wait(QUICK);
     out.assert_code(0);
-    let orphans = count_lines(&out.stderr, "\"orphan\"");
-    assert!(
-        orphans >= 20,
-        "only {orphans} orphans reaped\n{}",
-        out.dump()
-    );
+    assert_orphans_reaped(&out, 20);
 }
 
 /// 50 grandchildren in the child's group and the child itself die of one
@@ -546,4 +536,14 @@ fn a_taken_probe_port_is_a_config_error() {
         .run(QUICK);
     out.assert_code(64).assert_termination_log("probe.listen");
     assert!(!dir.join("ran").exists(), "the command ran");
+}
+
+/// At least `n` orphans reaped, as rayhead's log counts them.
+fn assert_orphans_reaped(out: &Output, n: usize) {
+    let orphans = count_lines(&out.stderr, "\"orphan\"");
+    assert!(
+        orphans >= n,
+        "only {orphans} orphans reaped\n{}",
+        out.dump()
+    );
 }
