@@ -1,10 +1,15 @@
-//! Deadlines that never overflow. A configured duration can be as large as
-//! humantime parses ("584542046090years"), and `Instant + Duration` panics
-//! past the clock's range: every deadline goes through [`after`].
+//! Time, once: deadlines that never overflow, and the monitors' rhythm.
+//!
+//! A configured duration can be as large as humantime parses
+//! ("584542046090years"), and `Instant + Duration` panics past the clock's
+//! range: every deadline goes through [`after`].
 
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// About 30 years: later than any deadline means "never", and far inside
 /// the range of every clock.
@@ -19,6 +24,33 @@ pub fn after(now: Instant, d: Duration) -> Instant {
 /// The wall-clock form of [`after`], for `/status`.
 pub fn wall_after(now: SystemTime, d: Duration) -> SystemTime {
     now.checked_add(d.min(NEVER)).unwrap_or(now)
+}
+
+/// A monitor's rhythm: `look` every `interval`, each finding handed to
+/// `then`, until `cancel` (which also drops a look in flight) or until
+/// `then` breaks. A late tick delays the next rather than bursting: a slow
+/// look must not be followed by a volley of them.
+pub async fn every<T, F: Future<Output = T>>(
+    interval: Duration,
+    cancel: &CancellationToken,
+    look: impl Fn() -> F,
+    mut then: impl FnMut(T) -> ControlFlow<()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let found = tokio::select! {
+            found = look() => found,
+            _ = cancel.cancelled() => return,
+        };
+        if then(found).is_break() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! the daemon itself where it can: the raylet's grpc.health.v1 Check on its
 //! listening ports (found from its socket inodes: its argv says
 //! `--node_manager_port=0`), the dashboard's `GET /api/version`, which needs
-//! no GCS. Each check also records the daemon's descendants (the
-//! dashboard's forkserver modules), so that a restart can kill them first.
+//! no GCS. For a daemon that is restarted in place (`Policy::OnDaemonExit`),
+//! every fifth check also records its descendants (the dashboard's
+//! forkserver modules), so that a restart can kill them first.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -92,7 +93,7 @@ pub async fn check_every(
     let mut grpc = GrpcPorts::default();
     // Only a daemon restarted in place needs its family (to kill it first),
     // and it changes rarely: every fifth check, from the first.
-    let restartable = target.daemon.spec().policy == Policy::OnDaemonExit;
+    let needs_family = target.daemon.spec().policy == Policy::OnDaemonExit;
     let mut checks: u64 = 0;
     loop {
         tokio::select! {
@@ -105,7 +106,7 @@ pub async fn check_every(
         if matches!(me.state, 'Z' | 'X') {
             return;
         }
-        if restartable && checks.is_multiple_of(5) {
+        if needs_family && checks.is_multiple_of(5) {
             let kids = proctree::descendants_of(target.pid);
             // Kept only if the walk was the daemon's own: it still lived
             // after it.

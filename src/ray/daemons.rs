@@ -16,7 +16,8 @@ pub enum Daemon {
     Raylet,
     Dashboard,
     LogMonitor,
-    Monitor,
+    /// Ray's autoscaler monitor (`monitor.py`; "monitor" in /status).
+    AutoscalerMonitor,
     ClientServer,
 }
 
@@ -65,12 +66,19 @@ pub struct Spec {
     pub recognise: Recognise,
     pub policy: Policy,
     pub check: Check,
-    /// `ray start` must leave it running.
-    pub required: bool,
 }
 
-/// Every daemon, in the order they are matched: `log_monitor.py` before
-/// `monitor.py`, which it contains.
+impl Spec {
+    /// `ray start` must leave it running: the daemons whose loss ends or
+    /// restarts something (the GCS in place, the raylet with the head).
+    pub fn needed_at_start(&self) -> bool {
+        self.policy != Policy::OnDaemonExit
+    }
+}
+
+/// Every daemon. A command-line word matches a whole argument or its last
+/// path components (`.../monitor.py`, not `.../log_monitor.py`), so the
+/// order of the rows does not matter.
 pub static TABLE: &[Spec] = &[
     Spec {
         daemon: Daemon::GcsServer,
@@ -78,7 +86,6 @@ pub static TABLE: &[Spec] = &[
         recognise: Recognise::Comm("gcs_server"),
         policy: Policy::RestartInPlace,
         check: Check::Gcs,
-        required: true,
     },
     Spec {
         daemon: Daemon::Raylet,
@@ -86,7 +93,6 @@ pub static TABLE: &[Spec] = &[
         recognise: Recognise::Comm("raylet"),
         policy: Policy::Critical,
         check: Check::Grpc,
-        required: true,
     },
     Spec {
         daemon: Daemon::Dashboard,
@@ -96,7 +102,6 @@ pub static TABLE: &[Spec] = &[
         check: Check::Http {
             path: "/api/version",
         },
-        required: false,
     },
     Spec {
         daemon: Daemon::LogMonitor,
@@ -104,15 +109,13 @@ pub static TABLE: &[Spec] = &[
         recognise: Recognise::Cmdline("log_monitor.py"),
         policy: Policy::OnDaemonExit,
         check: Check::Process,
-        required: false,
     },
     Spec {
-        daemon: Daemon::Monitor,
+        daemon: Daemon::AutoscalerMonitor,
         name: "monitor",
         recognise: Recognise::Cmdline("monitor.py"),
         policy: Policy::OnDaemonExit,
         check: Check::Process,
-        required: false,
     },
     Spec {
         daemon: Daemon::ClientServer,
@@ -120,14 +123,22 @@ pub static TABLE: &[Spec] = &[
         recognise: Recognise::Cmdline("ray.util.client.server"),
         policy: Policy::OnDaemonExit,
         check: Check::Process,
-        required: false,
     },
 ];
 
 impl Daemon {
-    /// Its row of the table.
+    /// Its row of the table. An exhaustive match: a new daemon does not
+    /// compile until it has a row (a test checks that each points to its own).
     pub fn spec(self) -> &'static Spec {
-        TABLE.iter().find(|s| s.daemon == self).unwrap_or(&TABLE[0])
+        let row = match self {
+            Daemon::GcsServer => 0,
+            Daemon::Raylet => 1,
+            Daemon::Dashboard => 2,
+            Daemon::LogMonitor => 3,
+            Daemon::AutoscalerMonitor => 4,
+            Daemon::ClientServer => 5,
+        };
+        &TABLE[row]
     }
 
     pub fn name(self) -> &'static str {
@@ -140,10 +151,18 @@ impl Daemon {
             .iter()
             .find(|s| match s.recognise {
                 Recognise::Comm(c) => comm == c,
-                Recognise::Cmdline(word) => cmdline.iter().any(|a| a.contains(word)),
+                Recognise::Cmdline(word) => cmdline.iter().any(|a| is_word(a, word)),
             })
             .map(|s| s.daemon)
     }
+}
+
+/// `arg` is `word`, or a path that ends in it at a component boundary.
+fn is_word(arg: &str, word: &str) -> bool {
+    arg == word
+        || arg
+            .strip_suffix(word)
+            .is_some_and(|head| head.ends_with('/'))
 }
 
 impl fmt::Display for Daemon {
@@ -231,7 +250,6 @@ mod tests {
 
     #[test]
     fn identifies_each_daemon() {
-        let v = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert_eq!(Daemon::identify("gcs_server", &[]), Some(Daemon::GcsServer));
         assert_eq!(Daemon::identify("raylet", &[]), Some(Daemon::Raylet));
         assert_eq!(
@@ -250,7 +268,7 @@ mod tests {
                 "python3",
                 &v("python3 -u /x/autoscaler/_private/monitor.py")
             ),
-            Some(Daemon::Monitor)
+            Some(Daemon::AutoscalerMonitor)
         );
         assert_eq!(
             Daemon::identify("python3", &v("python3 -m ray.util.client.server --port=1")),
@@ -261,31 +279,49 @@ mod tests {
         assert_eq!(Daemon::identify("python3", &v("/x/raylet")), None);
     }
 
+    fn v(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
     #[test]
     fn every_daemon_has_one_row() {
-        for d in [
-            Daemon::GcsServer,
-            Daemon::Raylet,
-            Daemon::Dashboard,
-            Daemon::LogMonitor,
-            Daemon::Monitor,
-            Daemon::ClientServer,
-        ] {
-            assert_eq!(TABLE.iter().filter(|s| s.daemon == d).count(), 1, "{d:?}");
-            assert_eq!(d.spec().daemon, d);
+        for s in TABLE {
+            assert_eq!(
+                TABLE.iter().filter(|r| r.daemon == s.daemon).count(),
+                1,
+                "{}",
+                s.name
+            );
+            assert!(
+                std::ptr::eq(s.daemon.spec(), s),
+                "{}: spec() points to another row",
+                s.name
+            );
         }
         let names: std::collections::BTreeSet<&str> = TABLE.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), TABLE.len());
-        // Only the critical and the restarted-in-place daemons are required
-        // at start; only the GCS has a check of its own.
+        // Only the GCS has a check of its own.
         for s in TABLE {
-            assert_eq!(s.required, s.policy != Policy::OnDaemonExit, "{}", s.name);
             assert_eq!(
                 s.check == Check::Gcs,
                 s.daemon == Daemon::GcsServer,
                 "{}",
                 s.name
             );
+        }
+    }
+
+    /// No row's word hides another's: each daemon's own command line is
+    /// recognised as that daemon, whatever the rows' order.
+    #[test]
+    fn a_word_is_matched_whole() {
+        for s in TABLE {
+            if let Recognise::Cmdline(word) = s.recognise {
+                let argv = v(&format!("/usr/bin/python3 /venv/lib/ray/x/{word} --flag"));
+                assert_eq!(Daemon::identify("python3", &argv), Some(s.daemon), "{word}");
+                let argv = v(&format!("/usr/bin/python3 /venv/lib/ray/x/example_{word}"));
+                assert_eq!(Daemon::identify("python3", &argv), None, "example_{word}");
+            }
         }
     }
 }

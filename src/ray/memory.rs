@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::time::MissedTickBehavior;
+use std::ops::ControlFlow;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Report;
@@ -29,23 +29,20 @@ pub(super) async fn sample_every(
         }
         None => tracing::info!("no memory cgroup found: the container's memory is not shown"),
     }
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let look = || {
         let pids: Vec<(&'static str, i32)> = state
             .get()
             .daemons
             .iter()
             .filter_map(|(name, d)| Some((*name, d.pid?)))
             .collect();
-        if !report.send(sample(cgroup.as_ref(), &pids)) {
-            return;
-        }
-    }
+        std::future::ready(sample(cgroup.as_ref(), &pids))
+    };
+    crate::time::every(interval, &cancel, look, |s| match report.send(s) {
+        true => ControlFlow::Continue(()),
+        false => ControlFlow::Break(()),
+    })
+    .await
 }
 
 /// One memory sample, taken every ray.health-interval.

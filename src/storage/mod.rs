@@ -20,29 +20,6 @@ use crate::exit::Exit;
 use crate::state::{Backend, Snapshot, State};
 pub use rocksdb::{DiskProblem, Rocksdb};
 
-/// A monitor's rhythm: `look` every `interval` (a late tick delays the next
-/// rather than bursting), each finding handed to `then`, until `cancel`,
-/// which also drops a look in flight.
-async fn every<T, F: std::future::Future<Output = T>>(
-    interval: Duration,
-    cancel: &CancellationToken,
-    look: impl Fn() -> F,
-    mut then: impl FnMut(T),
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = cancel.cancelled() => return,
-        }
-        tokio::select! {
-            found = look() => then(found),
-            _ = cancel.cancelled() => return,
-        }
-    }
-}
-
 /// The GCS's fault-tolerant storage. `None` where it has none (memory).
 #[derive(Clone)]
 pub enum Store {
@@ -134,7 +111,7 @@ impl Store {
     pub fn info(&self, cfg: &Config) -> StoreInfo {
         StoreInfo {
             backend: self.backend(),
-            describe: self.describe(),
+            description: self.describe(),
             startup_timeout: match self {
                 Store::Redis(_) => cfg.redis.startup_timeout,
                 Store::Rocksdb(_) => cfg.gcs.storage_startup_timeout,
@@ -148,7 +125,7 @@ impl Store {
 pub struct StoreInfo {
     pub backend: Backend,
     /// [`Store::describe`].
-    pub describe: String,
+    pub description: String,
     /// How long the start gate waits.
     pub startup_timeout: Duration,
 }
@@ -159,7 +136,7 @@ impl StoreInfo {
     pub fn redis(address: &str, startup_timeout: Duration) -> StoreInfo {
         StoreInfo {
             backend: Backend::Redis,
-            describe: format!("Redis at {address}"),
+            description: format!("Redis at {address}"),
             startup_timeout,
         }
     }
@@ -167,7 +144,7 @@ impl StoreInfo {
     /// The exit when the start gate fails: the store is unusable, so
     /// `ray start` would only fail later and less clearly.
     pub fn start_gate_exit(&self, e: &GateError) -> Exit {
-        let what = &self.describe;
+        let what = &self.description;
         let timeout = humantime::format_duration(self.startup_timeout);
         match e {
             GateError::Redis(p) if p.is_permanent() => Exit::RedisAuth(format!(

@@ -20,7 +20,7 @@ pub async fn monitor(
     let mut last_warnings: Vec<String> = Vec::new();
     let mut last_notes: Vec<String> = Vec::new();
     let look = || redis.findings(namespace.as_deref());
-    super::every(interval, &cancel, look, |f| {
+    crate::time::every(interval, &cancel, look, |f| {
         match (f.up, last_up) {
             (true, Some(false)) => tracing::info!(redis = %redis.address, "Redis answers again"),
             (false, Some(true) | None) => {
@@ -61,6 +61,7 @@ pub async fn monitor(
                 }
             }
         });
+        std::ops::ControlFlow::Continue(())
     })
     .await
 }

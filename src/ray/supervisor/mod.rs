@@ -1,14 +1,18 @@
 //! The supervisor's event loop: every source (signals, the reaper's exits,
-//! GCS health, `ray start`, the store gate, the heartbeat, the machine's own
-//! timer) feeds one [`Supervisor::next_event`]; the [`Machine`] decides; this
-//! driver carries out its actions and, at the end, tears the head down.
+//! GCS health, the other daemons' health, memory samples, `ray start`, the
+//! store gate, the heartbeat, the machine's own timer) feeds one
+//! [`Supervisor::next_event`]; the [`Machine`] decides; this driver carries
+//! out its actions and, at the end, tears the head down.
 //!
 //! ```text
-//! signals ─┐
-//! reaper ──┤
-//! health ──┼─► next_event ─► Machine::handle ─► actions ─► (spawn, kill, ...)
-//! gate ────┤                       │
-//! timers ──┘                       └─► State snapshot ─► probe server
+//! signals ────────┐
+//! reaper ─────────┤
+//! GCS health ─────┤
+//! daemon health ──┤
+//! memory ─────────┼─► next_event ─► Machine::handle ─► actions ─► (spawn, kill, ...)
+//! store gate ─────┤                       │
+//! heartbeat ──────┤                       └─► State snapshot ─► probe server
+//! timers ─────────┘
 //! ```
 
 pub(crate) mod machine;
@@ -53,7 +57,8 @@ pub(super) struct Supervisor<'a> {
     state: State,
     init: &'a mut Init,
     machine: Machine,
-    /// Every source but signals and timers sends here.
+    /// Every source but the signals, the heartbeat and the machine's timer
+    /// (which `next_event` selects on directly) sends here.
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     /// Results of actions, handled before anything else.
@@ -195,7 +200,7 @@ impl<'a> Supervisor<'a> {
                 let root = self.init.reaper.pin(pid);
                 pin::kill_tree(root.as_ref(), self.families.take(pid));
             }
-            Action::Monitor(mode) => {
+            Action::PointGcsHealth(mode) => {
                 self.mode_tx.send_replace(mode);
             }
             Action::Kill(pid) => {

@@ -328,7 +328,7 @@ impl Rocksdb {
     pub async fn monitor(self, interval: Duration, state: State, cancel: CancellationToken) {
         let mut last: Option<String> = None;
         let look = || self.read(Look::Monitor, CHECK_TIMEOUT);
-        super::every(interval, &cancel, look, |reading| {
+        crate::time::every(interval, &cancel, look, |reading| {
             let problem = reading.problem.as_ref().map(ToString::to_string);
             match (&last, &problem) {
                 (_, Some(p)) if last.as_ref() != Some(p) => {
@@ -345,6 +345,7 @@ impl Rocksdb {
                     record(r, &reading);
                 }
             });
+            std::ops::ControlFlow::Continue(())
         })
         .await
     }

@@ -122,7 +122,7 @@ pub enum Action {
     /// Check the health of a daemon started again.
     StartHealthChecks(Daemon, Pid),
     /// Point the GCS health monitor at a generation and an interval.
-    Monitor(Mode),
+    PointGcsHealth(Mode),
     /// SIGKILL this process; its exit comes back as an event.
     Kill(Pid),
     /// SIGKILL this process and its descendants (the dashboard's
@@ -291,7 +291,7 @@ impl Machine {
         self.enter(Phase::Starting, "starting the Ray head");
         if let Some(store) = &self.store {
             self.stage = Stage::StartGate;
-            tracing::info!(store = %store.describe, "waiting for the GCS storage before ray start");
+            tracing::info!(store = %store.description, "waiting for the GCS storage before ray start");
             vec![Action::WaitForStore {
                 until: after(now, store.startup_timeout),
                 purpose: "start gate",
@@ -408,7 +408,7 @@ impl Machine {
         match event {
             Event::StoreReady => {
                 if let Some(store) = &self.store {
-                    tracing::info!(store = %store.describe, "the GCS storage is ready");
+                    tracing::info!(store = %store.description, "the GCS storage is ready");
                 }
                 self.launch(now)
             }
@@ -448,7 +448,7 @@ impl Machine {
         };
         let missing = TABLE
             .iter()
-            .filter(|s| s.required)
+            .filter(|s| s.needed_at_start())
             .find(|s| !found.iter().any(|(d, _)| *d == s.daemon));
         let Stage::Adopting { give_up, next_scan } = &mut self.stage else {
             return Vec::new();
@@ -516,7 +516,7 @@ impl Machine {
         };
         vec![
             Action::LaunchRay,
-            Action::Monitor(Mode {
+            Action::PointGcsHealth(Mode {
                 generation: self.generation,
                 interval: health::FAST_INTERVAL,
             }),
@@ -563,7 +563,7 @@ impl Machine {
             return Vec::new();
         }
         self.enter(Phase::Running, "the GCS answers SERVING");
-        vec![self.monitor(self.cfg.gcs.health_interval)]
+        vec![self.point_gcs_health(self.cfg.gcs.health_interval)]
     }
 
     /// Moves to `phase`, in the machine and in the snapshot.
@@ -572,8 +572,10 @@ impl Machine {
         self.state.set_phase(phase, reason);
     }
 
-    fn monitor(&self, interval: Duration) -> Action {
-        Action::Monitor(Mode {
+    /// The GCS health monitor, at this GCS's generation and `interval`
+    /// (fast while recovering, the configured one when steady).
+    fn point_gcs_health(&self, interval: Duration) -> Action {
+        Action::PointGcsHealth(Mode {
             generation: self.generation,
             interval,
         })

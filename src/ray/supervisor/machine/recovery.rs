@@ -90,7 +90,7 @@ impl Machine {
         }
         self.generation += 1;
         self.last_serving = None;
-        let mut actions = vec![self.monitor(health::FAST_INTERVAL)];
+        let mut actions = vec![self.point_gcs_health(health::FAST_INTERVAL)];
         tracing::warn!(event = "gcs_lost", reason = %reason, "GCS lost");
         let window = self
             .cfg
@@ -175,7 +175,7 @@ impl Machine {
                 r.last_error = match (&self.store, &e) {
                     (_, GateError::Disk(p)) => p.to_string(),
                     (Some(s), GateError::Redis(p)) => {
-                        format!("{} is not answering: {p}", s.describe)
+                        format!("{} is not answering: {p}", s.description)
                     }
                     (None, GateError::Redis(p)) => format!("Redis is not answering: {p}"),
                 };
@@ -311,7 +311,7 @@ impl Machine {
             since: now,
             probation: Some(now),
         });
-        vec![self.monitor(self.cfg.gcs.health_interval)]
+        vec![self.point_gcs_health(self.cfg.gcs.health_interval)]
     }
 
     pub(super) fn not_recovered(&self, now: Instant) -> Action {

@@ -105,7 +105,7 @@ impl H {
 
     fn note(&mut self, actions: &[Action]) {
         for a in actions {
-            if let Action::Monitor(m) = a {
+            if let Action::PointGcsHealth(m) = a {
                 self.generation = m.generation;
             }
         }
@@ -617,7 +617,7 @@ mod random {
             Daemon::GcsServer,
             Daemon::Raylet,
             Daemon::Dashboard,
-            Daemon::Monitor,
+            Daemon::AutoscalerMonitor,
         ][(p % 4) as usize];
         let pid = pid([GCS, RAYLET, DASHBOARD, 100, 101, 102, 50][(p % 7) as usize]);
         let generation = if gen_back {
