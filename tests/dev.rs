@@ -536,7 +536,7 @@ fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
         out.assert_code(code).assert_no_secret(wrong);
         assert!(out.stderr.contains(why), "{}", out.dump());
         assert!(
-            out.stderr.contains("redis://:****@127.0.0.1:"),
+            out.stderr.contains("redis://:<redacted>@127.0.0.1:"),
             "{}",
             out.dump()
         );

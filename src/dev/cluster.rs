@@ -190,11 +190,7 @@ impl Cluster {
                 None,
             ),
             RedisSource::External(a) => {
-                let host = if a.host.contains(':') {
-                    format!("[{}]:{}", a.host, a.port)
-                } else {
-                    format!("{}:{}", a.host, a.port)
-                };
+                let host = crate::redis::address::host_port(&a.host, a.port);
                 let addr = if a.tls {
                     format!("rediss://{host}")
                 } else {
@@ -205,7 +201,7 @@ impl Cluster {
         })
     }
 
-    /// The Redis URL to show: the password masked.
+    /// The Redis URL to show: the password out, as the redactor hides it.
     pub fn redis_shown(&self) -> String {
         let Some((addr, password, user)) = self.redis_address() else {
             return "none (RocksDB)".into();
@@ -215,12 +211,12 @@ impl Cluster {
             None => ("redis", addr),
         };
         let auth = match (user, password) {
-            (Some(u), Some(_)) => format!("{u}:****@"),
+            (Some(u), Some(_)) => format!("{u}:{}@", crate::redact::REDACTED),
             (Some(u), None) => format!("{u}@"),
-            (None, Some(_)) => ":****@".to_string(),
+            (None, Some(_)) => format!(":{}@", crate::redact::REDACTED),
             (None, None) => String::new(),
         };
-        format!("{scheme}://{auth}{hostport}")
+        crate::redact::url(&format!("{scheme}://{auth}{hostport}"))
     }
 
     /// `redis.conf` for the embedded Redis: a file of mode 0600, so that

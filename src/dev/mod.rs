@@ -23,6 +23,7 @@ mod stop;
 pub use one_off::DevRedis;
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -283,36 +284,37 @@ impl<'a> Runner<'a> {
             .map_or(0, |d| d.as_millis() as u64);
         let cancel = self.init.cancel.child_token();
         self.init.tracker.spawn(async move {
-            let mut tick = tokio::time::interval(STATUS_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = cancel.cancelled() => return,
-                }
+            // Blocking clients on a thread: a slow answer must not hold the
+            // runner's loop.
+            let look = || {
                 let (u, d) = (url.clone(), dashboard.clone());
                 let nodes = want_nodes.load(std::sync::atomic::Ordering::Relaxed);
-                let query = tokio::task::spawn_blocking(move || {
-                    let status = crate::probe::client::query(&u, "/status");
-                    let nodes = nodes.then(|| crate::probe::client::query(&d, status::NODES));
-                    (status, nodes)
-                });
-                let answer = tokio::select! {
-                    a = query => a,
-                    _ = cancel.cancelled() => return,
+                tokio::task::spawn_blocking(move || {
+                    let head = crate::probe::client::query(&u, "/status");
+                    let dashboard = d.trim_start_matches("http://");
+                    let nodes = nodes.then(|| {
+                        crate::http_client::get_tcp(dashboard, status::NODES, "rayhead-dev")
+                    });
+                    (head, nodes)
+                })
+            };
+            crate::time::every(STATUS_EVERY, &cancel, look, |answer| {
+                let Ok((head, nodes)) = answer else {
+                    return ControlFlow::Break(());
                 };
-                let Ok((status, nodes)) = answer else { return };
-                let mut view = match status {
+                let mut view = match head {
                     (true, body) => HeadView::parse(&body),
                     _ => HeadView::default(),
                 };
-                if let Some((true, body)) = nodes {
+                if let Some(Ok((200, body))) = nodes {
                     view.workers_joined = status::workers_joined(&body, since_ms);
                 }
-                if tx.send(Event::Status(view)).is_err() {
-                    return;
+                match tx.send(Event::Status(view)) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
                 }
-            }
+            })
+            .await
         });
     }
 

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::cluster::{self, Cluster, RedisSource};
 use super::kubelet::Pod;
-use super::state_dir::StateDir;
+use super::state_dir::{OpenError, StateDir};
 use crate::config::Secret;
 
 /// A state dir's embedded Redis for a one-off command (`redis-cleanup
@@ -37,8 +37,8 @@ impl DevRedis {
         }
         let (saved, child, dir) = match StateDir::open(root, false) {
             // A runner holds it: its Redis is up.
-            Err(e) if e.contains("another rayhead dev") => (saved, None, None),
-            Err(e) => return Err(e),
+            Err(OpenError::Locked(_)) => (saved, None, None),
+            Err(e) => return Err(e.to_string()),
             Ok(dir) => {
                 let server = cluster::which("redis-server").ok_or_else(|| {
                     format!(

@@ -42,7 +42,8 @@ pub(super) fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
         (Some(RedisSource::External(_)), true) => StateDir::saved(&opts.state_dir).ok(),
         _ => None,
     };
-    let dir = StateDir::open(&opts.state_dir, opts.clean).map_err(Exit::Config)?;
+    let dir =
+        StateDir::open(&opts.state_dir, opts.clean).map_err(|e| Exit::Config(e.to_string()))?;
     if let Some(old) = forgotten {
         tracing::warn!(
             namespace = %old.namespace,

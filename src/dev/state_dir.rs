@@ -53,6 +53,22 @@ pub struct Ports {
     pub metrics: u16,
 }
 
+/// Why a state directory could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Another `rayhead dev` holds it: its cluster (and Redis) is up.
+    #[error("--state-dir {}: another rayhead dev runs on it; stop that one, or give another --state-dir", .0.display())]
+    Locked(PathBuf),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for OpenError {
+    fn from(e: String) -> OpenError {
+        OpenError::Other(e)
+    }
+}
+
 /// An open, locked state directory.
 pub struct StateDir {
     pub root: PathBuf,
@@ -62,7 +78,7 @@ pub struct StateDir {
 
 impl StateDir {
     /// Creates (or, with `clean`, empties) and locks `root`.
-    pub fn open(root: &Path, clean: bool) -> Result<StateDir, String> {
+    pub fn open(root: &Path, clean: bool) -> Result<StateDir, OpenError> {
         let root = std::path::absolute(root)
             .map_err(|e| format!("--state-dir {}: {e}", root.display()))?;
         let uid = private_dir::my_uid();
@@ -82,10 +98,7 @@ impl StateDir {
             .map_err(|e| format!("--state-dir {}: {e}", lock_path.display()))?;
         // SAFETY: flock on an fd we own; non-blocking.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(format!(
-                "--state-dir {}: another rayhead dev runs on it; stop that one, or give another --state-dir",
-                root.display()
-            ));
+            return Err(OpenError::Locked(root));
         }
         if clean {
             for entry in fs::read_dir(&root).map_err(|e| format!("--state-dir: {e}"))? {
@@ -278,7 +291,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let _first = StateDir::open(tmp.path(), false).unwrap();
         let e = StateDir::open(tmp.path(), false).err().unwrap();
-        assert!(e.contains("another rayhead dev runs on it"), "{e}");
+        assert!(matches!(e, OpenError::Locked(_)), "{e}");
+        assert!(
+            e.to_string().contains("another rayhead dev runs on it"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -336,18 +353,18 @@ mod tests {
         let root = tmp.path().join("state");
         fs::create_dir(&root).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
-        let e = StateDir::open(&root, false).err().unwrap();
+        let e = StateDir::open(&root, false).err().unwrap().to_string();
         assert!(e.contains("mode 0777") && e.contains("--state-dir"), "{e}");
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
         fs::create_dir(root.join("logs")).unwrap();
         fs::set_permissions(root.join("logs"), fs::Permissions::from_mode(0o777)).unwrap();
-        let e = StateDir::open(&root, false).err().unwrap();
+        let e = StateDir::open(&root, false).err().unwrap().to_string();
         assert!(e.contains("logs") && e.contains("mode 0777"), "{e}");
         if nix::unistd::geteuid().is_root() {
             let theirs = tmp.path().join("theirs");
             fs::create_dir(&theirs).unwrap();
             std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
-            let e = StateDir::open(&theirs, false).err().unwrap();
+            let e = StateDir::open(&theirs, false).err().unwrap().to_string();
             assert!(e.contains("owned by uid 1000"), "{e}");
         }
     }

@@ -138,7 +138,8 @@ impl Redis {
             let addr = connection_addr(&host, port, self.tls.is_some());
             let info = self.info.clone().set_addr(addr);
             conn = self.connect_to(info).await?;
-            *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{host}:{port}"));
+            *self.master.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(address::host_port(&host, port));
         }
         Ok(conn)
     }

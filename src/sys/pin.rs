@@ -17,7 +17,7 @@
 //!   which leaves a window of microseconds instead of seconds.
 //!
 //! rayhead's own children are pinned by
-//! [`Reaper::pin`](crate::init::reaper::Reaper::pin), which knows whether
+//! `Reaper::pin` (in `init/`, above this module), which knows whether
 //! the pid was reaped.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
