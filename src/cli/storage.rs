@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{Cli, ConfigArgs};
 use crate::config::{Config, ProcessEnv};
 use crate::exit;
+use crate::memory::Mark;
 use crate::storage::rocksdb::{human, Look, Rocksdb, CHECK_TIMEOUT};
 use crate::storage::Store;
 
@@ -42,19 +43,16 @@ struct RocksdbReport {
 }
 
 pub(super) fn check(cli: &Cli, args: &StorageCheckArgs) -> u8 {
-    // A dev state dir's storage as its cluster recorded it (an older
-    // cluster.json did not: then RocksDB when gcs/ holds a database).
+    // A dev state dir's storage as its cluster keeps it.
     let dev_db = args.dev_state.as_ref().map(|d| d.join("gcs"));
-    if let (Some(dir), Some(db)) = (&args.dev_state, &dev_db) {
-        let kept = crate::dev::state_dir::StateDir::saved(dir).map(|s| s.storage);
-        let redis = match kept {
-            Ok(Some(s)) => s == crate::dev::Storage::Redis,
-            Ok(None) => !db.join("kv").is_dir(),
-            Err(e) => {
-                crate::logging::err(&format!("rayhead storage-check: --dev-state {e}\n"));
-                return exit::CONFIG;
-            }
-        };
+    if let Some(dir) = &args.dev_state {
+        // Checked first: a path that is no state dir is named as such.
+        if let Err(e) = crate::dev::state_dir::StateDir::saved(dir) {
+            crate::logging::err(&format!("rayhead storage-check: --dev-state {e}\n"));
+            return exit::CONFIG;
+        }
+        let kept = crate::dev::state_dir::StateDir::kept_storage(dir);
+        let redis = kept != Some(crate::dev::Storage::Rocksdb);
         if redis {
             let dev = super::DevStateArgs {
                 dev_state: Some(dir.clone()),
@@ -129,9 +127,10 @@ fn resolve(cfg: &Config) -> Result<Option<Store>, String> {
 async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
     let reading = db.read(Look::Report, CHECK_TIMEOUT).await;
     let disk = reading.disk;
+    let session = session_name(&db.path);
     let r = RocksdbReport {
         backend: "rocksdb",
-        path: db.path.display().to_string(),
+        path: crate::storage::rocksdb::shown(&db.path),
         usable: reading.problem.is_none(),
         problem: reading.problem.as_ref().map(ToString::to_string),
         free_bytes: disk.map(|d| d.free_bytes),
@@ -139,7 +138,7 @@ async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
         free_inodes: disk.and_then(|d| d.free_inodes),
         min_free_bytes: disk.and_then(|d| d.min_free_bytes),
         used_bytes: reading.used_bytes,
-        session_name: session_name(&db.path),
+        session_name: session.clone().ok().flatten(),
     };
     if json {
         crate::logging::out(&format!(
@@ -150,7 +149,7 @@ async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
         let opt = |v: Option<u64>| v.map_or_else(|| "unknown".into(), human);
         let rows = [
             ("backend", "rocksdb".to_string()),
-            ("path", crate::storage::rocksdb::shown(&db.path)),
+            ("path", r.path.clone()),
             (
                 "usable",
                 match &r.problem {
@@ -170,16 +169,22 @@ async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
             ),
             (
                 "min free",
-                match (disk, r.min_free_bytes) {
-                    (Some(_), Some(b)) => human(b),
-                    // Without the volume's size, the mark as configured.
-                    _ => db.min_free.render(),
+                match (r.min_free_bytes, db.min_free) {
+                    (Some(b), _) => human(b),
+                    (None, Mark::Off) => "off".into(),
+                    (None, Mark::Bytes(b)) => human(b),
+                    // Without the volume's size, the share as configured.
+                    (None, Mark::PercentOfLimit(p)) => format!("{p}% of the volume"),
                 },
             ),
             ("database", opt(r.used_bytes)),
             (
                 "session",
-                r.session_name.clone().unwrap_or_else(|| "none yet".into()),
+                match &session {
+                    Ok(Some(name)) => name.clone(),
+                    Ok(None) => "none yet".into(),
+                    Err(e) => format!("unknown: {e}"),
+                },
             ),
         ];
         let mut out = String::new();
@@ -191,14 +196,20 @@ async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
     u8::from(!r.usable)
 }
 
-/// Ray's `session_name` marker beside the database, when it is there and
-/// reads as one line of text.
-fn session_name(dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(dir.join("session_name")).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
+/// Ray's `session_name` marker beside the database: `None` when there is
+/// none, an error when it is there but cannot be read as one line of text.
+fn session_name(dir: &Path) -> Result<Option<String>, String> {
+    let bytes = match std::fs::read(dir.join("session_name")) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("session_name cannot be read: {e}")),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| "session_name is not text".to_string())?;
     let line = text.trim();
-    (!line.is_empty() && line.len() <= 200 && !line.contains(char::is_control))
-        .then(|| line.to_string())
+    match !line.is_empty() && line.len() <= 200 && !line.contains(char::is_control) {
+        true => Ok(Some(line.to_string())),
+        false => Err("session_name is not one line of text".into()),
+    }
 }
 
 /// `redis-check`'s report: PING, role, persistence, eviction, memory, the

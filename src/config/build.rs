@@ -234,6 +234,28 @@ fn gcs_section(v: &Values, ray: &RayConfig, found: &mut Found) -> GcsConfig {
             ),
         );
     }
+    // Each look at RocksDB's volume may walk the database and takes a
+    // thread: back to back, they would keep a core busy.
+    if gcs.storage_check_interval < Duration::from_millis(100) {
+        found.problem(
+            &GCS_STORAGE_CHECK_INTERVAL,
+            format!(
+                "{}: expected at least 100ms (each check reads the volume and sizes the database)",
+                humantime::format_duration(gcs.storage_check_interval)
+            ),
+        );
+    }
+    // Shorter than one check of a healthy volume may take, the gate would
+    // fail a disk it never finished looking at.
+    if gcs.storage_startup_timeout < Duration::from_secs(1) {
+        found.problem(
+            &GCS_STORAGE_STARTUP_TIMEOUT,
+            format!(
+                "{}: expected at least 1s, time for the start gate to check the volume once",
+                humantime::format_duration(gcs.storage_startup_timeout)
+            ),
+        );
+    }
     if gcs.deadline_margin >= ray.reconnect_timeout {
         found.problem(
             &GCS_DEADLINE_MARGIN,

@@ -325,7 +325,7 @@ pub static GCS_STORAGE_MIN_FREE: Key = Key {
     kind: Kind::Mark,
     default: Some("64MiB"),
     aliases: &[],
-    doc: "With the GCS on RocksDB (RAY_gcs_storage=rocksdb): the free space the storage path must have before ray start and before each in-place restart. RocksDB needs room for its write-ahead logs (about 13 MiB each, preallocated) and compactions. A size (\"64MiB\"), a share of the volume (\"5%\"), or \"off\".",
+    doc: "With the GCS on RocksDB (RAY_gcs_storage=rocksdb): the free space the storage path must have before ray start and before each in-place restart. RocksDB needs room for its write-ahead logs (about 13 MiB each, preallocated) and compactions. A size (\"64MiB\"), a share of the volume (\"5%\"; less than 100%), or \"off\" (then only a disk with nothing left counts as full). A mark as large as the volume can never be met: exit 64.",
 };
 
 pub static GCS_STORAGE_STARTUP_TIMEOUT: Key = Key {
@@ -333,7 +333,7 @@ pub static GCS_STORAGE_STARTUP_TIMEOUT: Key = Key {
     kind: Kind::Duration,
     default: Some("5m"),
     aliases: &[],
-    doc: "With the GCS on RocksDB: how long the start gate waits for a full storage path to have gcs.storage-min-free before rayhead gives up (exit 90). A missing, read-only or unwritable path fails at once (exit 89).",
+    doc: "With the GCS on RocksDB: how long the start gate waits for a full storage path to have gcs.storage-min-free before rayhead gives up (exit 90). A missing, read-only or unwritable path fails at once (exit 89). At least 1s.",
 };
 
 pub static GCS_STORAGE_CHECK_INTERVAL: Key = Key {
@@ -341,7 +341,7 @@ pub static GCS_STORAGE_CHECK_INTERVAL: Key = Key {
     kind: Kind::Duration,
     default: Some("5s"),
     aliases: &[],
-    doc: "With the GCS on RocksDB: how often the storage path's free space and the database's size are read for /status and the metrics.",
+    doc: "With the GCS on RocksDB: how often the storage path's free space and the database's size are read for /status and the metrics. At least 100ms.",
 };
 
 pub static REDIS_ADDRESS: Key = Key {

@@ -435,6 +435,19 @@ fn every_check_holds_on_both_sides() {
         err.0[0].message,
         "9s is shorter than ray.raylet-unhealthy-after (10s): a hang would end the head before it costs readiness"
     );
+    // The storage's checks: not back to back, and a gate with time to
+    // look at least once.
+    ok(&[
+        "gcs.storage-check-interval=100ms",
+        "gcs.storage-startup-timeout=1s",
+    ]);
+    assert_eq!(
+        err_keys(&[
+            "gcs.storage-check-interval=1ns",
+            "gcs.storage-startup-timeout=999ms"
+        ]),
+        ["gcs.storage-startup-timeout", "gcs.storage-check-interval"]
+    );
     // Ray's client check interval: whole milliseconds from 1ms to the
     // reconnect window, and Ray's own variable (in milliseconds) wins.
     ok(&["ray.client-check-interval=1ms"]);

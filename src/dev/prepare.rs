@@ -67,9 +67,7 @@ pub(super) fn prepare(opts: &Options) -> Result<(StateDir, Cluster), Exit> {
 fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
     let kept = match opts.clean {
         true => None,
-        false => StateDir::saved(&opts.state_dir)
-            .ok()
-            .and_then(|s| s.storage),
+        false => StateDir::kept_storage(&opts.state_dir),
     };
     let name = |s: Storage| match s {
         Storage::Redis => "redis",
@@ -80,7 +78,7 @@ fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
             "--redis-url with --storage rocksdb: the GCS would not use that Redis; drop one".into(),
         )),
         (Some(s), Some(k), _) if s != k => Err(Exit::Config(format!(
-            "--storage {}: the cluster in --state-dir {} keeps its GCS state in {}; a switch would start an empty GCS. Pass --storage {}, or --clean to start afresh",
+            "--storage {}: the cluster in --state-dir {} keeps its GCS state in {} (cluster.json's storage); a switch would start an empty GCS. Pass --storage {}, or --clean to start afresh",
             name(s),
             opts.state_dir.display(),
             name(k),
@@ -88,7 +86,7 @@ fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
         ))),
         (Some(s), _, _) => Ok(s),
         (None, Some(Storage::Rocksdb), Some(_)) => Err(Exit::Config(format!(
-            "--redis-url: the cluster in --state-dir {} keeps its GCS state in RocksDB; drop --redis-url, or pass --clean to start afresh on Redis",
+            "--redis-url: the cluster in --state-dir {} keeps its GCS state in rocksdb (cluster.json's storage); drop --redis-url, or pass --clean to start afresh on Redis",
             opts.state_dir.display()
         ))),
         (None, Some(k), _) => Ok(k),
@@ -148,11 +146,38 @@ mod tests {
         let e = choose_storage(&opts(tmp.path(), Some(Storage::Redis), None)).unwrap_err();
         assert!(e.reason().contains("--clean") && e.code() == 64, "{e}");
         let e = choose_storage(&opts(tmp.path(), None, Some("redis://127.0.0.1:1"))).unwrap_err();
-        assert!(e.reason().contains("RocksDB"), "{e}");
+        assert!(e.reason().contains("keeps its GCS state in rocksdb"), "{e}");
         let clean = Options {
             clean: true,
             ..opts(tmp.path(), Some(Storage::Redis), None)
         };
         assert_eq!(choose_storage(&clean).ok(), Some(Storage::Redis));
+    }
+
+    /// A cluster.json from before the store was recorded: its data says.
+    #[test]
+    fn an_older_state_dir_is_read_by_its_data() {
+        for (data, kept) in [
+            ("gcs/kv", Storage::Rocksdb),
+            ("redis/appendonlydir", Storage::Redis),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = StateDir::open(tmp.path(), false).unwrap();
+            dir.cluster(None).unwrap();
+            drop(dir);
+            std::fs::create_dir_all(tmp.path().join(data)).unwrap();
+            assert_eq!(
+                choose_storage(&opts(tmp.path(), None, None)).ok(),
+                Some(kept)
+            );
+            let other = match kept {
+                Storage::Redis => Storage::Rocksdb,
+                Storage::Rocksdb => Storage::Redis,
+            };
+            assert!(
+                choose_storage(&opts(tmp.path(), Some(other), None)).is_err(),
+                "{data}"
+            );
+        }
     }
 }

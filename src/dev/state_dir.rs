@@ -175,6 +175,24 @@ impl StateDir {
         Ok(saved)
     }
 
+    /// The store the cluster in `root` keeps its GCS in: as recorded, or,
+    /// for a `cluster.json` from before it was recorded, as its data shows
+    /// (a RocksDB in `gcs/kv`, a Redis's files in `redis/`). `None`: a new
+    /// state dir, or one with no GCS data yet.
+    pub fn kept_storage(root: &Path) -> Option<Storage> {
+        let saved = Self::saved(root).ok()?;
+        let has_entries = |d: PathBuf| fs::read_dir(d).is_ok_and(|mut e| e.next().is_some());
+        saved.storage.or_else(|| {
+            if root.join("gcs").join("kv").is_dir() {
+                Some(Storage::Rocksdb)
+            } else if has_entries(root.join("redis")) {
+                Some(Storage::Redis)
+            } else {
+                None
+            }
+        })
+    }
+
     /// The saved cluster as it is, for `redis-cleanup --dev-state`.
     pub fn saved(root: &Path) -> Result<Saved, String> {
         let path = root.join("cluster.json");

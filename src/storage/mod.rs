@@ -58,7 +58,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::Redis(r) => format!("Redis at {}", r.address),
-            Store::Rocksdb(d) => format!("RocksDB at {}", d.path.display()),
+            Store::Rocksdb(d) => format!("RocksDB at {}", rocksdb::shown(&d.path)),
         }
     }
 
@@ -68,7 +68,7 @@ impl Store {
             None => Snapshot::ray_head(gcs_address, None),
             Some(Store::Redis(r)) => Snapshot::ray_head(gcs_address, Some(r.address.to_string())),
             Some(Store::Rocksdb(d)) => {
-                Snapshot::ray_head(gcs_address, None).with_rocksdb(d.path.display().to_string())
+                Snapshot::ray_head(gcs_address, None).with_rocksdb(rocksdb::shown(&d.path))
             }
         }
     }

@@ -36,6 +36,9 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 100_000;
 /// ... and here: a slow volume must not hold the monitor's thread.
 const WALK_BUDGET: Duration = Duration::from_secs(2);
+/// Entries of the storage path looked at for Ray's database (it makes
+/// two directories and a few files): a bound, not a limit in practice.
+const MAX_DATABASE_ENTRIES: usize = 64;
 /// Checks that may run at once: the gate's beside the monitor's. On a hung
 /// volume each is a thread stuck in the kernel for as long as it is hung,
 /// so the count is bounded, not one more per poll.
@@ -105,6 +108,13 @@ impl Disk {
             return Some(DiskProblem::NoInodes(path.to_path_buf()));
         }
         let min = self.min_free_bytes.unwrap_or(0);
+        if min > 0 && min >= self.total_bytes {
+            return Some(DiskProblem::MarkUnreachable {
+                path: path.to_path_buf(),
+                min,
+                total: self.total_bytes,
+            });
+        }
         (self.free_bytes < min || self.free_bytes == 0).then(|| DiskProblem::Full {
             path: path.to_path_buf(),
             free: self.free_bytes,
@@ -167,10 +177,12 @@ impl Rocksdb {
         if vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
             return (Some(disk), Some(DiskProblem::ReadOnly(self.path.clone())));
         }
-        let refused = if write {
-            self.write_probe(&disk).err()
-        } else {
-            None
+        let refused = match write {
+            true => self
+                .write_probe(&disk)
+                .and_then(|()| self.database_writable())
+                .err(),
+            false => None,
         };
         (Some(disk), refused.or_else(|| disk.problem(&self.path)))
     }
@@ -219,7 +231,13 @@ impl Rocksdb {
         let path = self.path.clone();
         Err(match e.raw_os_error() {
             Some(libc::EROFS) => DiskProblem::ReadOnly(path),
-            Some(libc::ENOENT) => DiskProblem::Missing(path),
+            // Gone since the stat, or a file system that makes no files
+            // (/proc): only the first is a missing volume.
+            Some(libc::ENOENT) if !self.path.is_dir() => DiskProblem::Missing(path),
+            Some(libc::ENOENT) => DiskProblem::NotWritable {
+                path,
+                error: format!("no file can be made there: {e}"),
+            },
             // The numbers say why, when they can; else a quota.
             Some(libc::ENOSPC | libc::EDQUOT) => {
                 disk.problem(&self.path)
@@ -234,6 +252,41 @@ impl Rocksdb {
             },
             _ => self.unreadable(format!("a test write failed: {e}")),
         })
+    }
+
+    /// What RocksDB must write in a database that is already there: its
+    /// directories (`kv/`, `tables/`: new tables, logs, the renamed
+    /// `CURRENT`) and its `LOCK` files, opened for writing. A directory
+    /// left root-owned by an earlier run as root, or an immutable one,
+    /// passes the test write above and fails the GCS at open; found here,
+    /// it is exit 89 with its name, not a crash loop. Asked of the kernel
+    /// (`access`), never by writing among Ray's files.
+    fn database_writable(&self) -> Result<(), DiskProblem> {
+        let refused = |p: &Path, e: nix::Error| DiskProblem::NotWritable {
+            path: self.path.clone(),
+            error: format!(
+                "{} (Ray's database) is not writable: {e}",
+                shown(p.strip_prefix(&self.path).unwrap_or(p))
+            ),
+        };
+        let writable = |p: &Path| {
+            nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).map_err(|e| refused(p, e))
+        };
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Ok(());
+        };
+        for e in entries.flatten().take(MAX_DATABASE_ENTRIES) {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                writable(&p)?;
+                if p.join("LOCK").exists() {
+                    writable(&p.join("LOCK"))?;
+                }
+            } else if e.file_name() == "LOCK" {
+                writable(&p)?;
+            }
+        }
+        Ok(())
     }
 
     /// One look on a thread of its own, within `limit`. A thread, not the
@@ -330,7 +383,14 @@ impl Rocksdb {
         let look = || self.read(Look::Monitor, CHECK_TIMEOUT);
         crate::time::every(interval, &cancel, look, |reading| {
             let problem = reading.problem.as_ref().map(ToString::to_string);
+            let margin_only = reading
+                .problem
+                .as_ref()
+                .is_some_and(DiskProblem::is_margin_only);
             match (&last, &problem) {
+                (_, Some(p)) if last.as_ref() != Some(p) && margin_only => {
+                    tracing::warn!(warning = %p, "the GCS storage is below its margin: the GCS runs on, but one lost now would wait for space")
+                }
                 (_, Some(p)) if last.as_ref() != Some(p) => {
                     tracing::warn!(problem = %p, "the GCS storage is not usable")
                 }
@@ -392,7 +452,9 @@ fn remove_leftovers(dir: &Path) {
 /// when it is not a directory that can be read, or when the walk takes
 /// longer than [`WALK_BUDGET`] (a slow volume: the last figure stands).
 pub fn used_bytes(dir: &Path) -> Option<u64> {
-    let top = std::fs::symlink_metadata(dir).ok()?;
+    // The path itself may be a link (to the volume); nothing under it is
+    // followed.
+    let top = std::fs::metadata(dir).ok()?;
     if !top.is_dir() {
         return None;
     }

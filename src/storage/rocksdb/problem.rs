@@ -29,6 +29,13 @@ pub enum DiskProblem {
         free: u64,
         min: u64,
     },
+    /// `gcs.storage-min-free` as large as the volume: no disk could ever
+    /// have it free. A configuration error, not a wait.
+    MarkUnreachable {
+        path: PathBuf,
+        min: u64,
+        total: u64,
+    },
     /// No file can be made (RocksDB's next table or log), whatever the bytes.
     NoInodes(PathBuf),
     /// The test write was refused for space although the numbers show
@@ -92,6 +99,13 @@ impl fmt::Display for DiskProblem {
                 human(*free),
                 human(*min)
             ),
+            DiskProblem::MarkUnreachable { path, min, total } => write!(
+                f,
+                "gcs.storage-min-free ({}) is as large as the volume of the GCS storage at {} ({}): it can never be free; lower it",
+                human(*min),
+                shown(path),
+                human(*total)
+            ),
             DiskProblem::NoInodes(p) => write!(
                 f,
                 "the GCS storage at {} has no inodes left: no new file can be made there, whatever the free bytes",
@@ -128,6 +142,7 @@ impl DiskProblem {
                 | DiskProblem::BadPath { .. }
                 | DiskProblem::ReadOnly(_)
                 | DiskProblem::NotWritable { .. }
+                | DiskProblem::MarkUnreachable { .. }
         )
     }
 
@@ -150,6 +165,7 @@ impl DiskProblem {
             DiskProblem::Full { .. }
             | DiskProblem::NoInodes(_)
             | DiskProblem::WriteRefused { .. } => Exit::StorageFull(reason.to_string()),
+            DiskProblem::MarkUnreachable { .. } => Exit::Config(reason.to_string()),
             _ => Exit::StorageUnusable(reason.to_string()),
         }
     }
