@@ -254,9 +254,10 @@ impl Rocksdb {
         })
     }
 
-    /// What RocksDB must write in a database that is already there: its
+    /// What Ray must write in a database that is already there: its
     /// directories (`kv/`, `tables/`: new tables, logs, the renamed
-    /// `CURRENT`) and its `LOCK` files, opened for writing. A directory
+    /// `CURRENT`), their `LOCK` files, opened for writing, and the files
+    /// beside them (`session_name`). A directory
     /// left root-owned by an earlier run as root, or an immutable one,
     /// passes the test write above and fails the GCS at open; found here,
     /// it is exit 89 with its name, not a crash loop. Asked of the kernel
@@ -276,14 +277,16 @@ impl Rocksdb {
             return Ok(());
         };
         for e in entries.flatten().take(MAX_DATABASE_ENTRIES) {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_symlink() {
+                continue;
+            }
+            // Everything Ray keeps beside the database (session_name) and
+            // each database directory; inside one, its LOCK.
             let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                writable(&p)?;
-                if p.join("LOCK").exists() {
-                    writable(&p.join("LOCK"))?;
-                }
-            } else if e.file_name() == "LOCK" {
-                writable(&p)?;
+            writable(&p)?;
+            if kind.is_dir() && p.join("LOCK").exists() {
+                writable(&p.join("LOCK"))?;
             }
         }
         Ok(())
