@@ -8,9 +8,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
-use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
-use crate::ray_util::{path_with_venv, python, RayTest, ACTOR};
-use crate::util::{eventually, Dir};
+use crate::dev_util::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
+use crate::ray_drivers::python;
+use crate::ray_util::{path_with_venv, RayTest, ACTOR};
+use crate::util::Dir;
+use crate::wait::eventually;
 
 /// The README's walkthrough under `heading`: each `$ ` line (or `^C`)
 /// with the lines under it.

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{cannot_run, count_lines, eventually, Dir};
+use crate::util::{cannot_run, count_lines, free_port, Dir};
+use crate::wait::{eventually, holds_for};
 
 /// A tmpfs mounted at a path for the test; unmounted on drop, even when
 /// the test fails, before the temp dir that holds it goes.
@@ -272,10 +274,11 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
             .contains("is full"),
         "{status}"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        find_comm(head.run.rayhead_pid(), "gcs_server").is_empty(),
-        "a GCS was started on a full disk"
+    let root = head.run.rayhead_pid();
+    holds_for(
+        Duration::from_secs(2),
+        "no GCS started on a full disk",
+        || find_comm(root, "gcs_server").is_empty(),
     );
     std::fs::remove_file(&filler).unwrap();
     eventually(
