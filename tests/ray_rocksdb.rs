@@ -237,7 +237,14 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     eventually(Duration::from_secs(30), "/readyz 200", || {
         head.probe("/readyz").0.then_some(())
     });
+    below_min_free_a_lost_gcs_waits_for_space(&dir, &head, &volume);
+    full_to_the_brim_exits_90(head, &volume);
+}
 
+/// Below `gcs.storage-min-free`: `/status` warns, readiness holds; the GCS
+/// lost then waits at the gate (none is started) until space comes back,
+/// then recovers.
+fn below_min_free_a_lost_gcs_waits_for_space(dir: &Dir, head: &Head, volume: &Tmpfs) {
     let filler = volume.fill(8 << 20);
     let status =
         || -> serde_json::Value { serde_json::from_str(&head.probe("/status").1).unwrap() };
@@ -258,7 +265,7 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     );
     let recovered = count_lines(&dir.read("stderr"), "gcs_recovered");
     assert_eq!(recovered, 0);
-    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    kill(gcs_pid(head), Signal::SIGKILL).unwrap();
     eventually(Duration::from_secs(15), "the gate to wait", || {
         dir.read("stderr")
             .contains("not usable yet: waiting before a GCS starts")
@@ -289,7 +296,11 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     eventually(Duration::from_secs(15), "/readyz 200 again", || {
         head.probe("/readyz").0.then_some(())
     });
+}
 
+/// Filled to the brim: readiness goes; the GCS lost then waits until the
+/// recovery's deadline, and rayhead exits 90 before the raylet gives up.
+fn full_to_the_brim_exits_90(head: Head, volume: &Tmpfs) {
     let _brim = volume.fill_to_the_brim();
     let why = eventually(
         Duration::from_secs(15),
