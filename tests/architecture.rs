@@ -2,11 +2,8 @@
 //! exists, and every module directly under `src/` is named in it.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::root;
 
 fn document() -> String {
     std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md at the root")

@@ -193,8 +193,10 @@ fn each_bad_key_exits_64_and_is_named() {
 fn the_exec_probe_refuses_another_users_socket() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to run a server as another uid");
-        return;
+        return crate::util::cannot_run(
+            "the exec probe's peer test",
+            "it needs root to run a server as another uid",
+        );
     }
     let dir = Dir::new("probe-peer");
     let open = |p: &std::path::Path, mode| {
@@ -218,7 +220,7 @@ fn the_exec_probe_refuses_another_users_socket() {
         })
     };
     let _squatter = cmd.spawn();
-    crate::util::eventually(LIMIT, "the other user's socket", || {
+    crate::wait::eventually(LIMIT, "the other user's socket", || {
         rayhead::probe::client::query_socket(
             &rayhead::probe::socket::SocketPlace {
                 path: sock.clone(),

@@ -14,36 +14,19 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::dist::dist_bin;
+use crate::dev_util::fake_ray;
+use crate::ray_drivers::guide_scenario_with;
 use crate::ray_util::{find_comm, RayTest};
-use crate::util::{eventually, Dir};
+use crate::util::{carrier_stage, dist_bin, Dir};
+use crate::wait::{eventually, poll_until};
 
 /// Any one podman call; a hung one fails the test with what it printed.
 const PODMAN_LIMIT: Duration = Duration::from_secs(120);
-
-/// The Dockerfile's carrier stage, line by line: from `FROM scratch AS
-/// carrier` to the blank line that ends it. The test image is built from
-/// these very lines, so the two cannot drift apart.
-pub fn carrier_stage() -> Vec<&'static str> {
-    static DOCKERFILE: OnceLock<String> = OnceLock::new();
-    let text = DOCKERFILE.get_or_init(|| {
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap()
-    });
-    let stage: Vec<&str> = text
-        .lines()
-        .skip_while(|l| l.trim() != "FROM scratch AS carrier")
-        .take_while(|l| !l.trim().is_empty())
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect();
-    assert!(!stage.is_empty(), "the Dockerfile has no carrier stage");
-    stage
-}
 
 /// podman with runc and a storage of its own in a temp dir (removed with
 /// it), so that tests never touch the machine's images or each other's.
@@ -119,17 +102,13 @@ impl Podman {
             .stderr(Stdio::piped())
             .spawn()
             .expect("podman");
-        let deadline = Instant::now() + PODMAN_LIMIT;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "podman {args:?} hung for {PODMAN_LIMIT:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if poll_until(PODMAN_LIMIT, None, || child.try_wait().unwrap()).is_err() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "podman {args:?} hung for {PODMAN_LIMIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         child.wait_with_output().unwrap()
     }
@@ -470,7 +449,7 @@ fn container_healthcheck_runs_the_exec_probe() {
 fn container_restart_on_failure_after_exit_83() {
     let dir = RayTest::unlocked("container-restart");
     let Some(inst) = installed(&dir) else { return };
-    crate::ray_fake::fake_ray(&dir);
+    fake_ray(&dir);
     // Every gcs_server started lives (the second start is the restart's).
     dir.write("gcs-lives", "");
     let d = dir.path().display().to_string();
@@ -581,7 +560,7 @@ fn e2e_container_the_static_binary_runs_the_guide_scenario_as_pid1() {
     };
     let dir = dir.running(script).located_by(find);
     let _gone = Removed(&inst.podman, name.to_string());
-    crate::ray_e2e::guide_scenario_with(&dir, |_head| {
+    guide_scenario_with(&dir, |_head| {
         inst.podman.ok(&["stop", "--time=30", name]);
     });
 }

@@ -1,227 +1,17 @@
 //! `rayhead dev`: the missing-tool and bad-option errors and the kubelet
-//! emulation on the fake Ray, and the harness that `dev_walkthrough` (the
-//! README's walkthrough on real Ray) shares.
+//! emulation on the fake Ray (its harness, shared with `dev_walkthrough`,
+//! is in `dev_util`).
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rayhead::sys::proctree;
 
-use crate::ray_fake::fake_ray;
-use crate::ray_util::{assert_all_dead, path_with_venv, RayTest};
-use crate::util::{eventually, Dir, Running};
-
-pub const LIMIT: Duration = Duration::from_secs(60);
-
-/// The state dir, short: Ray's socket paths live under it.
-pub const STATE: &str = "s";
-
-/// A running `rayhead dev`, its stderr read into `out` by a thread until
-/// `close` is set: then the thread drops the pipe, as a `tee` that dies.
-pub struct DevRun {
-    run: Running,
-    out: Arc<Mutex<String>>,
-    close: Arc<AtomicBool>,
-    /// The reader; it owns the pipe, which it drops when it returns.
-    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl DevRun {
-    pub fn start(dir: &Dir, path: &str, args: &[&str]) -> DevRun {
-        let mut run = dir
-            .rayhead()
-            .env("PATH", path)
-            .env("RAYHEAD_LOG", "info")
-            .args(["dev", "--state-dir", STATE])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut pipe = run.take_stderr().expect("stderr pipe");
-        let out = Arc::new(Mutex::new(String::new()));
-        let close = Arc::new(AtomicBool::new(false));
-        let (o, c) = (out.clone(), close.clone());
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !c.load(Ordering::SeqCst) {
-                let mut fd = libc::pollfd {
-                    fd: pipe.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one pollfd we own, for at most 100 ms.
-                if unsafe { libc::poll(&mut fd, 1, 100) } <= 0 {
-                    continue;
-                }
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => o
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-        });
-        DevRun {
-            run,
-            out,
-            close,
-            reader: Mutex::new(Some(reader)),
-        }
-    }
-
-    pub fn text(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.run.outer_pid()
-    }
-
-    /// Waits for `n` lines of `shape` in the runner's output.
-    pub fn wait_for(&self, expected: &str, n: usize, limit: Duration) {
-        let want = shape(expected);
-        eventually(limit, &format!("{n} x {expected:?}"), || {
-            let text = self.text();
-            if text.lines().filter(|l| shape(l) == want).count() >= n {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        })
-    }
-
-    /// Closes the stderr pipe, as a pipeline's reader that died: returns
-    /// once the reader has returned, and so dropped its end.
-    pub fn close_stderr(&self) {
-        self.close.store(true, Ordering::SeqCst);
-        if let Some(reader) = self.reader.lock().unwrap().take() {
-            reader.join().expect("the stderr reader panicked");
-        }
-    }
-}
-
-/// A line with its variable parts masked: numbers (but a lone 0, which
-/// the walkthrough means), the generated namespace, the state dir.
-pub fn shape(line: &str) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = line.trim().chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i].is_ascii_digit() {
-            let start = i;
-            while i < chars.len() && chars[i].is_ascii_digit() {
-                i += 1;
-            }
-            let lone_zero = i - start == 1
-                && chars[start] == '0'
-                && (start == 0 || chars[start - 1] == ' ')
-                && chars.get(i).is_none_or(|c| *c == ' ');
-            out.push_str(if lone_zero { "0" } else { "#" });
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    let mut masked = Vec::new();
-    for word in out.split(' ') {
-        if let Some(at) = word.find("rayhead-dev-") {
-            masked.push(format!("{}rayhead-dev-NS\"", &word[..at]));
-        } else {
-            masked.push(word.replace(".rayhead-dev/", &format!("{STATE}/")));
-        }
-    }
-    masked.join(" ")
-}
-
-/// Every process of the runner's tree now, with its comm.
-pub fn tree(dev: &DevRun) -> Vec<(Pid, String)> {
-    proctree::descendants(&proctree::snapshot(), dev.pid())
-        .into_iter()
-        .map(|p| (p.pid, p.comm))
-        .collect()
-}
-
-/// Stops the runner with `sig`; asserts exit 0 and that nothing of its
-/// tree (recorded first) lives on.
-pub fn stop(dev: DevRun, sig: Signal) -> String {
-    let before = tree(&dev);
-    // A RocksDB cluster (the banner says so) has no Redis to stop.
-    let rocksdb = dev.text().contains("GCS store  RocksDB in ");
-    let comms: &[&str] = if rocksdb {
-        &["gcs_server", "raylet"]
-    } else {
-        &["gcs_server", "raylet", "redis-server"]
-    };
-    for comm in comms {
-        assert!(
-            before.iter().any(|(_, c)| c == comm),
-            "no {comm} in the tree before the stop: {before:?}"
-        );
-    }
-    assert!(
-        before.iter().any(|(_, c)| c.starts_with("ray::")),
-        "{before:?}"
-    );
-    let pid = dev.pid();
-    kill(pid, sig).unwrap();
-    let DevRun { run, out, .. } = dev;
-    let done = run.wait(LIMIT);
-    let text = out.lock().unwrap().clone();
-    assert_eq!(done.code, Some(0), "{text}\n{}", done.dump());
-    let pids: Vec<Pid> = before.iter().map(|(p, _)| *p).collect();
-    assert_all_dead("the dev cluster", &pids);
-    text
-}
-
-/// The state dir's embedded Redis, SIGKILLed when dropped: the tests'
-/// guard by marker cannot find it (Redis retitles itself), and a test that
-/// SIGKILLs the runner, or fails, must not leave it behind.
-pub struct RedisGuard<'a>(pub &'a Dir);
-
-impl Drop for RedisGuard<'_> {
-    fn drop(&mut self) {
-        for pid in redis_pids(self.0) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-    }
-}
-
-/// Whether the state dir's embedded Redis runs. Redis retitles itself
-/// (`redis-server 127.0.0.1:PORT`), so it is found by its port, not by
-/// the state dir in its command line.
-pub fn alive_redis(dir: &Dir) -> bool {
-    saved(dir).unwrap_or_else(|e| panic!("{e}"));
-    !redis_pids(dir).is_empty()
-}
-
-/// The state dir's `cluster.json`, read by rayhead's own code.
-pub fn saved(dir: &Dir) -> Result<rayhead::dev::state_dir::Saved, String> {
-    rayhead::dev::state_dir::StateDir::saved(&dir.join(STATE))
-}
-
-/// The live processes of the state dir's embedded Redis, by its port.
-fn redis_pids(dir: &Dir) -> Vec<Pid> {
-    let Ok(saved) = saved(dir) else {
-        return Vec::new();
-    };
-    let port = saved.ports.redis;
-    let title = format!("redis-server 127.0.0.1:{port}");
-    proctree::snapshot()
-        .into_iter()
-        .filter(|p| p.state != 'Z')
-        .filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&title))
-        })
-        .map(|p| p.pid)
-        .collect()
-}
+use crate::dev_util::{alive_redis, fake_ray, tree, DevRun, RedisGuard, LIMIT, STATE};
+use crate::ray_util::{path_with_venv, RayTest};
+use crate::redis_util::RedisServer;
+use crate::util::{count_lines, free_port, Dir};
+use crate::wait::eventually;
 
 #[test]
 fn dev_without_ray_or_redis_says_how_to_install_each_and_exits_69() {
@@ -380,9 +170,7 @@ fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
     let _redis = RedisGuard(&dir);
     dir.write("ray-start-fails", "");
     let dev = fake_dev(&dir, &["--restart-policy", "Never"]);
-    let DevRun { run, out, .. } = dev;
-    let done = run.wait(LIMIT);
-    let text = out.lock().unwrap().clone();
+    let (done, text) = dev.wait(LIMIT);
     assert_eq!(done.code, Some(85), "{text}");
     assert!(text.contains("head exited with code 85: "), "{text}");
     assert!(
@@ -394,7 +182,7 @@ fn dev_never_keeps_a_failed_head_down_and_exits_with_its_code() {
         "{text}"
     );
     let log = dir.read(&format!("{STATE}/logs/head.log"));
-    assert_eq!(crate::util::count_lines(&log, "fake ray start"), 1, "{log}");
+    assert_eq!(count_lines(&log, "fake ray start"), 1, "{log}");
     assert!(!alive_redis(&dir), "the embedded Redis was left running");
 }
 
@@ -412,7 +200,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
     let t = Instant::now();
     let log = || dir.read(&format!("{STATE}/logs/head.log"));
     eventually(LIMIT, "the second start", || {
-        (crate::util::count_lines(&log(), "fake ray start") == 2).then_some(())
+        (count_lines(&log(), "fake ray start") == 2).then_some(())
     });
     let waited = t.elapsed();
     assert!(
@@ -428,8 +216,7 @@ fn dev_restarts_a_failed_head_after_the_kubelets_back_off() {
     assert!(alive_redis(&dir), "the check finds the Redis while it runs");
     let pid = dev.pid();
     kill(pid, Signal::SIGTERM).unwrap();
-    let DevRun { run, .. } = dev;
-    assert_eq!(run.wait(LIMIT).code, Some(0));
+    assert_eq!(dev.wait(LIMIT).0.code, Some(0));
     assert!(!alive_redis(&dir), "the embedded Redis was left running");
 }
 
@@ -510,11 +297,11 @@ fn dev_sweeps_a_killed_heads_daemons_and_a_killed_runner_leaves_nothing() {
 fn dev_with_a_redis_url_that_refuses_or_is_down_exits_87_or_86() {
     let dir = RayTest::unlocked("dev-url");
     let _redis = RedisGuard(&dir);
-    let redis = crate::ray_util::RedisServer::start(&dir);
+    let redis = RedisServer::start(&dir);
     fake_ray(&dir);
     let path = format!("{}:/usr/bin:/bin", dir.join("bin").display());
     let wrong = "not-the-password-4711";
-    let down = crate::ray_util::free_port();
+    let down = free_port();
     for (url, code, why) in [
         (
             format!("redis://:{wrong}@127.0.0.1:{}", redis.port),

@@ -8,9 +8,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
-use crate::dev::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
-use crate::ray_util::{path_with_venv, python, RayTest, ACTOR};
-use crate::util::{eventually, Dir};
+use crate::dev_util::{alive_redis, saved, shape, stop, tree, DevRun, RedisGuard, LIMIT, STATE};
+use crate::ray_drivers::python;
+use crate::ray_util::{path_with_venv, RayTest, ACTOR};
+use crate::util::Dir;
+use crate::wait::eventually;
 
 /// The README's walkthrough under `heading`: each `$ ` line (or `^C`)
 /// with the lines under it.
@@ -127,170 +129,231 @@ fn path_without_redis(dir: &Dir) -> String {
 /// Runs the README's walkthrough under `heading` on `rayhead dev`, step by
 /// step, checking what the README says each step prints.
 fn run_walkthrough(heading: &str, dir: &Dir, path: &str) {
-    let path = path.to_string();
-    let mut dev: Option<DevRun> = None;
-    let mut address = String::new();
-    let mut expected_so_far: Vec<String> = Vec::new();
-    let mut counter_seen = 0;
+    let mut walk = Walk {
+        dir,
+        path: path.to_string(),
+        dev: None,
+        address: String::new(),
+        expected_so_far: Vec::new(),
+        counter_seen: 0,
+    };
     for (cmd, expect) in walkthrough(heading) {
-        let wait_lines = |dev: &DevRun, expected_so_far: &mut Vec<String>, limit| {
-            for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
-                expected_so_far.push(shape(e));
-                let n = expected_so_far.iter().filter(|s| **s == shape(e)).count();
-                dev.wait_for(e, n, limit);
-            }
-        };
-        match cmd.as_str() {
-            "make dev" => {
-                let d = DevRun::start(dir, &path, &[]);
-                wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
-                dev = Some(d);
-            }
+        walk.step(&cmd, &expect);
+    }
+    assert_eq!(walk.counter_seen, 4, "the walkthrough counts to 4");
+    assert!(walk.dev.is_none(), "the walkthrough stops the cluster");
+}
+
+/// Where the walkthrough is: the runner, the address it printed, the
+/// runner's lines seen so far (by shape), and the counter's last value.
+struct Walk<'a> {
+    dir: &'a Dir,
+    path: String,
+    dev: Option<DevRun>,
+    address: String,
+    expected_so_far: Vec<String>,
+    counter_seen: u64,
+}
+
+impl Walk<'_> {
+    /// One `$ ` line of the README, with the lines the README shows under it.
+    fn step(&mut self, cmd: &str, expect: &[String]) {
+        match cmd {
+            "make dev" => self.start(&[], expect),
             c if c.starts_with("rayhead dev ") => {
                 let args: Vec<&str> = c.split(' ').skip(2).collect();
-                let d = DevRun::start(dir, &path, &args);
-                wait_lines(&d, &mut expected_so_far, Duration::from_secs(120));
-                dev = Some(d);
+                self.start(&args, expect);
             }
-            c if c.starts_with("rayhead storage-check --dev-state ") => {
-                let out = dir
-                    .rayhead()
-                    .env("PATH", &path)
-                    .args(["storage-check", "--dev-state", STATE])
-                    .run(LIMIT);
-                out.assert_code(0);
-                for e in &expect {
-                    assert!(
-                        out.stdout.lines().any(|l| l.trim() == e),
-                        "{e:?} in:\n{}",
-                        out.dump()
-                    );
-                }
-            }
+            c if c.starts_with("rayhead storage-check --dev-state ") => self.storage_check(expect),
             ". .venv/bin/activate" => {}
-            c if c.starts_with("export RAY_ADDRESS=") => {
-                let d = dev.as_ref().expect("running");
-                let printed = d
-                    .text()
-                    .lines()
-                    .find_map(|l| l.split_once("export ").map(|(_, a)| format!("export {a}")))
-                    .expect("the runner printed the export");
-                assert_eq!(shape(&printed), shape(c));
-                address = printed
-                    .trim_start_matches("export RAY_ADDRESS=")
-                    .trim()
-                    .to_string();
-            }
-            c if c.starts_with("python examples/") => {
-                let out = python(c.trim_start_matches("python "), &address, ACTOR)
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let lines: Vec<&str> = out
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                assert_eq!(lines, expect, "{c}");
-                if let Some(n) = expect.first().and_then(|v| v.parse::<u64>().ok()) {
-                    assert_eq!(n, counter_seen + 1);
-                    counter_seen = n;
-                }
-            }
+            c if c.starts_with("export RAY_ADDRESS=") => self.export(c),
+            c if c.starts_with("python examples/") => self.python(c, expect),
             "pkill -9 gcs_server" | "pkill gcs_server" => {
-                let d = dev.as_ref().expect("running");
                 let sig = if cmd.contains("-9") {
                     Signal::SIGKILL
                 } else {
                     Signal::SIGTERM
                 };
-                kill(gcs_of(d), sig).unwrap();
-                wait_lines(d, &mut expected_so_far, LIMIT);
+                kill(gcs_of(self.running()), sig).unwrap();
+                self.wait_lines(expect, LIMIT);
             }
             r#"pkill -9 -x raylet -P "$(pgrep -d, -f 'rayhead run')""# => {
-                // The same processes, found in this test's tree only.
-                let d = dev.as_ref().expect("running");
-                let snap = proctree::snapshot();
-                let heads: Vec<Pid> = snap
-                    .iter()
-                    .filter(|p| p.ppid == d.pid() && p.comm == "rayhead")
-                    .map(|p| p.pid)
-                    .collect();
-                let raylets: Vec<Pid> = snap
-                    .iter()
-                    .filter(|p| p.comm == "raylet" && heads.contains(&p.ppid))
-                    .map(|p| p.pid)
-                    .collect();
-                assert_eq!(
-                    raylets.len(),
-                    1,
-                    "the head's raylet: {raylets:?} in {:?}",
-                    tree(d)
-                );
-                kill(raylets[0], Signal::SIGKILL).unwrap();
-                let t = Instant::now();
-                wait_lines(d, &mut expected_so_far, LIMIT);
-                // The kubelet's back-off, then a head that is ready again.
-                let ready = "rayhead dev: [head running | GCS serving";
-                eventually(Duration::from_secs(120), "the head back", || {
-                    let text = d.text();
-                    let after = text.rsplit("restarting head in").next().unwrap_or("");
-                    if after.contains(ready) {
-                        return Ok(());
-                    }
-                    let log = dir.read(&format!("{STATE}/logs/head.log"));
-                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                    Err(format!(
-                        "{text}\n--- head.log, last lines ---\n{}",
-                        tail.join("\n")
-                    ))
-                });
-                assert!(
-                    t.elapsed() >= Duration::from_secs(9),
-                    "no back-off: {:?}",
-                    t.elapsed()
-                );
+                self.kill_the_heads_raylet(expect)
             }
-            "^C" => {
-                let d = dev.take().expect("running");
-                let password = saved(dir).unwrap().redis_password;
-                let text = stop(d, Signal::SIGINT);
-                for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
-                    assert!(
-                        text.lines().any(|l| shape(l) == shape(e)),
-                        "{e:?} in:\n{text}"
-                    );
-                }
-                let head_log = dir.read(&format!("{STATE}/logs/head.log"));
-                assert!(
-                    !text.contains(&password) && !head_log.contains(&password),
-                    "the Redis password leaked"
-                );
-                second_run_finds_the_actor_then_stops_with_stderr_closed(dir, &path);
-            }
+            "^C" => self.interrupt(expect),
             c if c.starts_with("rayhead redis-cleanup --dev-state .rayhead-dev") => {
-                let args: Vec<String> = c
-                    .split(' ')
-                    .skip(1)
-                    .map(|a| a.replace(".rayhead-dev", STATE))
-                    .collect();
-                let out = dir.rayhead().env("PATH", &path).args(&args).run(LIMIT);
-                out.assert_code(0);
-                for e in &expect {
-                    assert!(
-                        out.stderr.lines().any(|l| shape(l) == shape(e)),
-                        "{e:?} in:\n{}",
-                        out.dump()
-                    );
-                }
-                if !c.contains("--dry-run") {
-                    assert!(!out.stderr.contains("deleted 0 key"), "{}", out.dump());
-                }
-                assert!(!alive_redis(dir), "redis-cleanup left its Redis running");
+                self.redis_cleanup(c, expect)
             }
             other => panic!("the walkthrough has a step this test does not know: {other:?}"),
         }
     }
-    assert_eq!(counter_seen, 4, "the walkthrough counts to 4");
-    assert!(dev.is_none(), "the walkthrough stops the cluster");
+
+    fn running(&self) -> &DevRun {
+        self.dev.as_ref().expect("running")
+    }
+
+    /// Waits for the runner's lines among `expect`, each as many times as
+    /// the walkthrough has shown it so far.
+    fn wait_lines(&mut self, expect: &[String], limit: Duration) {
+        let dev = self.dev.as_ref().expect("running");
+        for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+            self.expected_so_far.push(shape(e));
+            let n = self
+                .expected_so_far
+                .iter()
+                .filter(|s| **s == shape(e))
+                .count();
+            dev.wait_for(e, n, limit);
+        }
+    }
+
+    fn start(&mut self, args: &[&str], expect: &[String]) {
+        self.dev = Some(DevRun::start(self.dir, &self.path, args));
+        self.wait_lines(expect, Duration::from_secs(120));
+    }
+
+    fn storage_check(&self, expect: &[String]) {
+        let out = self
+            .dir
+            .rayhead()
+            .env("PATH", &self.path)
+            .args(["storage-check", "--dev-state", STATE])
+            .run(LIMIT);
+        out.assert_code(0);
+        for e in expect {
+            assert!(
+                out.stdout.lines().any(|l| l.trim() == e),
+                "{e:?} in:\n{}",
+                out.dump()
+            );
+        }
+    }
+
+    /// The README's `export` is the one the runner printed.
+    fn export(&mut self, cmd: &str) {
+        let printed = self
+            .running()
+            .text()
+            .lines()
+            .find_map(|l| l.split_once("export ").map(|(_, a)| format!("export {a}")))
+            .expect("the runner printed the export");
+        assert_eq!(shape(&printed), shape(cmd));
+        self.address = printed
+            .trim_start_matches("export RAY_ADDRESS=")
+            .trim()
+            .to_string();
+    }
+
+    fn python(&mut self, cmd: &str, expect: &[String]) {
+        let out = python(cmd.trim_start_matches("python "), &self.address, ACTOR)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let lines: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines, expect, "{cmd}");
+        if let Some(n) = expect.first().and_then(|v| v.parse::<u64>().ok()) {
+            assert_eq!(n, self.counter_seen + 1);
+            self.counter_seen = n;
+        }
+    }
+
+    /// The README's pkill of the head's raylet: the same process, found in
+    /// this test's tree only. The kubelet's back-off, then a head that is
+    /// ready again.
+    fn kill_the_heads_raylet(&mut self, expect: &[String]) {
+        let d = self.running();
+        let snap = proctree::snapshot();
+        let heads: Vec<Pid> = snap
+            .iter()
+            .filter(|p| p.ppid == d.pid() && p.comm == "rayhead")
+            .map(|p| p.pid)
+            .collect();
+        let raylets: Vec<Pid> = snap
+            .iter()
+            .filter(|p| p.comm == "raylet" && heads.contains(&p.ppid))
+            .map(|p| p.pid)
+            .collect();
+        assert_eq!(
+            raylets.len(),
+            1,
+            "the head's raylet: {raylets:?} in {:?}",
+            tree(d)
+        );
+        kill(raylets[0], Signal::SIGKILL).unwrap();
+        let t = Instant::now();
+        self.wait_lines(expect, LIMIT);
+        let d = self.running();
+        let ready = "rayhead dev: [head running | GCS serving";
+        eventually(Duration::from_secs(120), "the head back", || {
+            let text = d.text();
+            let after = text.rsplit("restarting head in").next().unwrap_or("");
+            if after.contains(ready) {
+                return Ok(());
+            }
+            let log = self.dir.read(&format!("{STATE}/logs/head.log"));
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            Err(format!(
+                "{text}\n--- head.log, last lines ---\n{}",
+                tail.join("\n")
+            ))
+        });
+        assert!(
+            t.elapsed() >= Duration::from_secs(9),
+            "no back-off: {:?}",
+            t.elapsed()
+        );
+    }
+
+    /// ^C: the runner stops, saying what the README says, without the
+    /// password anywhere; then a second run.
+    fn interrupt(&mut self, expect: &[String]) {
+        let d = self.dev.take().expect("running");
+        let password = saved(self.dir).unwrap().redis_password;
+        let text = stop(d, Signal::SIGINT);
+        for e in expect.iter().filter(|e| e.starts_with("rayhead dev:")) {
+            assert!(
+                text.lines().any(|l| shape(l) == shape(e)),
+                "{e:?} in:\n{text}"
+            );
+        }
+        let head_log = self.dir.read(&format!("{STATE}/logs/head.log"));
+        assert!(
+            !text.contains(&password) && !head_log.contains(&password),
+            "the Redis password leaked"
+        );
+        second_run_finds_the_actor_then_stops_with_stderr_closed(self.dir, &self.path);
+    }
+
+    fn redis_cleanup(&self, cmd: &str, expect: &[String]) {
+        let args: Vec<String> = cmd
+            .split(' ')
+            .skip(1)
+            .map(|a| a.replace(".rayhead-dev", STATE))
+            .collect();
+        let out = self
+            .dir
+            .rayhead()
+            .env("PATH", &self.path)
+            .args(&args)
+            .run(LIMIT);
+        out.assert_code(0);
+        for e in expect {
+            assert!(
+                out.stderr.lines().any(|l| shape(l) == shape(e)),
+                "{e:?} in:\n{}",
+                out.dump()
+            );
+        }
+        if !cmd.contains("--dry-run") {
+            assert!(!out.stderr.contains("deleted 0 key"), "{}", out.dump());
+        }
+        assert!(
+            !alive_redis(self.dir),
+            "redis-cleanup left its Redis running"
+        );
+    }
 }
 
 /// A second run without --clean: the GCS loads the namespace from Redis,

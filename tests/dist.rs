@@ -5,34 +5,10 @@
 //! And the plain release build's glibc floor, against today's Ray images
 //! (Ubuntu 22.04, glibc 2.35).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Makefile's value of `NAME = value`.
-pub fn make_var(name: &str) -> String {
-    let text = std::fs::read_to_string(root().join("Makefile")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} = ")))
-        .unwrap_or_else(|| panic!("no {name} in the Makefile"))
-        .trim()
-        .to_string()
-}
-
-/// A binary `make dist` builds (`make test` runs it first): never a silent
-/// skip when it is missing.
-pub fn dist_bin(var: &str) -> PathBuf {
-    let p = root().join(make_var(var));
-    assert!(
-        p.exists(),
-        "{} is missing: run `make dist` (make test does)",
-        p.display()
-    );
-    p
-}
+use crate::util::{dist_bin, free_port, make_var, root};
 
 /// What the kernel and a loader read of an ELF file.
 #[derive(Debug, PartialEq)]
@@ -216,7 +192,7 @@ fn the_release_binary_needs_glibc_2_35_at_most() {
 #[test]
 fn both_builds_resolve_a_service_name_through_the_search_list() {
     let dir = crate::util::Dir::new("dist-dns");
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     dir.write(
         "resolv.conf",
         "search ns.svc.cluster.local svc.cluster.local cluster.local\n\

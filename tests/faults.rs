@@ -11,20 +11,22 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::ray_util::{free_port, RayTest};
-use crate::util::{alive, eventually, Dir, TestCommand};
+use crate::ray_util::RayTest;
+use crate::util::{alive, free_port, run_sh, Dir};
+use crate::wait::{eventually, holds_for};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn sh(dir: &Dir, script: &str) -> TestCommand {
-    dir.rayhead().args(["run", "--", "sh", "-c", script])
-}
 
 /// A child that records its pid, then waits to be stopped.
 const WAITER: &str = "echo $$ > \"$D/child.pid\"; touch \"$D/ready\"; exec sleep 1000";
 
 fn child_pid(dir: &Dir) -> i32 {
     dir.read("child.pid").trim().parse().expect("child.pid")
+}
+
+/// Whether `pid` is stopped (`T` in its `/proc` stat).
+fn stopped(pid: Pid) -> bool {
+    rayhead::sys::proctree::stat(pid).is_some_and(|p| p.state == 'T')
 }
 
 /// A pipe whose ends no other process inherits (close-on-exec): once the
@@ -54,7 +56,7 @@ fn a_closed_stderr_neither_kills_rayhead_nor_orphans_the_child() {
     let dir = Dir::new("closed-stderr");
     let (mut r, w) = pipe();
     let w2 = w.try_clone().unwrap();
-    let mut run = sh(&dir, WAITER)
+    let mut run = run_sh(&dir, &[], WAITER)
         .stdout(Stdio::from(w))
         .stderr(Stdio::from(w2))
         .spawn();
@@ -80,7 +82,7 @@ fn a_blocked_stderr_does_not_wedge_rayhead() {
     let dir = Dir::new("blocked-stderr");
     let (r, w) = pipe();
     fill(&w);
-    let mut run = sh(&dir, WAITER)
+    let mut run = run_sh(&dir, &[], WAITER)
         .env("RAYHEAD_INIT_FORWARD_SIGNALS", "SIGTERM,SIGINT")
         .stderr(Stdio::from(w))
         .spawn();
@@ -148,7 +150,7 @@ fn a_connection_flood_from_one_peer_does_not_fail_the_probes() {
     let dir = Dir::new("flood");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut run = sh(&dir, WAITER)
+    let mut run = run_sh(&dir, &[], WAITER)
         .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
         .spawn();
     run.wait_for_file("ready", LIMIT);
@@ -205,7 +207,7 @@ fn a_connection_flood_from_one_peer_does_not_fail_the_probes() {
 #[test]
 fn an_unwritable_termination_log_does_not_change_the_exit_code() {
     let dir = Dir::new("termlog");
-    let out = sh(&dir, "exit 7")
+    let out = run_sh(&dir, &[], "exit 7")
         .env("RAYHEAD_INIT_TERMINATION_LOG", "/nonexistent/dir/msg")
         .run(LIMIT);
     out.assert_code(7);
@@ -261,21 +263,27 @@ fn rayhead_stopped_and_continued_carries_on() {
     let dir = Dir::new("sigstop-self");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut run = sh(&dir, WAITER)
+    let mut run = run_sh(&dir, &[], WAITER)
         .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
         .env("RAYHEAD_PROBE_STALL_AFTER", "1s")
         .spawn();
     run.wait_for_file("ready", LIMIT);
     let rayhead = run.rayhead_pid();
+    let child = child_pid(&dir);
     kill(rayhead, Signal::SIGSTOP).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    eventually(LIMIT, "rayhead stopped", || stopped(rayhead).then_some(()));
+    // Stopped past probe.stall-after, so that its heartbeat goes stale.
+    holds_for(
+        Duration::from_secs(2),
+        "rayhead stopped, its child alive",
+        || stopped(rayhead) && alive(child),
+    );
     kill(rayhead, Signal::SIGCONT).unwrap();
     eventually(LIMIT, "/livez 200 again", || {
         rayhead::probe::client::query(&url, "/livez")
             .0
             .then_some(())
     });
-    let child = child_pid(&dir);
     assert!(alive(child));
     run.signal(Signal::SIGTERM);
     run.wait(LIMIT).assert_code(143);
@@ -292,7 +300,7 @@ fn processes_vanishing_mid_walk_are_no_error() {
     let script = "for i in $(seq 1000); do sh -c 'exit 0' & done; \
                   while :; do sh -c 'exit 0' & sleep 0.001; \
                   [ -e \"$D/ready\" ] || touch \"$D/ready\"; done";
-    let mut run = sh(&dir, script).spawn();
+    let mut run = run_sh(&dir, &[], script).spawn();
     run.wait_for_file("ready", LIMIT);
     run.signal(Signal::SIGTERM);
     let out = run.wait(LIMIT);
@@ -314,7 +322,7 @@ fn a_panic_kills_the_tree_and_exits_70() {
     let dir = Dir::new("panic");
     let script = "sleep 1000 & echo $! > \"$D/grandchild.pid\"; echo $$ > \"$D/child.pid\"; \
                   touch \"$D/ready\"; wait";
-    let mut run = sh(&dir, script)
+    let mut run = run_sh(&dir, &[], script)
         .env("RAYHEAD_DEBUG_PANIC_AFTER", "1s")
         .spawn();
     run.wait_for_file("ready", LIMIT);

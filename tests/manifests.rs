@@ -10,11 +10,7 @@ use rayhead::config::keys;
 use serde_json::Value;
 
 use crate::ray_util::venv_bin;
-use crate::util::Dir;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::{carrier_stage, root, Dir};
 
 fn crd() -> PathBuf {
     root().join("tests/data/kuberay/ray.io_rayclusters.yaml")
@@ -332,7 +328,7 @@ fn dockerfile_facts_match_the_manifests_and_readme() {
                 format!("rayhead-carrier:{}", env!("CARGO_PKG_VERSION")),
                 "{h:#}"
             );
-            let carrier = crate::container::carrier_stage();
+            let carrier = carrier_stage();
             let carrier_path = carrier
                 .iter()
                 .find_map(|l| l.strip_prefix("COPY --from=build /rayhead "))
@@ -352,7 +348,7 @@ fn dockerfile_facts_match_the_manifests_and_readme() {
         .filter_map(|l| l.strip_prefix("USER "))
         .collect();
     assert_eq!(users, ["65532:65532", "ray"], "keep both images non-root");
-    assert!(crate::container::carrier_stage().contains(&"USER 65532:65532"));
+    assert!(carrier_stage().contains(&"USER 65532:65532"));
     // The image builds the binaries `make dist` builds, with the same pinned
     // tools, for the same targets (which tests/dist.rs checks).
     let make = std::fs::read_to_string(root().join("Makefile")).unwrap();

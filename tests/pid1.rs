@@ -10,19 +10,13 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use rayhead::sys::proctree;
 
-use crate::util::{alive, count_lines, eventually, Dir, Output, TestCommand};
+use crate::util::{alive, count_lines, free_port, run_sh, Dir, Output};
+use crate::wait::eventually;
 
 /// A generous bound for runs that should take well under a second.
 const QUICK: Duration = Duration::from_secs(30);
 /// How long to wait for a child's "ready" mark.
 const READY: Duration = Duration::from_secs(20);
-
-fn run_sh(dir: &Dir, extra: &[&str], script: &str) -> TestCommand {
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", script]);
-    dir.rayhead().args(args)
-}
 
 #[test]
 fn pid1_smoke_exit_7() {
@@ -481,7 +475,7 @@ fn leftover_processes_are_stopped_after_the_child_exits() {
 #[test]
 fn a_plain_command_serves_the_probes() {
     let dir = Dir::new("plain-probes");
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut run = run_sh(
         &dir,

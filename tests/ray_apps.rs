@@ -4,129 +4,18 @@
 //!
 //! They assert outcomes, never timings: `make bench` measures how long.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{count_lines, eventually, Dir};
+use crate::redis_util::RedisServer;
+use crate::util::{count_lines, Dir};
+use crate::wait::eventually;
 
 const CHECK_VAR: &str = "RAY_grpc_client_check_connection_status_interval_milliseconds";
-
-/// A Python process of the test's, driven by lines: stdin lines in, stdout
-/// lines out, read with a time limit. Its process group dies with it.
-pub struct Script {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Script {
-    /// `<script> args...` (a path from the repo root), with the head container's env.
-    pub fn spawn(script: &str, args: &[&str]) -> Script {
-        let mut child = driver_command(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut err, &mut s);
-            s
-        });
-        Script {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    pub fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}")
-            .and_then(|_| stdin.flush())
-            .expect("the script died");
-    }
-
-    /// The rest of the next line that starts with `prefix`; a "FAILED" line
-    /// fails at once.
-    pub fn expect(&mut self, prefix: &str, limit: Duration) -> String {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                    if line.starts_with("FAILED") {
-                        self.fail(&format!("the script failed before {prefix:?}"));
-                    }
-                }
-                Err(e) => self.fail(&format!("no {prefix:?} line ({e:?})")),
-            }
-        }
-    }
-
-    /// Closes stdin (the script's stop) and returns its last line.
-    pub fn finish(mut self, limit: Duration) -> String {
-        self.stdin = None;
-        let line = self.expect("{", limit);
-        format!("{{{line}")
-    }
-
-    fn fail(&mut self, why: &str) -> ! {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        panic!(
-            "{why}\nstdout:\n{}\nstderr:\n{}",
-            self.seen.join("\n"),
-            stderr.join().unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// The Serve app deployed on the cluster at `addr`, and a steady load on
-/// it (serve_load.py), whose rows go to the CSV returned.
-pub fn serve_under_load(dir: &Dir, addr: &str) -> (Script, std::path::PathBuf) {
-    let port = free_port().to_string();
-    let mut app = Script::spawn("tests/py/serve_app.py", &[addr, &port]);
-    app.expect("DEPLOYED", Duration::from_secs(240));
-    drop(app);
-    let csv = dir.join("serve.csv");
-    let url = format!("http://127.0.0.1:{port}/hello");
-    let load = Script::spawn("tests/py/serve_load.py", &[&url, csv.to_str().unwrap()]);
-    (load, csv)
-}
 
 /// The value of `name` in the environment `pid` started with.
 fn environ_var(pid: Pid, name: &str) -> Option<String> {

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{count_lines, eventually, Dir};
+use crate::redis_util::RedisServer;
+use crate::util::{count_lines, Dir};
+use crate::wait::eventually;
 
 /// The pid of the head's daemon whose command line names `word`.
 fn daemon_pid(head: &Head, word: &str) -> Pid {

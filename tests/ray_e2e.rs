@@ -8,121 +8,16 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{count_lines, eventually, Dir};
+use crate::redis_util::RedisServer;
+use crate::util::count_lines;
+use crate::wait::eventually;
 
 #[test]
 fn e2e_kuberay_guide_counter_survives_gcs_kills_then_clean_stop() {
     let dir = RayTest::new("e2e-guide");
-    guide_scenario(&dir);
-}
-
-/// The suite's first scenario, for whichever rayhead binary `dir` runs:
-/// the guide's counter through a SIGKILL, a SIGTERM and a SIGSTOP of the
-/// GCS, then a clean stop that keeps the Redis keys.
-pub fn guide_scenario(dir: &Dir) {
-    guide_scenario_with(dir, |head| head.run.signal(Signal::SIGTERM));
-}
-
-/// The guide's scenario, stopped at its end by `stop` (a SIGTERM to rayhead,
-/// or `podman stop` of its container), which must end everything cleanly
-/// with exit 0.
-pub fn guide_scenario_with(dir: &Dir, stop: impl FnOnce(&Head)) {
-    let redis = RedisServer::start(dir);
-    let head = start_head(dir, Some(&redis), &[], "direct");
-    let _worker = start_worker(dir, &head);
-    let addr = format!("127.0.0.1:{}", head.ports.gcs);
-    python("examples/detached_actor.py", &addr, ACTOR).unwrap_or_else(|e| panic!("{e}"));
-    let (v, nodes) = increment(&head);
-    assert_eq!(v, 1);
-    eventually(Duration::from_secs(30), "/readyz 200", || {
-        head.probe("/readyz").0.then_some(())
-    });
-    assert!(head.probe("/livez").0);
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
-    let raylet = raylet_pid(&head);
-
-    let sigkill = kill_gcs_and_wait(dir, &head, Signal::SIGKILL, 1, Duration::from_secs(60));
-    let (v, after) = increment(&head);
-    assert_eq!(v, 2);
-    assert_eq!(after, nodes, "a node was lost or replaced");
-    assert_eq!(raylet_pid(&head), raylet, "the head raylet was restarted");
-
-    let sigterm = kill_gcs_and_wait(dir, &head, Signal::SIGTERM, 2, Duration::from_secs(60));
-    assert_eq!(increment(&head).0, 3);
-
-    // SIGSTOP: the hung GCS fails its checks, so /readyz turns 503 long
-    // before the GCS is declared lost; /livez stays 200 all along.
-    let stopped = gcs_pid(&head);
-    let t = Instant::now();
-    kill(stopped, Signal::SIGSTOP).unwrap();
-    let mut saw_unready = false;
-    while count_lines(&dir.read("stderr"), "gcs_recovered") < 3 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no recovery after SIGSTOP"
-        );
-        let (ready, why) = head.probe("/readyz");
-        if !ready {
-            saw_unready = true;
-            assert!(why.contains("503"), "{why}");
-        }
-        let (live, why) = head.probe("/livez");
-        assert!(live, "/livez failed during the GCS outage: {why}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let sigstop = t.elapsed();
-    let _ = kill(stopped, Signal::SIGKILL);
-    assert!(
-        saw_unready,
-        "/readyz never turned 503 while the GCS was stopped"
-    );
-    eventually(Duration::from_secs(10), "/readyz 200 again", || {
-        head.probe("/readyz").0.then_some(())
-    });
-    let (ok, status) = head.probe("/status");
-    assert!(ok, "{status}");
-    assert!(status.contains("\"restarts\": 3"), "{status}");
-    assert!(!status.contains(&redis.password), "{status}");
-    let (v, after) = increment(&head);
-    assert_eq!(v, 4);
-    assert_eq!(after, nodes);
-    assert_eq!(raylet_pid(&head), raylet);
-
-    let log = dir.read("stderr");
-    let recoveries: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("gcs_recovered"))
-        .collect();
-    eprintln!(
-        "kill -> recovered: SIGKILL {sigkill:?}, SIGTERM {sigterm:?}, SIGSTOP {sigstop:?}\n{}",
-        recoveries.join("\n")
-    );
-    // The SIGTERM case is seen by the watch stream, not after unhealthy-after.
-    assert!(
-        sigterm < Duration::from_secs(5),
-        "SIGTERM recovery took {sigterm:?}"
-    );
-    assert!(
-        sigstop >= Duration::from_secs(9),
-        "SIGSTOP was not given unhealthy-after"
-    );
-
-    // Scenario 5: SIGTERM to rayhead stops everything cleanly, keys intact.
-    let daemons = head_processes(&head);
-    let sent = Instant::now();
-    stop(&head);
-    let out = head.run.wait(Duration::from_secs(60));
-    out.assert_code(0).assert_no_secret(&redis.password);
-    assert!(sent.elapsed() < Duration::from_secs(25), "{}", out.dump());
-    assert_all_dead("the head's Ray processes", &daemons);
-    let keys = redis.cli(&["--scan", "--pattern", &format!("RAY{}@*", head.namespace)]);
-    for table in ["NODE", "ACTOR", "JOB"] {
-        assert!(
-            keys.contains(&format!("RAY{}@{table}", head.namespace)),
-            "RAY<ns>@{table} missing after the stop: {keys}"
-        );
-    }
+    guide_scenario_with(&dir, |head| head.run.signal(Signal::SIGTERM));
 }
 
 #[test]
@@ -247,6 +142,7 @@ fn e2e_ten_gcs_kills_three_seconds_apart_all_recover() {
         if n == 5 {
             assert_eq!(increment(&head).0, 3, "after 5 kills");
         }
+        // Pacing, not a wait for anything: the kills come 3 s apart.
         std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     }
     let (v, after) = increment(&head);

@@ -9,64 +9,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use crate::ray_util::{assert_all_dead, find_comm, RayTest, RedisServer};
-use crate::util::{eventually, Dir, TestCommand};
+use crate::dev_util::fake_ray;
+use crate::ray_util::{assert_all_dead, find_comm, RayTest};
+use crate::redis_util::RedisServer;
+use crate::util::{cannot_run, free_port, Dir, TestCommand};
+use crate::wait::eventually;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `ray start` starts gcs_server and raylet in the background and exits 0.
-/// The first gcs_server lives; the ones after it exit with code 3 (unless
-/// `$D/gcs-lives` exists). `$D/ray-start-fails` fails every start,
-/// `$D/ray-start-fails-once` the next one only. Each gcs_server prints the
-/// Redis password to its output, a pipe from `ray start`, so that a leak
-/// through a restarted one shows.
-pub fn fake_ray(dir: &Dir) {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let scripts = [
-        (
-            "ray",
-            r#"#!/bin/sh
-case "$1" in
-  start)
-    echo "fake ray start $*"
-    [ -e "$D/ray-start-fails" ] && { echo "ValueError: the fake port is taken" >&2; exit 1; }
-    [ -e "$D/ray-start-fails-once" ] && { rm "$D/ray-start-fails-once"; echo "ValueError: the fake port is taken" >&2; exit 1; }
-    [ -e "$D/no-daemons" ] && exit 0
-    echo "$(date +%s.%N)" > "$D/ray-start-ran"
-    env | grep '^RAY_' > "$D/ray-start-env"
-    "$D/bin/gcs_server" &
-    "$D/bin/raylet" &
-    # Like the real one, return once the daemons run.
-    while [ ! -e "$D/raylet-up" ] || [ ! -e "$D/gcs-up" ]; do sleep 0.01; done
-    exit 0 ;;
-  stop) echo "fake ray stop"; exit 0 ;;
-esac
-exit 2
-"#,
-        ),
-        (
-            "gcs_server",
-            r#"#!/bin/sh
-# Like the real one's log lines: the password, to the pipe from ray start.
-echo "gcs_server --redis_password=$REDIS_PASSWORD"
-echo "connecting to redis://:$REDIS_PASSWORD@127.0.0.1:1" >&2
-if [ -e "$D/gcs-started" ] && [ ! -e "$D/gcs-lives" ]; then echo crash >> "$D/gcs-crashes"; exit 3; fi
-touch "$D/gcs-started" "$D/gcs-up"
-while :; do sleep 1; done
-"#,
-        ),
-        (
-            "raylet",
-            "#!/bin/sh\ntouch \"$D/raylet-up\"\nwhile :; do sleep 1; done\n",
-        ),
-    ];
-    for (name, text) in scripts {
-        let p = bin.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
 
 /// Waits until rayhead has adopted the fake daemons (ray start has exited).
 fn wait_adopted(dir: &Dir) {
@@ -238,7 +187,7 @@ fn redis_gate_failures_exit_86_and_87() {
         out.dump()
     );
     assert!(!dir.join("ray-start-ran").exists(), "ray start ran");
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     let out = rayhead(&dir, None, &["redis.startup-timeout=1s"])
         .env("RAY_REDIS_ADDRESS", format!("127.0.0.1:{port}"))
         .run(LIMIT);
@@ -298,7 +247,7 @@ fn ray_start_gets_the_reconnect_timeout_and_client_check_interval() {
 fn probe_cli_matches_the_state() {
     let dir = RayTest::unlocked("fake-probe");
     dir.write("gcs-lives", "");
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let run = rayhead(&dir, None, &["gcs.unhealthy-after=60s"])
         .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"))
@@ -349,7 +298,7 @@ fn redis_probe_sees_redis_go_and_come_back() {
     let dir = RayTest::new("fake-redis-blip");
     dir.write("gcs-lives", "");
     let mut redis = RedisServer::start(&dir);
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _run = rayhead(
         &dir,
@@ -401,7 +350,7 @@ fn redis_warnings_are_logged_once_and_a_replica_is_not_ready() {
         "pw",
         &["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
     );
-    let port = crate::ray_util::free_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _run = rayhead(
         &dir,
@@ -433,11 +382,7 @@ fn redis_warnings_are_logged_once_and_a_replica_is_not_ready() {
         "{log}"
     );
 
-    redis.cli(&[
-        "REPLICAOF",
-        "127.0.0.1",
-        &crate::ray_util::free_port().to_string(),
-    ]);
+    redis.cli(&["REPLICAOF", "127.0.0.1", &free_port().to_string()]);
     eventually(LIMIT, "a replica to be unready", || {
         let (_, why) = rayhead::probe::client::query(&url, "/readyz?verbose");
         why.contains("is a replica").then_some(())
@@ -461,66 +406,30 @@ impl Drop for Guarded {
 /// seen. The unrelated process must live: the family is kept by identity.
 #[test]
 fn a_restart_never_kills_a_process_that_took_a_family_members_pid() {
+    const WHAT: &str = "the reused-pid test";
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to steer pids");
-        return;
+        return cannot_run(WHAT, "it needs root to steer pids");
     }
     let dir = RayTest::new("fake-pid-reuse");
-    dir.write("gcs-lives", "");
-    // The family is recorded on the first check and then every fifth:
-    // at 2 s and 12 s after adoption.
-    let cmd = rayhead(
-        &dir,
-        None,
-        &["gcs.unhealthy-after=60s", "ray.health-interval=2s"],
-    );
-    let ray = dir.join("bin/ray");
-    let text = std::fs::read_to_string(&ray).unwrap().replace(
-        "\"$D/bin/raylet\" &\n",
-        "\"$D/bin/raylet\" &\n    \"$D/bin/log_monitor.py\" &\n",
-    );
-    std::fs::write(&ray, text).unwrap();
-    let monitor = dir.write(
-        "bin/log_monitor.py",
-        "#!/bin/sh\n[ -e \"$D/kid\" ] || { sleep 1000 & echo $! > \"$D/kid\"; }\nwhile :; do sleep 0.1; done\n",
-    );
-    std::fs::set_permissions(&monitor, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = cmd.spawn();
-    wait_adopted(&dir);
+    let (run, url) = start_with_a_log_monitor(&dir);
     let kid: i32 = eventually(LIMIT, "the log monitor's child", || {
         dir.read("kid").trim().parse().ok()
     });
-    eventually(LIMIT, "the log monitor adopted", || {
-        dir.read("stderr")
-            .contains("daemon=\"log_monitor\"")
-            .then_some(())
+    // The family is recorded on the first check and then every fifth (at
+    // 2 s and 12 s after adoption): once /status shows the first check's
+    // verdict, the family with the child in it is recorded.
+    eventually(LIMIT, "the log monitor's first health check", || {
+        let (_, text) = rayhead::probe::client::query(&url, "/status");
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["daemons"]["log_monitor"]["healthy"].as_bool()
     });
-    // Past the first check, well before the next record.
-    std::thread::sleep(Duration::from_secs(3));
     kill(nix::unistd::Pid::from_raw(kid), Signal::SIGKILL).unwrap();
     eventually(LIMIT, "the child reaped", || {
         (!std::path::Path::new(&format!("/proc/{kid}")).exists()).then_some(())
     });
-    let mut unrelated = None;
-    for _ in 0..50 {
-        if std::fs::write("/proc/sys/kernel/ns_last_pid", (kid - 1).to_string()).is_err() {
-            eprintln!("cannot steer pids here");
-            return;
-        }
-        let p = Guarded(
-            std::process::Command::new("sleep")
-                .arg("1000")
-                .spawn()
-                .unwrap(),
-        );
-        if p.0.id() as i32 == kid {
-            unrelated = Some(p);
-            break;
-        }
-    }
-    let Some(mut unrelated) = unrelated else {
-        eprintln!("the pid went to another process each time");
-        return;
+    let mut unrelated = match take_the_pid(kid) {
+        Ok(p) => p,
+        Err(why) => return cannot_run(WHAT, &why),
     };
     let lm = find_comm(run.rayhead_pid(), "log_monitor.py");
     assert_eq!(lm.len(), 1, "{lm:?}");
@@ -534,4 +443,57 @@ fn a_restart_never_kills_a_process_that_took_a_family_members_pid() {
         unrelated.0.try_wait().unwrap().is_none(),
         "the process that took the family member's pid was killed"
     );
+}
+
+/// rayhead on the fake Ray, whose `ray start` also starts a log monitor
+/// with a child of its own (its pid in `$D/kid`), checked every 2 s; the
+/// run, adopted with its log monitor, and its probe's URL.
+fn start_with_a_log_monitor(dir: &Dir) -> (crate::util::Running, String) {
+    dir.write("gcs-lives", "");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let cmd = rayhead(
+        dir,
+        None,
+        &["gcs.unhealthy-after=60s", "ray.health-interval=2s"],
+    )
+    .env("RAYHEAD_PROBE_LISTEN", format!("127.0.0.1:{port}"));
+    let ray = dir.join("bin/ray");
+    let text = std::fs::read_to_string(&ray).unwrap().replace(
+        "\"$D/bin/raylet\" &\n",
+        "\"$D/bin/raylet\" &\n    \"$D/bin/log_monitor.py\" &\n",
+    );
+    std::fs::write(&ray, text).unwrap();
+    let monitor = dir.write(
+        "bin/log_monitor.py",
+        "#!/bin/sh\n[ -e \"$D/kid\" ] || { sleep 1000 & echo $! > \"$D/kid\"; }\nwhile :; do sleep 0.1; done\n",
+    );
+    std::fs::set_permissions(&monitor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = cmd.spawn();
+    wait_adopted(dir);
+    eventually(LIMIT, "the log monitor adopted", || {
+        dir.read("stderr")
+            .contains("daemon=\"log_monitor\"")
+            .then_some(())
+    });
+    (run, url)
+}
+
+/// An unrelated process given `pid` by the kernel (steered through
+/// `ns_last_pid`), or why it could not be.
+fn take_the_pid(pid: i32) -> Result<Guarded, String> {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .map_err(|e| format!("cannot steer pids here: {e}"))?;
+        let p = Guarded(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        if p.0.id() as i32 == pid {
+            return Ok(p);
+        }
+    }
+    Err("the pid went to another process each of 50 times".into())
 }

@@ -3,11 +3,13 @@
 //! Serve app. Without the memory restart the OOM killer acts; with it,
 //! rayhead restarts the GCS in place first and nothing is OOM-killed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::ray_apps::{serve_under_load, Script};
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{count_lines, eventually, Dir};
+use crate::redis_util::RedisServer;
+use crate::util::{count_lines, Dir};
+use crate::wait::{eventually, holds_for, poll_until};
 
 /// A v1 memory cgroup of the test's own, below this process's, so that the
 /// head can be given a container's memory limit. Removed on drop, its
@@ -46,6 +48,25 @@ impl MemCgroup {
 
     fn usage(&self) -> u64 {
         self.read("memory.usage_in_bytes").trim().parse().unwrap()
+    }
+
+    /// The usage once it has settled: two samples a second apart within
+    /// 2 MiB of each other.
+    fn settled_usage(&self) -> u64 {
+        let mut last: Option<(Instant, u64)> = None;
+        eventually(
+            Duration::from_secs(60),
+            "the head's memory to settle",
+            || {
+                let now = self.usage();
+                match last {
+                    Some((t, _)) if t.elapsed() < Duration::from_secs(1) => {}
+                    Some((_, before)) if before.abs_diff(now) < 2 << 20 => return Ok(now),
+                    _ => last = Some((Instant::now(), now)),
+                }
+                Err(format!("{now} bytes, {last:?} a second before"))
+            },
+        )
     }
 
     fn oom_kills(&self) -> u64 {
@@ -91,7 +112,8 @@ impl MemCgroup {
 
 impl Drop for MemCgroup {
     fn drop(&mut self) {
-        for _ in 0..50 {
+        // Until the cgroup is empty and goes; silently, as this is `Drop`.
+        let _ = poll_until(Duration::from_secs(5), None, || {
             let procs = self.read("cgroup.procs");
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 let _ = nix::sys::signal::kill(
@@ -99,12 +121,32 @@ impl Drop for MemCgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            std::fs::remove_dir(&self.dir).ok()
+        });
     }
+}
+
+/// Waits for rayhead to have seen whatever the OOM killer took in the
+/// cgroup (its `/status` counts the same kills) and to be out of any
+/// recovery it started, or to have ended the head.
+fn seen_and_recovered(dir: &Dir, head: &Head, cgroup: &MemCgroup) {
+    eventually(
+        Duration::from_secs(120),
+        "the OOM kills seen and recovered from",
+        || {
+            if dir.read("stderr").contains("rayhead exiting") {
+                return Ok(());
+            }
+            let (_, text) = head.probe("/status");
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| text.clone())?;
+            let seen = v["memory"]["oom_kills"].as_u64() == Some(cgroup.oom_kills());
+            if seen && v["phase"] == "running" {
+                Ok(())
+            } else {
+                Err(format!("{v:#}"))
+            }
+        },
+    )
 }
 
 /// What one run under a memory limit came to.
@@ -144,8 +186,7 @@ fn under_limit(name: &str, mark: &str, headroom: u64, tasks: u64) -> Option<Unde
     let _tasks_node = start_worker(&dir, &head);
     let addr = format!("127.0.0.1:{}", head.ports.gcs);
     let (load, _csv) = serve_under_load(&dir, &addr);
-    std::thread::sleep(Duration::from_secs(5));
-    cgroup.set_limit(cgroup.usage() + headroom);
+    cgroup.set_limit(cgroup.settled_usage() + headroom);
 
     let marker = dir.path().display().to_string();
     let mut driver = Script::spawn("tests/py/many_tasks.py", &[&addr, "2000", &marker]);
@@ -159,8 +200,7 @@ fn under_limit(name: &str, mark: &str, headroom: u64, tasks: u64) -> Option<Unde
             .unwrap();
     }
     drop(driver);
-    // Let whatever the OOM killer took be seen, and recovered from.
-    std::thread::sleep(Duration::from_secs(10));
+    seen_and_recovered(&dir, &head, &cgroup);
     let counter = python(
         "tests/py/increment_and_nodes.py",
         &addr,
@@ -283,9 +323,9 @@ fn e2e_a_mark_below_a_fresh_gcs_restarts_once_and_never_loops() {
             .then_some(())
     });
     // Many more samples and sustains go by: no second restart.
-    std::thread::sleep(Duration::from_secs(10));
-    let log = dir.read("stderr");
-    assert_eq!(count_lines(&log, "gcs_memory_restart"), 1, "{log}");
+    holds_for(Duration::from_secs(10), "one memory restart only", || {
+        count_lines(&dir.read("stderr"), "gcs_memory_restart") == 1
+    });
     eventually(Duration::from_secs(30), "/readyz 200", || {
         head.probe("/readyz").0.then_some(())
     });

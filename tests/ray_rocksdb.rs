@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
+use crate::ray_drivers::*;
 use crate::ray_util::*;
-use crate::util::{cannot_run, count_lines, eventually, Dir};
+use crate::util::{cannot_run, count_lines, free_port, Dir};
+use crate::wait::{eventually, holds_for};
 
 /// A tmpfs mounted at a path for the test; unmounted on drop, even when
 /// the test fails, before the temp dir that holds it goes.
@@ -235,7 +237,14 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     eventually(Duration::from_secs(30), "/readyz 200", || {
         head.probe("/readyz").0.then_some(())
     });
+    below_min_free_a_lost_gcs_waits_for_space(&dir, &head, &volume);
+    full_to_the_brim_exits_90(head, &volume);
+}
 
+/// Below `gcs.storage-min-free`: `/status` warns, readiness holds; the GCS
+/// lost then waits at the gate (none is started) until space comes back,
+/// then recovers.
+fn below_min_free_a_lost_gcs_waits_for_space(dir: &Dir, head: &Head, volume: &Tmpfs) {
     let filler = volume.fill(8 << 20);
     let status =
         || -> serde_json::Value { serde_json::from_str(&head.probe("/status").1).unwrap() };
@@ -256,7 +265,7 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     );
     let recovered = count_lines(&dir.read("stderr"), "gcs_recovered");
     assert_eq!(recovered, 0);
-    kill(gcs_pid(&head), Signal::SIGKILL).unwrap();
+    kill(gcs_pid(head), Signal::SIGKILL).unwrap();
     eventually(Duration::from_secs(15), "the gate to wait", || {
         dir.read("stderr")
             .contains("not usable yet: waiting before a GCS starts")
@@ -272,10 +281,11 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
             .contains("is full"),
         "{status}"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        find_comm(head.run.rayhead_pid(), "gcs_server").is_empty(),
-        "a GCS was started on a full disk"
+    let root = head.run.rayhead_pid();
+    holds_for(
+        Duration::from_secs(2),
+        "no GCS started on a full disk",
+        || find_comm(root, "gcs_server").is_empty(),
     );
     std::fs::remove_file(&filler).unwrap();
     eventually(
@@ -286,7 +296,11 @@ fn rocksdb_full_disk_waits_for_space_then_exits_90() {
     eventually(Duration::from_secs(15), "/readyz 200 again", || {
         head.probe("/readyz").0.then_some(())
     });
+}
 
+/// Filled to the brim: readiness goes; the GCS lost then waits until the
+/// recovery's deadline, and rayhead exits 90 before the raylet gives up.
+fn full_to_the_brim_exits_90(head: Head, volume: &Tmpfs) {
     let _brim = volume.fill_to_the_brim();
     let why = eventually(
         Duration::from_secs(15),

@@ -7,9 +7,8 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,35 +16,16 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
-use crate::util::{count_lines, eventually, Dir, Running, TestCommand};
+use crate::ray_drivers::python;
+use crate::redis_util::RedisServer;
+use crate::util::{count_lines, free_port, Dir, Running, TestCommand};
+use crate::wait::{eventually, poll_until};
 
 static RAY_LOCK: Mutex<()> = Mutex::new(());
 
 /// Serialises the Ray tests; a failed test's poison is ignored.
 pub fn ray_lock() -> MutexGuard<'static, ()> {
     RAY_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A port nobody listens on now, from 20000-32767: above Ray's worker range
-/// (10002-19999), below the kernel's ephemeral range (32768+), so that no
-/// client socket of another test can be sitting on it when a server (re)binds
-/// it, and never 6379.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
-        let port = 20000 + (n % 12768) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000-32767")
 }
 
 /// The project's virtualenv, made by scripts/setup.sh.
@@ -155,128 +135,22 @@ impl KillByMarker {
             .collect()
     }
 
+    /// SIGKILLs them until none is left (a dying process may fork once
+    /// more); gives up silently after a few seconds: it runs in `Drop`.
     pub fn kill_all(&self) {
-        for _ in 0..3 {
+        let _ = poll_until(Duration::from_secs(5), None, || {
             let pids = self.pids();
-            if pids.is_empty() {
-                return;
+            for p in &pids {
+                let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
             }
-            for p in pids {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            pids.is_empty().then_some(())
+        });
     }
 }
 
 impl Drop for KillByMarker {
     fn drop(&mut self) {
         self.kill_all();
-    }
-}
-
-/// A real redis-server on a free port, in the test's dir, killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    pub password: String,
-    child: Option<std::process::Child>,
-    dir: PathBuf,
-    extra: Vec<String>,
-}
-
-impl RedisServer {
-    /// With a password and AOF on, as the KubeRay guide's Redis.
-    pub fn start(dir: &Dir) -> RedisServer {
-        Self::start_with(dir, "e2e-secret-pw", &[])
-    }
-
-    /// With this password ("" for none) and extra `--option value` args,
-    /// which come after the defaults and so override them.
-    pub fn start_with(dir: &Dir, password: &str, extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let rdir = dir.join(&format!("redis-{port}"));
-        std::fs::create_dir_all(&rdir).unwrap();
-        let mut s = RedisServer {
-            port,
-            password: password.into(),
-            child: None,
-            dir: rdir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.restart();
-        s
-    }
-
-    pub fn restart(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
-        if !self.password.is_empty() {
-            cmd.args(["--requirepass", &self.password]);
-        }
-        let child = cmd
-            .args(["--appendonly", "yes", "--save", "", "--dir"])
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (run scripts/setup.sh)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
-            // A bind that failed (the port briefly held): start it again.
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                std::thread::sleep(Duration::from_millis(200));
-                return self.restart_until(deadline);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn restart_until(&mut self, deadline: Instant) {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start on {}",
-            self.port
-        );
-        self.restart();
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// redis-cli's answer (the password goes through its env var, not argv).
-    pub fn cli(&self, args: &[&str]) -> String {
-        // A hung server (CLIENT PAUSE, a stopped process) must not hang the
-        // test: coreutils' timeout bounds every call.
-        let mut cmd = Command::new("timeout");
-        cmd.args(["10", "redis-cli", "-p", &self.port.to_string()])
-            .args(args);
-        if !self.password.is_empty() {
-            cmd.env("REDISCLI_AUTH", &self.password);
-        }
-        let out = cmd.output().expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -328,88 +202,6 @@ pub fn head_start_command(ports: &NodePorts, temp_dir: &Path, with_redis: bool) 
     }
     s
 }
-
-/// `<script>` (a path from the repo's root: `examples/...`, `tests/py/...`)
-/// under the venv's python, with the head container's env from the
-/// manifest (drivers run on the head pod), in a process group of its own.
-pub fn driver_command(script: &str) -> Command {
-    let mut cmd = Command::new(venv_bin().join("python"));
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
-        .envs(manifest_env().head.iter().map(|(k, v)| (k, v)))
-        .env("RAY_DISABLE_USAGE_STATS", "1")
-        .process_group(0);
-    cmd
-}
-
-/// `ray job submit` of `python -c code` through the head's dashboard; the
-/// output is in `<name>stdout`, the job's own success in the exit code.
-pub fn submit_job(dir: &Dir, head: &Head, name: &str, code: &str) -> crate::util::Output {
-    ray_env(dir.command(venv_bin().join("ray")))
-        .args([
-            "job",
-            "submit",
-            "--address",
-            &format!("http://127.0.0.1:{}", head.ports.dashboard),
-            "--",
-            "python",
-            "-c",
-            code,
-        ])
-        .spawn_named(name)
-        .wait(Duration::from_secs(180))
-}
-
-/// Runs `script` (see [`driver_command`]) with the venv's python against
-/// `address`, given as RAY_ADDRESS (the guide's scripts read it) and as the
-/// first argument, with the head container's env from the manifest.
-/// Both pipes are drained while it runs, so a chatty driver never blocks on
-/// a full pipe.
-pub fn python(script: &str, address: &str, timeout: Duration) -> Result<String, String> {
-    let mut child = driver_command(script)
-        .arg(address)
-        .env("RAY_ADDRESS", address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("python");
-    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(child.stdout.take().map(|o| Box::new(o) as _));
-    let err = drain(child.stderr.take().map(|e| Box::new(e) as _));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-            let (o, e) = (
-                out.join().unwrap_or_default(),
-                err.join().unwrap_or_default(),
-            );
-            return Err(format!("{script} timed out after {timeout:?}:\n{o}\n{e}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!("{script} failed ({status}):\n{stdout}\n{stderr}"))
-    }
-}
-
-use std::os::unix::process::CommandExt;
 
 /// Asserts that every pid in `pids` is gone (or a zombie awaiting a
 /// reaper that is itself gone). Record a run's daemons before it exits:

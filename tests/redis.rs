@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::ray_util::{free_port, RedisServer};
-use crate::util::{Dir, Output, TestCommand};
+use crate::redis_util::RedisServer;
+use crate::util::{free_port, Dir, Output, TestCommand};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -354,7 +354,7 @@ impl Sentinel {
             .spawn()
             .expect("redis-server --sentinel");
         let s = Sentinel { port, child };
-        crate::util::eventually(LIMIT, "the sentinel", || {
+        crate::wait::eventually(LIMIT, "the sentinel", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
         s
@@ -482,7 +482,7 @@ fn tls_redis(dir: &Dir, client_auth: bool) -> TlsRedis {
         .expect("redis-server with TLS");
     // The guard first: a server that never listens is still killed.
     let server = TlsRedis { port, child };
-    crate::util::eventually(LIMIT, "the TLS redis", || {
+    crate::wait::eventually(LIMIT, "the TLS redis", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     server

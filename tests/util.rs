@@ -10,18 +10,27 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use rayhead::sys::proctree;
 
+use crate::wait::{eventually, poll_until, NotYet};
+
 /// The PATH every run gets: nothing from the caller's environment.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The repository's root: where the Makefile, the Dockerfile, the
+/// manifests and the docs the tests read are.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
 
 /// The path of the binary under test.
 pub fn rayhead_bin() -> PathBuf {
@@ -379,23 +388,17 @@ impl Running {
     /// Waits for a file in the test dir to exist (the child's "ready" mark).
     pub fn wait_for_file(&mut self, name: &str, limit: Duration) {
         let path = self.dir.join(name);
-        let deadline = Instant::now() + limit;
-        while !path.exists() {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "rayhead exited ({st}) before {name} appeared\n{}",
-                    self.collect(None).dump()
-                );
-            }
-            if Instant::now() > deadline {
+        let child = self.child.as_mut().expect("running");
+        match poll_until(limit, Some(child), || path.exists().then_some(())) {
+            Ok(()) => {}
+            Err(NotYet::Exited(st)) => panic!(
+                "rayhead exited ({st}) before {name} appeared\n{}",
+                self.collect(None).dump()
+            ),
+            Err(NotYet::TimedOut(_)) => {
                 let out = self.kill_and_collect();
                 panic!("{name} did not appear within {limit:?}\n{}", out.dump());
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -403,22 +406,16 @@ impl Running {
     /// spawn: a long test's last wait gets its whole limit); past it, the
     /// watchdog kills the run and the test fails with its output.
     pub fn wait(mut self, limit: Duration) -> Output {
-        let deadline = Instant::now() + limit;
-        loop {
-            let child = self.child.as_mut().expect("running");
-            match child.try_wait() {
-                Ok(Some(st)) => return self.collect(Some(st)),
-                Ok(None) => {}
-                Err(e) => panic!("wait: {e}"),
-            }
-            if Instant::now() > deadline {
+        let child = self.child.as_mut().expect("running");
+        match poll_until(limit, None, || child.try_wait().expect("wait")) {
+            Ok(st) => self.collect(Some(st)),
+            Err(_) => {
                 let out = self.kill_and_collect();
                 panic!(
                     "watchdog: rayhead still running after {limit:?}\n{}",
                     out.dump()
                 );
             }
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -470,48 +467,6 @@ impl Drop for Running {
     }
 }
 
-/// What one poll of [`eventually`] found: `Some` or `Ok` ends the wait
-/// with its value; `None` is "not yet", and `Err` is "not yet" with what
-/// was seen, which the failure message shows.
-pub trait Poll<T> {
-    fn poll(self) -> Result<T, Option<String>>;
-}
-
-impl<T> Poll<T> for Option<T> {
-    fn poll(self) -> Result<T, Option<String>> {
-        self.ok_or(None)
-    }
-}
-
-impl<T> Poll<T> for Result<T, String> {
-    fn poll(self) -> Result<T, Option<String>> {
-        self.map_err(Some)
-    }
-}
-
-/// How the tests wait for a condition: polls `f` until it is done and
-/// returns its value; past `limit`, fails with `what` and the last thing
-/// `f` saw. A failure unwinds, so the test's guards kill what it started.
-/// (Waits on a run's own process, [`Running::wait`] and
-/// [`Running::wait_for_file`], watch for its exit and print its output.)
-#[track_caller]
-pub fn eventually<T, P: Poll<T>>(limit: Duration, what: &str, mut f: impl FnMut() -> P) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let seen = match f().poll() {
-            Ok(v) => return v,
-            Err(seen) => seen,
-        };
-        if Instant::now() >= deadline {
-            match seen {
-                Some(s) => panic!("timed out after {limit:?} waiting for {what}; last seen:\n{s}"),
-                None => panic!("timed out after {limit:?} waiting for {what}"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A test that cannot run on this machine (no podman, no cgroup v1): it
 /// says so on its output and passes, except under `CI=true`, where the
 /// set-up provides what it needs and a skip would hide a broken one.
@@ -534,4 +489,73 @@ pub fn alive(pid: i32) -> bool {
 /// Counts lines of `log` that contain `needle`.
 pub fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// `rayhead run [extra...] -- sh -c script` in `dir` (the script finds
+/// the test's dir in `$D`).
+pub fn run_sh(dir: &Dir, extra: &[&str], script: &str) -> TestCommand {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    dir.rayhead().args(args)
+}
+
+/// A port nobody listens on now, from 20000-32767: above Ray's worker range
+/// (10002-19999), below the kernel's ephemeral range (32768+), so that no
+/// client socket of another test can be sitting on it when a server (re)binds
+/// it, and never 6379.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
+        let port = 20000 + (n % 12768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32767")
+}
+
+/// The Makefile's value of `NAME = value`.
+pub fn make_var(name: &str) -> String {
+    let text = fs::read_to_string(root().join("Makefile")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+        .unwrap_or_else(|| panic!("no {name} in the Makefile"))
+        .trim()
+        .to_string()
+}
+
+/// A binary `make dist` builds (`make test` runs it first): never a silent
+/// skip when it is missing.
+pub fn dist_bin(var: &str) -> PathBuf {
+    let p = root().join(make_var(var));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make dist` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// The Dockerfile's carrier stage, line by line: from `FROM scratch AS
+/// carrier` to the blank line that ends it. The test image is built from
+/// these very lines, so the two cannot drift apart.
+pub fn carrier_stage() -> Vec<&'static str> {
+    static DOCKERFILE: OnceLock<String> = OnceLock::new();
+    let text = DOCKERFILE.get_or_init(|| fs::read_to_string(root().join("Dockerfile")).unwrap());
+    let stage: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "FROM scratch AS carrier")
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!stage.is_empty(), "the Dockerfile has no carrier stage");
+    stage
 }
