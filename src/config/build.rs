@@ -9,46 +9,68 @@ use super::keys::*;
 use super::*;
 
 /// Typed access to the resolved values, by key handle ([`keys`]' statics):
-/// a misspelt key is a compile error, not a silent default.
-struct Values<'a>(&'a [Resolved]);
+/// a misspelt key is a compile error, not a silent default. It notes what
+/// was read, and any read of the wrong kind (a Count read as a Duration
+/// would be 0s): a test requires every key read, and no wrong kind, so a
+/// key registered but never built, or built by the wrong reader, fails.
+struct Values<'a> {
+    resolved: &'a [Resolved],
+    read: std::cell::RefCell<Reads>,
+}
+
+/// What building the configuration read of it.
+#[derive(Debug, Default)]
+pub(super) struct Reads {
+    pub keys: std::collections::BTreeSet<&'static str>,
+    pub wrong_kind: Vec<&'static str>,
+}
 
 impl Values<'_> {
     fn resolved(&self, key: &'static Key) -> Option<&Resolved> {
-        self.0.iter().find(|r| std::ptr::eq(r.key, key))
+        self.resolved.iter().find(|r| std::ptr::eq(r.key, key))
     }
     fn get(&self, key: &'static Key) -> Option<&Value> {
+        self.read.borrow_mut().keys.insert(key.name);
         self.resolved(key).and_then(|r| r.value.as_ref())
+    }
+    /// [`Self::get`], noting a reader of the wrong kind.
+    fn get_as(&self, key: &'static Key, right_kind: bool) -> Option<&Value> {
+        if !right_kind {
+            self.read.borrow_mut().wrong_kind.push(key.name);
+        }
+        self.get(key)
     }
     fn source(&self, key: &'static Key) -> Source {
         self.resolved(key)
             .map_or(Source::Default, |r| r.source.clone())
     }
     fn duration(&self, key: &'static Key) -> Duration {
-        match self.get(key) {
+        match self.get_as(key, matches!(key.kind, Kind::Duration)) {
             Some(Value::Duration(d)) => *d,
             _ => Duration::ZERO,
         }
     }
     fn mark(&self, key: &'static Key) -> crate::memory::Mark {
-        match self.get(key) {
+        match self.get_as(key, matches!(key.kind, Kind::Mark)) {
             Some(Value::Mark(m)) => *m,
             _ => crate::memory::Mark::Off,
         }
     }
     fn count(&self, key: &'static Key) -> u64 {
-        match self.get(key) {
+        match self.get_as(key, matches!(key.kind, Kind::Count { .. })) {
             Some(Value::Count(n)) => *n,
             _ => 0,
         }
     }
     fn text(&self, key: &'static Key) -> Option<String> {
-        match self.get(key) {
+        let right = matches!(key.kind, Kind::Text | Kind::Secret | Kind::Choice(_));
+        match self.get_as(key, right) {
             Some(Value::Text(s)) => Some(s.clone()),
             _ => None,
         }
     }
     fn argv(&self, key: &'static Key) -> Option<Vec<String>> {
-        match self.get(key) {
+        match self.get_as(key, matches!(key.kind, Kind::Argv)) {
             Some(Value::Argv(a)) => Some(a.clone()),
             _ => None,
         }
@@ -98,7 +120,19 @@ pub(super) fn build(
     file: Option<PathBuf>,
     problems: &mut Vec<Problem>,
 ) -> Config {
-    let v = Values(&resolved);
+    build_noting_reads(resolved, file, problems).0
+}
+
+/// [`build`], and what it read.
+pub(super) fn build_noting_reads(
+    resolved: Vec<Resolved>,
+    file: Option<PathBuf>,
+    problems: &mut Vec<Problem>,
+) -> (Config, Reads) {
+    let v = Values {
+        resolved: &resolved,
+        read: Default::default(),
+    };
     let mut found = Found {
         values: &v,
         problems: Vec::new(),
@@ -112,7 +146,8 @@ pub(super) fn build(
     let memory = memory_section(&v);
     check_nonzero_durations(&v, &mut found);
     problems.extend(found.into_sorted());
-    Config {
+    let reads = v.read.into_inner();
+    let config = Config {
         init,
         log,
         ray,
@@ -122,7 +157,8 @@ pub(super) fn build(
         memory,
         file,
         resolved,
-    }
+    };
+    (config, reads)
 }
 
 /// `[init]`: how the tree is stopped; its keys need no cross-checks.
@@ -373,7 +409,9 @@ fn check_nonzero_durations(v: &Values, found: &mut Found) {
         &REDIS_COMMAND_TIMEOUT,
         &PROBE_STALL_AFTER,
     ] {
-        if v.duration(key).is_zero() {
+        // Looked at, not read: a key counts as read only where it is built.
+        let value = v.resolved(key).and_then(|r| r.value.as_ref());
+        if matches!(value, Some(Value::Duration(d)) if d.is_zero()) {
             found.problem(key, "must be longer than 0s".into());
         }
     }

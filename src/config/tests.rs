@@ -574,3 +574,26 @@ fn formats_and_bounds() {
         assert!(err.0[0].message.contains("from 1 to 65535"), "{err}");
     }
 }
+
+/// Every registered key is read by the builder, each by a reader of its
+/// kind: a key added to KEYS (and documented) but never built into
+/// Config, or read as the wrong kind, fails here.
+#[test]
+fn every_key_is_read_by_its_kind() {
+    let mut problems = Vec::new();
+    let env: [(&str, &str); 0] = [];
+    let resolved = resolve(&BTreeMap::new(), None, &env, &[], &mut problems);
+    let (_, reads) = build::build_noting_reads(resolved, None, &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    let unread: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.name)
+        .filter(|n| !reads.keys.contains(n))
+        .collect();
+    assert!(unread.is_empty(), "registered but never built: {unread:?}");
+    assert!(
+        reads.wrong_kind.is_empty(),
+        "read as another kind: {:?}",
+        reads.wrong_kind
+    );
+}
