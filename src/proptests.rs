@@ -1,7 +1,8 @@
 //! Property tests: every parser of outside input gets arbitrary input and
 //! never panics, and a secret never survives redaction. Outside input is
-//! config (file, env, `--set`), KubeRay's start command, Redis addresses,
-//! child output, and HTTP request lines.
+//! config (file, env, `--set`), KubeRay's start command and its
+//! `--system-config`, Redis addresses and INFO answers, `/proc` and cgroup
+//! files, child output, and HTTP answers and request lines.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -250,6 +251,38 @@ proptest! {
             let state = State::new(snap.clone());
             let reply = crate::probe::routes::route(&method, &target, &state.get(), Instant::now(), Duration::from_secs(30));
             prop_assert!([200, 404, 405, 503].contains(&reply.status), "{}", reply.status);
+        }
+    }
+
+    #[test]
+    fn any_system_config_resolves_or_names_it(t in prop_oneof![any::<String>(), "\\{\"gcs_storage(_path)?\": ?\\PC{0,20}\\}"], rocksdb in any::<bool>()) {
+        let env: HashMap<String, String> = match rocksdb {
+            true => [("RAY_gcs_storage".to_string(), "rocksdb".to_string())].into(),
+            false => HashMap::new(),
+        };
+        let cfg = Config::load(&Inputs::default(), &HashMap::<String, String>::new()).unwrap();
+        if let Err(e) = crate::storage::resolve(&cfg, Some(&t), &env) {
+            prop_assert!(e.contains("system-config") || e.contains("gcs_storage"), "{e}");
+        }
+    }
+
+    #[test]
+    fn any_redis_info_is_read_without_a_panic(t in prop_oneof![any::<String>(), "([a-z_]{1,12}:\\PC{0,12}\n){0,8}"]) {
+        let _ = crate::redis::findings::parse_info(&t);
+    }
+
+    #[test]
+    fn any_proc_cgroup_and_cgroup_files_are_read_without_a_panic(
+        own in prop_oneof![any::<String>(), "(0::/\\PC{0,10}\n|[0-9]:memory:/[a-z]{0,5}\n){0,3}"],
+        max in prop_oneof![any::<String>(), "(max|[0-9]{1,25})\n?"],
+        events in "\\PC{0,40}",
+    ) {
+        let fs = tempfile::tempdir().unwrap();
+        std::fs::write(fs.path().join("memory.max"), &max).unwrap();
+        std::fs::write(fs.path().join("memory.current"), &max).unwrap();
+        std::fs::write(fs.path().join("memory.events"), &events).unwrap();
+        if let Some(c) = crate::memory::Cgroup::find(&own, fs.path()) {
+            let _ = c.read();
         }
     }
 }
