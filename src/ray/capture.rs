@@ -17,7 +17,7 @@ use crate::init::spawn;
 use crate::sys::proctree;
 
 #[derive(Debug, Clone)]
-pub struct DaemonSpec {
+pub struct CapturedCommand {
     argv: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
@@ -31,10 +31,10 @@ fn file_of(pid: Pid, fd: i32) -> Option<PathBuf> {
     (target.is_absolute() && target.is_file()).then_some(target)
 }
 
-impl DaemonSpec {
+impl CapturedCommand {
     /// Reads a running daemon's argv, environment, cwd and log files from
     /// `/proc`.
-    pub fn capture(pid: Pid) -> io::Result<DaemonSpec> {
+    pub fn capture(pid: Pid) -> io::Result<CapturedCommand> {
         let argv = proctree::cmdline(pid)?;
         if argv.is_empty() {
             return Err(io::Error::new(
@@ -54,7 +54,7 @@ impl DaemonSpec {
             })
             .collect();
         let cwd = fs::read_link(format!("/proc/{pid}/cwd"))?;
-        Ok(DaemonSpec {
+        Ok(CapturedCommand {
             argv,
             env,
             cwd,
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn captures_this_process() {
         let me = nix::unistd::getpid();
-        let spec = DaemonSpec::capture(me).unwrap();
+        let spec = CapturedCommand::capture(me).unwrap();
         assert!(!spec.argv.is_empty());
         assert_eq!(spec.cwd, std::env::current_dir().unwrap());
         assert!(spec.env.iter().any(|(k, _)| k == "PATH"));
@@ -142,7 +142,7 @@ mod tests {
         // Until it has exec'd (its cmdline is empty before).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let spec = loop {
-            match DaemonSpec::capture(pid) {
+            match CapturedCommand::capture(pid) {
                 Ok(s) if s.argv.last().is_some_and(|a| a == "60") => break s,
                 _ if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10))

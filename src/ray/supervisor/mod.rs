@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::capture::DaemonSpec;
+use super::capture::CapturedCommand;
 use super::daemon_health::{self, http_target, Families, Target};
 use super::daemons::{self, Daemon};
 use super::health::{self, Mode};
@@ -66,7 +66,7 @@ pub(super) struct Supervisor<'a> {
     mode_tx: watch::Sender<Mode>,
     /// Each adopted daemon's command, captured so that it can be started
     /// again in place.
-    specs: HashMap<Daemon, DaemonSpec>,
+    commands: HashMap<Daemon, CapturedCommand>,
     /// Each health-checked daemon's descendants, as its checks last saw.
     families: Families,
     /// `ray start`'s pid: its process group is the head's (block mode).
@@ -94,7 +94,7 @@ impl<'a> Supervisor<'a> {
                 generation: 0,
                 interval: health::FAST_INTERVAL,
             }),
-            specs: HashMap::new(),
+            commands: HashMap::new(),
             families: Families::default(),
             ray_start: None,
             gate: None,
@@ -325,10 +325,10 @@ impl<'a> Supervisor<'a> {
         for (daemon, pid) in found {
             let rx = self.init.reaper.claim(pid, daemon.name(), mark);
             self.forward_exit(daemon, pid, rx);
-            match DaemonSpec::capture(pid) {
+            match CapturedCommand::capture(pid) {
                 Ok(spec) => {
                     tracing::info!(daemon = daemon.name(), command = %spec.redacted(), "captured the daemon's command");
-                    self.specs.insert(daemon, spec);
+                    self.commands.insert(daemon, spec);
                 }
                 Err(e) => {
                     tracing::warn!(daemon = daemon.name(), error = %e, "cannot capture the daemon's command; it cannot be restarted in place")
@@ -342,7 +342,7 @@ impl<'a> Supervisor<'a> {
 
     /// Checks a daemon's health every ray.health-interval, until it is gone.
     fn start_health_checks(&self, daemon: Daemon, pid: Pid) {
-        let spec = self.specs.get(&daemon);
+        let spec = self.commands.get(&daemon);
         // Only a daemon still unreaped: its pid may be anyone's after.
         let Some(pinned) = self.init.reaper.pin(pid) else {
             return;
@@ -392,7 +392,7 @@ impl<'a> Supervisor<'a> {
     /// Starts a daemon again from its captured command; its exit becomes an
     /// event.
     fn start_daemon(&mut self, daemon: Daemon) -> Result<Pid, StartError> {
-        let Some(spec) = self.specs.get(&daemon) else {
+        let Some(spec) = self.commands.get(&daemon) else {
             return Err(StartError {
                 message: format!("{daemon}'s command was never captured"),
                 retry: false,

@@ -200,7 +200,7 @@ impl Machine {
                 }
                 vec![self.not_recovered(now)]
             }
-            (_, other) => ignored(other),
+            (_, other) => log_ignored(other),
         }
     }
 
