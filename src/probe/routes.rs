@@ -108,17 +108,31 @@ pub fn route(
     }
 }
 
-/// Every readiness check: its name, whether it passes, and why not. The
-/// phase; the GCS, when a Ray head is supervised; every process the
-/// supervisor marked required; and the GCS's storage (Redis or RocksDB).
-pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, String)> {
-    let mut checks = vec![(
+/// One readiness check.
+struct Check {
+    name: &'static str,
+    pass: bool,
+    /// Why it fails (empty when it passes).
+    why: String,
+}
+
+impl Check {
+    fn new(name: &'static str, pass: bool, why: String) -> Check {
+        Check { name, pass, why }
+    }
+}
+
+/// Every readiness check: the phase; the GCS, when a Ray head is
+/// supervised; every process the supervisor marked required; and the GCS's
+/// storage (Redis or RocksDB).
+fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<Check> {
+    let mut checks = vec![Check::new(
         "phase",
         snap.phase == Phase::Running,
         format!("phase is {}", snap.phase.as_str()),
     )];
     if let Some(gcs) = &snap.gcs {
-        checks.push((
+        checks.push(Check::new(
             "gcs",
             gcs.health == GcsHealth::Serving,
             format!("GCS at {} is {:?}", gcs.address, gcs.health).to_lowercase(),
@@ -137,10 +151,10 @@ pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, S
             ),
             (state, _) => (false, format!("{name} is {}", state.as_str())),
         };
-        checks.push((name, pass, why));
+        checks.push(Check::new(name, pass, why));
     }
     if let Some(r) = &snap.redis {
-        checks.push((
+        checks.push(Check::new(
             "redis",
             r.up == Some(true) && role_takes_writes(r.role.as_deref()),
             match (&r.up, &r.last_error) {
@@ -156,7 +170,7 @@ pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, S
         ));
     }
     if let Some(r) = &snap.rocksdb {
-        checks.push((
+        checks.push(Check::new(
             "rocksdb",
             r.last_check.is_some() && r.problem.is_none(),
             match (&r.last_check, &r.problem) {
@@ -171,21 +185,19 @@ pub fn ready_checks(snap: &Snapshot, now: Instant) -> Vec<(&'static str, bool, S
 
 fn readyz(snap: &Snapshot, now: Instant, verbose: bool) -> Reply {
     let checks = ready_checks(snap, now);
-    let ok = checks.iter().all(|(_, pass, _)| *pass);
+    let ok = checks.iter().all(|c| c.pass);
     let mut body = String::new();
     if verbose {
-        for (name, pass, why) in &checks {
-            if *pass {
-                let _ = writeln!(body, "[+] {name} ok");
+        for c in &checks {
+            if c.pass {
+                let _ = writeln!(body, "[+] {} ok", c.name);
             } else {
-                let _ = writeln!(body, "[-] {name} failed: {why}");
+                let _ = writeln!(body, "[-] {} failed: {}", c.name, c.why);
             }
         }
     } else if !ok {
-        for (_, pass, why) in &checks {
-            if !pass {
-                let _ = writeln!(body, "{why}");
-            }
+        for c in checks.iter().filter(|c| !c.pass) {
+            let _ = writeln!(body, "{}", c.why);
         }
     }
     if ok {
@@ -233,7 +245,7 @@ fn status(snap: &Snapshot, now: Instant) -> Reply {
         .unwrap_or_default()
         .as_secs_f64();
     v["uptime_seconds"] = serde_json::json!((uptime * 1000.0).round() / 1000.0);
-    v["ready"] = serde_json::json!(ready_checks(snap, now).iter().all(|c| c.1));
+    v["ready"] = serde_json::json!(ready_checks(snap, now).iter().all(|c| c.pass));
     Reply {
         status: 200,
         content_type: "application/json",
