@@ -158,7 +158,7 @@ impl Cluster {
     /// RAY_gcs_storage_path with `--storage rocksdb`: in the state dir, so
     /// that the next run finds the database, as a restarted head pod finds
     /// its PVC.
-    pub fn rocksdb_path(&self) -> PathBuf {
+    fn rocksdb_path(&self) -> PathBuf {
         self.root.join("gcs")
     }
 
@@ -222,7 +222,7 @@ impl Cluster {
     /// `redis.conf` for the embedded Redis: a file of mode 0600, so that
     /// the password is on no command line. AOF on and `noeviction`, as
     /// the GCS needs; data in the state dir.
-    pub fn write_redis_conf(&self) -> Result<PathBuf, String> {
+    fn write_redis_conf(&self) -> Result<PathBuf, String> {
         let dir = self.root.join("redis");
         let conf = dir.join("redis.conf");
         // No logfile: Redis logs to stdout, which goes to logs/redis.log

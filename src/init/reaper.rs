@@ -163,7 +163,7 @@ impl Reaper {
     }
 
     /// Reaps until nothing is left to reap.
-    pub fn reap_all(&self) {
+    fn reap_all(&self) {
         let mut inner = self.lock();
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {

@@ -60,7 +60,7 @@ impl Endpoint {
         }
     }
 
-    pub fn from_path(path: &str) -> Option<Endpoint> {
+    fn from_path(path: &str) -> Option<Endpoint> {
         Endpoint::ALL.into_iter().find(|e| e.path() == path)
     }
 }

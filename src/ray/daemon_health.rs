@@ -216,7 +216,7 @@ pub fn http_target(host: Option<String>, port: Option<String>) -> Option<(String
 
 /// The TCP ports `pid` listens on: its socket inodes (`/proc/<pid>/fd`)
 /// matched against the LISTEN rows of its namespace's `/proc/net/tcp{,6}`.
-pub fn listening_ports(pid: Pid) -> Vec<u16> {
+fn listening_ports(pid: Pid) -> Vec<u16> {
     let inodes: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())

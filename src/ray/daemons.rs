@@ -146,7 +146,7 @@ impl Daemon {
     }
 
     /// Identifies a daemon from its kernel name and command line.
-    pub fn identify(comm: &str, cmdline: &[String]) -> Option<Daemon> {
+    fn identify(comm: &str, cmdline: &[String]) -> Option<Daemon> {
         TABLE
             .iter()
             .find(|s| match s.recognise {

@@ -28,7 +28,7 @@ pub struct Report {
 
 /// Escapes Redis glob characters (`* ? [ ] \`), so the pattern matches the
 /// namespace literally.
-pub fn escape_glob(s: &str) -> String {
+fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

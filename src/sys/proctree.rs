@@ -108,7 +108,7 @@ pub fn split_nul(bytes: &[u8]) -> Vec<OsString> {
 
 /// Every process visible in `proc` (normally `/proc`). Processes that vanish
 /// while it reads are skipped.
-pub fn snapshot_at(proc: &Path) -> Vec<ProcInfo> {
+fn snapshot_at(proc: &Path) -> Vec<ProcInfo> {
     let Ok(dir) = fs::read_dir(proc) else {
         return Vec::new();
     };
