@@ -9,6 +9,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
+use nix::sys::signal::Signal;
+
 /// The configuration, the command line or the environment is invalid
 /// (sysexits' EX_USAGE). Also [`Exit::Config`]'s code.
 pub const CONFIG: u8 = 64;
@@ -142,6 +144,17 @@ pub fn write_termination_message(path: &Path, reason: &str) -> std::io::Result<(
     }
     f.write_all(text)?;
     f.write_all(b"\n")
+}
+
+/// Why a supervisor stops: a stop signal, or rayhead's own decision. The
+/// Ray supervisor's machine ends with it, and so does the dev runner; each
+/// turns it into rayhead's [`Exit`] after its teardown.
+#[derive(Debug, PartialEq)]
+pub enum StopReason {
+    /// A SIGTERM or SIGINT asked for a stop: exit 0 once the tree is down.
+    Signal(Signal),
+    /// rayhead decided to exit: tear down, then exit with this.
+    Exit(Exit),
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::Config;
-use crate::exit::Exit;
+use crate::exit::{Exit, StopReason};
 use crate::init::reaper::ExitStatus;
 use crate::init::Init;
 use crate::sys::{pin, proctree};
@@ -102,13 +102,6 @@ enum Event {
     RedisReady,
     RedisFailed(Exit),
     Status(HeadView),
-}
-
-/// Why the runner stops.
-enum End {
-    Signal(Signal),
-    /// The head is down for good, or Redis never answered.
-    Exit(Exit),
 }
 
 struct Runner<'a> {
@@ -180,7 +173,7 @@ impl<'a> Runner<'a> {
             tokio::select! {
                 Some(sig) = self.init.signals.recv() => {
                     if is_stop(sig) {
-                        break End::Signal(sig);
+                        break StopReason::Signal(sig);
                     }
                 }
                 Some(event) = self.rx.recv() => {
@@ -355,14 +348,14 @@ impl<'a> Runner<'a> {
         self.redraw();
     }
 
-    fn handle(&mut self, event: Event) -> Option<End> {
+    fn handle(&mut self, event: Event) -> Option<StopReason> {
         match event {
             Event::RedisReady => {
                 self.printer.say("Redis answers; starting the head");
                 self.start(Pod::Head);
                 self.poll_status();
             }
-            Event::RedisFailed(e) => return Some(End::Exit(e)),
+            Event::RedisFailed(e) => return Some(StopReason::Exit(e)),
             Event::Exited(pod, pid, status) => {
                 if self.running.get(&pod) != Some(&pid) {
                     return None;
@@ -395,7 +388,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn exited(&mut self, pod: Pod, status: ExitStatus) -> Option<End> {
+    fn exited(&mut self, pod: Pod, status: ExitStatus) -> Option<StopReason> {
         let mut why = status.to_string();
         if pod == Pod::Head {
             self.head = HeadView::default();
@@ -416,7 +409,7 @@ impl<'a> Runner<'a> {
         self.say_decision(pod, decision);
         self.redraw();
         match (pod, decision) {
-            (Pod::Head, Decision::StaysDown) => Some(End::Exit(Exit::Status {
+            (Pod::Head, Decision::StaysDown) => Some(StopReason::Exit(Exit::Status {
                 code: status.code(),
                 reason: format!(
                     "the head {why}; --restart-policy {:?} keeps it down",

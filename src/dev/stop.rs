@@ -7,8 +7,9 @@ use nix::sys::signal::Signal;
 use tokio::time::{sleep_until, Instant};
 
 use super::kubelet::Pod;
-use super::{is_stop, End, Event, Runner};
+use super::{is_stop, Event, Runner};
 use crate::exit::Exit;
+use crate::exit::StopReason;
 use crate::init::stop::{self, StopPlan};
 use crate::sys::pin;
 
@@ -21,13 +22,13 @@ impl Runner<'_> {
     /// Stops every pod: Ray first, Redis last (the GCS writes to it until
     /// it stops), then whatever else of the tree is left. A second stop
     /// signal SIGKILLs at once.
-    pub(super) async fn stop(mut self, end: End) -> Exit {
+    pub(super) async fn stop(mut self, end: StopReason) -> Exit {
         let began = Instant::now();
         match &end {
-            End::Signal(sig) => self
+            StopReason::Signal(sig) => self
                 .printer
                 .say(&format!("received {}: stopping the cluster", sig.as_str())),
-            End::Exit(e) => self.printer.say(&format!("stopping the cluster: {e}")),
+            StopReason::Exit(e) => self.printer.say(&format!("stopping the cluster: {e}")),
         }
         let ray: Vec<Pod> = self
             .running
@@ -62,14 +63,14 @@ impl Runner<'_> {
         .await;
         let took = began.elapsed().as_secs_f64();
         let exit = match end {
-            End::Signal(sig) => Exit::Status {
+            StopReason::Signal(sig) => Exit::Status {
                 code: 0,
                 reason: format!(
                     "stopped on {}: the cluster was shut down in {took:.1}s",
                     sig.as_str()
                 ),
             },
-            End::Exit(e) => e,
+            StopReason::Exit(e) => e,
         };
         self.printer.say(&format!("stopped in {took:.1}s"));
         self.printer.end();

@@ -72,9 +72,10 @@ impl Init {
 /// How often the loop proves it is alive, for `/livez`.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Why the init stops the tree: the command's end, or a stop signal for
-/// rayhead. (The Ray supervisor's machine has a `StopReason` of its own.)
-enum StopReason {
+/// Why the init stops the tree around a plain command: the command's end,
+/// or a stop signal for rayhead. (A Ray head's supervision ends with an
+/// [`crate::exit::StopReason`] instead: a signal, or rayhead's own exit.)
+enum CommandEnd {
     /// The command exited: its status is rayhead's exit code.
     CommandExited(ExitStatus),
     /// A SIGTERM or SIGINT: the command is stopped, and its status, once
@@ -120,9 +121,9 @@ async fn supervise(cfg: &InitConfig, argv: &[String], init: &mut Init, state: &S
     );
     let report = state.beating(stop).await;
     let status = match reason {
-        StopReason::CommandExited(s) => s,
+        CommandEnd::CommandExited(s) => s,
         // The tree is gone, so the command has been reaped.
-        StopReason::Signal(_) => match child.exit.await {
+        CommandEnd::Signal(_) => match child.exit.await {
             Ok(s) => s,
             Err(_) => return Exit::Internal("the command's status was lost".into()),
         },
@@ -173,19 +174,19 @@ async fn run_until_stop(
     init: &mut Init,
     child: &mut Spawned,
     state: &State,
-) -> Result<StopReason, Exit> {
+) -> Result<CommandEnd, Exit> {
     let pgid = child.pid;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
             status = &mut child.exit => match status {
-                Ok(s) => return Ok(StopReason::CommandExited(s)),
+                Ok(s) => return Ok(CommandEnd::CommandExited(s)),
                 Err(_) => return Err(Exit::Internal("the reaper stopped before the command exited".into())),
             },
             _ = heartbeat.tick() => state.beat(crate::logging::dropped_lines()),
             Some(sig) = init.signals.recv() => {
                 if stop::is_stop_signal(sig) {
-                    return Ok(StopReason::Signal(sig));
+                    return Ok(CommandEnd::Signal(sig));
                 }
                 if cfg.forward_signals.contains(&sig) {
                     stop::forward_to_group(pgid, sig);
@@ -199,9 +200,9 @@ async fn run_until_stop(
 
 /// Shows why the stop begins, in the log and the snapshot, before the
 /// stop itself (which may take the whole grace period).
-fn announce_stop(reason: &StopReason, state: &State) {
+fn announce_stop(reason: &CommandEnd, state: &State) {
     match reason {
-        StopReason::CommandExited(s) => {
+        CommandEnd::CommandExited(s) => {
             tracing::info!(status = %s, "the command ended");
             state.set_child(
                 COMMAND,
@@ -212,7 +213,7 @@ fn announce_stop(reason: &StopReason, state: &State) {
             );
             state.set_phase(Phase::Stopping, &format!("the command {s}"));
         }
-        StopReason::Signal(sig) => {
+        CommandEnd::Signal(sig) => {
             tracing::info!(signal = sig.as_str(), "stopping the process tree");
             state.set_phase(Phase::Stopping, &format!("received {}", sig.as_str()));
         }
@@ -222,9 +223,9 @@ fn announce_stop(reason: &StopReason, state: &State) {
 /// The stop for the command's tree: its group gets the stop signal rayhead
 /// received when that one is forwarded, so the command sees what the
 /// kubelet sent.
-fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, reason: &StopReason) -> StopPlan {
+fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, reason: &CommandEnd) -> StopPlan {
     let group_signal = match reason {
-        StopReason::Signal(sig) if cfg.forward_signals.contains(sig) => *sig,
+        CommandEnd::Signal(sig) if cfg.forward_signals.contains(sig) => *sig,
         _ => Signal::SIGTERM,
     };
     StopPlan {
@@ -236,10 +237,10 @@ fn stop_plan(cfg: &InitConfig, pgid: nix::unistd::Pid, reason: &StopReason) -> S
     }
 }
 
-fn exit_reason(stop: &StopReason, status: ExitStatus, report: &StopReport) -> String {
+fn exit_reason(stop: &CommandEnd, status: ExitStatus, report: &StopReport) -> String {
     let mut out = match stop {
-        StopReason::CommandExited(_) => format!("the command {status}"),
-        StopReason::Signal(sig) => format!(
+        CommandEnd::CommandExited(_) => format!("the command {status}"),
+        CommandEnd::Signal(sig) => format!(
             "rayhead received {}; the command then {status}",
             sig.as_str()
         ),

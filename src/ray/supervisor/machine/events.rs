@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::exit::Exit;
+pub use crate::exit::StopReason;
 use crate::init::reaper::ExitStatus;
 use crate::ray::daemon_health::DaemonCheck;
 use crate::ray::daemons::Daemon;
@@ -116,15 +117,4 @@ pub enum Action {
     StartDaemon(Daemon),
     /// Stop supervising: tear the head down and exit.
     Stop(StopReason),
-}
-
-/// Why supervision stops: the machine's last word, which the driver turns
-/// into rayhead's [`Exit`] after the teardown. (The init's own supervisor
-/// has a `StopReason` of its own, for a plain command.)
-#[derive(Debug, PartialEq)]
-pub enum StopReason {
-    /// A SIGTERM or SIGINT asked for a stop: exit 0 once the head is down.
-    Signal(Signal),
-    /// rayhead decided to exit: tear down, then exit with this.
-    Exit(Exit),
 }
