@@ -78,7 +78,7 @@ fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
             "--redis-url with --storage rocksdb: the GCS would not use that Redis; drop one".into(),
         )),
         (Some(s), Some(k), _) if s != k => Err(Exit::Config(format!(
-            "--storage {}: the cluster in --state-dir {} keeps its GCS state in {} (cluster.json's storage); a switch would start an empty GCS. Pass --storage {}, or --clean to start afresh",
+            "--storage {}: the cluster in --state-dir {} keeps its GCS state in {} (as its cluster.json or its data says); a switch would start an empty GCS. Pass --storage {}, or --clean to start afresh",
             name(s),
             opts.state_dir.display(),
             name(k),
@@ -86,7 +86,7 @@ fn choose_storage(opts: &Options) -> Result<Storage, Exit> {
         ))),
         (Some(s), _, _) => Ok(s),
         (None, Some(Storage::Rocksdb), Some(_)) => Err(Exit::Config(format!(
-            "--redis-url: the cluster in --state-dir {} keeps its GCS state in rocksdb (cluster.json's storage); drop --redis-url, or pass --clean to start afresh on Redis",
+            "--redis-url: the cluster in --state-dir {} keeps its GCS state in rocksdb (as its cluster.json or its data says); drop --redis-url, or pass --clean to start afresh on Redis",
             opts.state_dir.display()
         ))),
         (None, Some(k), _) => Ok(k),

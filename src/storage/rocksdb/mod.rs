@@ -108,7 +108,7 @@ impl Disk {
             return Some(DiskProblem::NoInodes(path.to_path_buf()));
         }
         let min = self.min_free_bytes.unwrap_or(0);
-        if min > 0 && min >= self.total_bytes {
+        if min > 0 && self.total_bytes > 0 && min >= self.total_bytes {
             return Some(DiskProblem::MarkUnreachable {
                 path: path.to_path_buf(),
                 min,
