@@ -146,54 +146,61 @@ async fn rocksdb_report(db: &Rocksdb, json: bool) -> u8 {
             serde_json::to_string_pretty(&r).unwrap_or_default()
         ));
     } else {
-        let opt = |v: Option<u64>| v.map_or_else(|| "unknown".into(), human);
-        let rows = [
-            ("backend", "rocksdb".to_string()),
-            ("path", r.path.clone()),
-            (
-                "usable",
-                match &r.problem {
-                    None => "yes".into(),
-                    Some(p) => format!("no: {p}"),
-                },
-            ),
-            ("free", opt(r.free_bytes)),
-            ("size", opt(r.total_bytes)),
-            (
-                "inodes",
-                match (disk, r.free_inodes) {
-                    (None, _) => "unknown".into(),
-                    (Some(_), None) => "no fixed count".into(),
-                    (Some(_), Some(n)) => format!("{n} free"),
-                },
-            ),
-            (
-                "min free",
-                match (r.min_free_bytes, db.min_free) {
-                    (Some(b), _) => human(b),
-                    (None, Mark::Off) => "off".into(),
-                    (None, Mark::Bytes(b)) => human(b),
-                    // Without the volume's size, the share as configured.
-                    (None, Mark::PercentOfLimit(p)) => format!("{p}% of the volume"),
-                },
-            ),
-            ("database", opt(r.used_bytes)),
-            (
-                "session",
-                match &session {
-                    Ok(Some(name)) => name.clone(),
-                    Ok(None) => "none yet".into(),
-                    Err(e) => format!("unknown: {e}"),
-                },
-            ),
-        ];
-        let mut out = String::new();
-        for (k, v) in rows {
-            out.push_str(&format!("{k:<10} {v}\n"));
-        }
-        crate::logging::out(&out);
+        crate::logging::out(&rocksdb_table(&r, disk.is_some(), db.min_free, &session));
     }
     u8::from(!r.usable)
+}
+
+/// The report for people: one row a line; "unknown" where the volume
+/// could not be read, and the mark as configured when its size is unknown.
+fn rocksdb_table(
+    r: &RocksdbReport,
+    read: bool,
+    mark: Mark,
+    session: &Result<Option<String>, String>,
+) -> String {
+    let opt = |v: Option<u64>| v.map_or_else(|| "unknown".into(), human);
+    let rows = [
+        ("backend", "rocksdb".to_string()),
+        ("path", r.path.clone()),
+        (
+            "usable",
+            match &r.problem {
+                None => "yes".into(),
+                Some(p) => format!("no: {p}"),
+            },
+        ),
+        ("free", opt(r.free_bytes)),
+        ("size", opt(r.total_bytes)),
+        (
+            "inodes",
+            match (read, r.free_inodes) {
+                (false, _) => "unknown".into(),
+                (true, None) => "no fixed count".into(),
+                (true, Some(n)) => format!("{n} free"),
+            },
+        ),
+        (
+            "min free",
+            match (r.min_free_bytes, mark) {
+                (Some(b), _) => human(b),
+                (None, Mark::Off) => "off".into(),
+                (None, Mark::Bytes(b)) => human(b),
+                // Without the volume's size, the share as configured.
+                (None, Mark::PercentOfLimit(p)) => format!("{p}% of the volume"),
+            },
+        ),
+        ("database", opt(r.used_bytes)),
+        (
+            "session",
+            match session {
+                Ok(Some(name)) => name.clone(),
+                Ok(None) => "none yet".into(),
+                Err(e) => format!("unknown: {e}"),
+            },
+        ),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect()
 }
 
 /// Ray's `session_name` marker beside the database: `None` when there is
