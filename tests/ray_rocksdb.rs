@@ -335,7 +335,7 @@ fn full_to_the_brim_exits_90(head: Head, volume: &Tmpfs) {
 }
 
 /// What the start gate refuses, before `ray start` runs at all: each with
-/// its own exit and reason.
+/// its own exit and reason (a mark the volume can never meet included).
 #[test]
 fn rocksdb_start_gate_refuses_a_missing_a_read_only_and_a_full_path() {
     let dir = RayTest::unlocked("rocksdb-gate");
@@ -393,8 +393,19 @@ fn rocksdb_start_gate_refuses_a_missing_a_read_only_and_a_full_path() {
     }
     let full = dir.join("full");
     if let Some(volume) = Tmpfs::mount(&full, "size=8m") {
+        // The default mark (64MiB) on an 8 MiB volume can never be met: a
+        // configuration error at once, not a wait.
+        let out = head(&full, &[]);
+        assert_refused(&out, 64, "can never be free");
+        assert!(out.elapsed < Duration::from_secs(20), "{}", out.dump());
         volume.fill(1 << 20);
-        let out = head(&full, &[("RAYHEAD_GCS_STORAGE_STARTUP_TIMEOUT", "3s")]);
+        let out = head(
+            &full,
+            &[
+                ("RAYHEAD_GCS_STORAGE_STARTUP_TIMEOUT", "3s"),
+                ("RAYHEAD_GCS_STORAGE_MIN_FREE", "4MiB"),
+            ],
+        );
         assert_refused(&out, 90, "is full");
         assert!(
             out.termination_log.contains("gcs.storage-startup-timeout"),
