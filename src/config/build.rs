@@ -105,6 +105,23 @@ impl Found<'_> {
         ))
     }
 
+    /// Whether a duration is at least the `floor` it needs to work; when
+    /// it is not, the problem names the value, the floor and `why`.
+    fn at_least(&mut self, key: &'static Key, value: Duration, floor: Duration, why: &str) -> bool {
+        if value >= floor {
+            return true;
+        }
+        self.problem(
+            key,
+            format!(
+                "{}: expected at least {}, {why}",
+                humantime::format_duration(value),
+                humantime::format_duration(floor)
+            ),
+        );
+        false
+    }
+
     /// The problems in the registry's order (stable: one key's problems
     /// keep the order they were found in).
     fn into_sorted(mut self) -> impl Iterator<Item = Problem> {
@@ -213,15 +230,13 @@ fn ray_section(v: &Values, found: &mut Found) -> RayConfig {
         open_files: v.count(&RAY_OPEN_FILES),
     };
     // Ray reads whole milliseconds; 0 would make every client spin.
-    if ray.client_check_interval < Duration::from_millis(1) {
-        found.problem(
-            &RAY_CLIENT_CHECK_INTERVAL,
-            format!(
-                "{}: expected at least 1ms, as Ray counts it in whole milliseconds",
-                humantime::format_duration(ray.client_check_interval)
-            ),
-        );
-    } else if ray.client_check_interval > ray.reconnect_timeout {
+    let at_least = found.at_least(
+        &RAY_CLIENT_CHECK_INTERVAL,
+        ray.client_check_interval,
+        Duration::from_millis(1),
+        "as Ray counts it in whole milliseconds",
+    );
+    if at_least && ray.client_check_interval > ray.reconnect_timeout {
         found.problem(
             &RAY_CLIENT_CHECK_INTERVAL,
             format!(
@@ -272,26 +287,20 @@ fn gcs_section(v: &Values, ray: &RayConfig, found: &mut Found) -> GcsConfig {
     }
     // Each look at RocksDB's volume may walk the database and takes a
     // thread: back to back, they would keep a core busy.
-    if gcs.storage_check_interval < Duration::from_millis(100) {
-        found.problem(
-            &GCS_STORAGE_CHECK_INTERVAL,
-            format!(
-                "{}: expected at least 100ms (each check reads the volume and sizes the database)",
-                humantime::format_duration(gcs.storage_check_interval)
-            ),
-        );
-    }
+    found.at_least(
+        &GCS_STORAGE_CHECK_INTERVAL,
+        gcs.storage_check_interval,
+        Duration::from_millis(100),
+        "as each check reads the volume and sizes the database",
+    );
     // Shorter than one check of a healthy volume may take, the gate would
     // fail a disk it never finished looking at.
-    if gcs.storage_startup_timeout < Duration::from_secs(1) {
-        found.problem(
-            &GCS_STORAGE_STARTUP_TIMEOUT,
-            format!(
-                "{}: expected at least 1s, time for the start gate to check the volume once",
-                humantime::format_duration(gcs.storage_startup_timeout)
-            ),
-        );
-    }
+    found.at_least(
+        &GCS_STORAGE_STARTUP_TIMEOUT,
+        gcs.storage_startup_timeout,
+        Duration::from_secs(1),
+        "time for the start gate to check the volume once",
+    );
     if gcs.deadline_margin >= ray.reconnect_timeout {
         found.problem(
             &GCS_DEADLINE_MARGIN,
