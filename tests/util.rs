@@ -230,7 +230,9 @@ impl TestCommand {
         } = self;
         let mut cmd = if pid1 {
             let mut u = Command::new("unshare");
-            u.args(["--pid", "--fork", "--mount-proc", "--"]);
+            // unshare ignores SIGTERM while it waits: its own death (a
+            // SIGKILL from the line below) is passed on as a SIGTERM.
+            u.args(["--pid", "--kill-child=SIGTERM", "--mount-proc", "--"]);
             u.arg(cmd.get_program());
             u.args(cmd.get_args());
             u.env_clear();
@@ -254,6 +256,7 @@ impl TestCommand {
             .stdin(stdin.unwrap_or(Stdio::null()))
             // Its own process group, so the guard can kill the whole run.
             .process_group(0);
+        die_with_the_tests(&mut cmd, if pid1 { libc::SIGKILL } else { libc::SIGTERM });
         for h in hooks {
             // SAFETY: the caller of `pre_exec` vouched for the hook.
             unsafe {
@@ -274,6 +277,26 @@ impl TestCommand {
     /// Runs it to completion within `limit`.
     pub fn run(self, limit: Duration) -> Output {
         self.spawn().wait(limit)
+    }
+}
+
+/// A test binary that dies (a ^C of `cargo test`, which its own process
+/// groups do not hear; a CI's timeout) takes its runs with it: `sig` when
+/// the thread that spawned the run ends. A test's thread outlives its runs,
+/// whose guards have stopped them by then.
+fn die_with_the_tests(cmd: &mut Command, sig: libc::c_int) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe; the closure
+    // runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong);
+            // The tests died between the fork and the prctl.
+            if libc::getppid() != parent {
+                libc::raise(sig);
+            }
+            Ok(())
+        });
     }
 }
 
