@@ -369,18 +369,17 @@ fn second_run_finds_the_actor_then_stops_with_stderr_closed(dir: &Dir, path: &st
     );
     let address = format!("127.0.0.1:{}", saved(dir).unwrap().ports.gcs);
     // Registered from the first call on. Its old node is DEAD from the
-    // first call (the GCS heard of it at the first run's stop) or soon
-    // after (its missed health checks). The record itself is Ray's: DEAD
-    // ("its node has died", or "its worker process has died" when that
-    // was heard first), or left ALIVE on the dead node when the node's
-    // death came after this start (Ray 2.60, seen for minutes).
+    // first call (its raylet told the GCS as it stopped) or soon after
+    // (its missed health checks). The record itself is Ray's: usually
+    // DEAD with its node, but seen ALIVE on the dead node for minutes
+    // (Ray 2.60, on RocksDB, after a head restart in the first run).
     let mut seen = Vec::new();
     eventually(Duration::from_secs(180), "the actor's node DEAD", || {
         let out =
             python("tests/py/actor_state.py", &address, ACTOR).unwrap_or_else(|e| panic!("{e}"));
         let record = ActorRecord::parse(&out);
         assert!(record.registered, "the actor is not registered: {out}");
-        seen.push(out.lines().next().unwrap_or("").to_string());
+        seen.push(record.records.join("; "));
         if record.dead || record.node_dead {
             return Ok(());
         }
@@ -403,6 +402,7 @@ fn second_run_finds_the_actor_then_stops_with_stderr_closed(dir: &Dir, path: &st
 
 /// What `tests/py/actor_state.py` printed of the guide's actor.
 struct ActorRecord {
+    records: Vec<String>,
     registered: bool,
     /// Every record of it is DEAD.
     dead: bool,
@@ -412,7 +412,19 @@ struct ActorRecord {
 
 impl ActorRecord {
     fn parse(out: &str) -> ActorRecord {
-        let records: Vec<&str> = out.lines().filter(|l| !l.starts_with(' ')).collect();
+        // A record is "<STATE> <cause>"; Ray's own stdout lines are not.
+        const STATES: [&str; 6] = [
+            "DEPENDENCIES_UNREADY",
+            "PENDING_CREATION",
+            "ALIVE",
+            "RESTARTING",
+            "DEAD",
+            "none",
+        ];
+        let records: Vec<&str> = out
+            .lines()
+            .filter(|l| STATES.contains(&l.split(' ').next().unwrap_or("")))
+            .collect();
         let on: Vec<&str> = out
             .lines()
             .filter_map(|l| l.trim().strip_prefix("on node "))
@@ -427,6 +439,7 @@ impl ActorRecord {
             })
             .collect();
         ActorRecord {
+            records: records.iter().map(|r| r.to_string()).collect(),
             registered: !records.is_empty() && !records.contains(&"none"),
             dead: !records.is_empty() && records.iter().all(|r| r.starts_with("DEAD ")),
             node_dead: !on.is_empty() && on.iter().all(|n| dead_nodes.contains(n)),
@@ -451,5 +464,8 @@ fn actor_record_reads_the_shapes_ray_prints() {
     let r = ActorRecord::parse(alive);
     assert!(r.registered && !r.dead && !r.node_dead);
     assert!(!ActorRecord::parse("none\n").registered);
+    let noisy = "(raylet) a line of Ray's\n\nDEAD \n  on node 0f13\n  node 0f13 DEAD 10.0.0.1:1\n";
+    let r = ActorRecord::parse(noisy);
+    assert!(r.registered && r.dead && r.records == ["DEAD "]);
     assert!(!ActorRecord::parse("").registered);
 }

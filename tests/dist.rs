@@ -223,7 +223,14 @@ done
     // PID 1 of its own namespace: the responder and Redis die with it.
     let out = dir
         .command("unshare")
-        .args(["--net", "--mount", "--pid", "--fork", "--mount-proc", "--"])
+        .args([
+            "--net",
+            "--mount",
+            "--pid",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
         .arg_path(Path::new("/bin/sh"))
         .arg_path(&script)
         .arg_path(&dist_bin("DIST_BIN"))

@@ -1,5 +1,5 @@
 //! rayhead as an init: as PID 1 of its own PID namespace (`unshare --pid
-//! --fork --mount-proc`, as CI runs as root) and as a subreaper.
+//! --kill-child --mount-proc`, as CI runs as root) and as a subreaper.
 //!
 //! The scripts run by `sh -c` find their temp dir in `$D`.
 

@@ -186,7 +186,7 @@ impl TestCommand {
     }
 
     /// Runs rayhead as PID 1 of its own PID namespace, through
-    /// `unshare --pid --fork --mount-proc` (needs root, as CI has).
+    /// `unshare --pid --kill-child --mount-proc` (needs root, as CI has).
     pub fn pid1(mut self) -> Self {
         self.pid1 = true;
         self
@@ -230,9 +230,9 @@ impl TestCommand {
         } = self;
         let mut cmd = if pid1 {
             let mut u = Command::new("unshare");
-            // unshare ignores SIGTERM while it waits: its own death (a
-            // SIGKILL from the line below) is passed on as a SIGTERM.
-            u.args(["--pid", "--kill-child=SIGTERM", "--mount-proc", "--"]);
+            // --fork, and the namespace dies with unshare: a SIGKILL of
+            // its PID 1 takes every process in it.
+            u.args(["--pid", "--kill-child", "--mount-proc", "--"]);
             u.arg(cmd.get_program());
             u.args(cmd.get_args());
             u.env_clear();
@@ -256,13 +256,24 @@ impl TestCommand {
             .stdin(stdin.unwrap_or(Stdio::null()))
             // Its own process group, so the guard can kill the whole run.
             .process_group(0);
-        die_with_the_tests(&mut cmd, if pid1 { libc::SIGKILL } else { libc::SIGTERM });
         for h in hooks {
             // SAFETY: the caller of `pre_exec` vouched for the hook.
             unsafe {
                 cmd.pre_exec(h);
             }
         }
+        // After the hooks: a change of user clears the death signal.
+        // unshare blocks SIGTERM while it waits for its child; rayhead
+        // stops its tree on it.
+        let unshare = cmd.get_program() == "unshare";
+        die_with_the_tests(
+            &mut cmd,
+            if unshare {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            },
+        );
         let child = cmd.spawn().expect("spawn rayhead");
         Running {
             child: Some(child),

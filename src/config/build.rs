@@ -107,7 +107,13 @@ impl Found<'_> {
 
     /// Whether a duration is at least the `floor` it needs to work; when
     /// it is not, the problem names the value, the floor and `why`.
-    fn at_least(&mut self, key: &'static Key, value: Duration, floor: Duration, why: &str) -> bool {
+    fn require_at_least(
+        &mut self,
+        key: &'static Key,
+        value: Duration,
+        floor: Duration,
+        why: &str,
+    ) -> bool {
         if value >= floor {
             return true;
         }
@@ -230,13 +236,13 @@ fn ray_section(v: &Values, found: &mut Found) -> RayConfig {
         open_files: v.count(&RAY_OPEN_FILES),
     };
     // Ray reads whole milliseconds; 0 would make every client spin.
-    let at_least = found.at_least(
+    let floor_met = found.require_at_least(
         &RAY_CLIENT_CHECK_INTERVAL,
         ray.client_check_interval,
         Duration::from_millis(1),
         "as Ray counts it in whole milliseconds",
     );
-    if at_least && ray.client_check_interval > ray.reconnect_timeout {
+    if floor_met && ray.client_check_interval > ray.reconnect_timeout {
         found.problem(
             &RAY_CLIENT_CHECK_INTERVAL,
             format!(
@@ -287,7 +293,7 @@ fn gcs_section(v: &Values, ray: &RayConfig, found: &mut Found) -> GcsConfig {
     }
     // Each look at RocksDB's volume may walk the database and takes a
     // thread: back to back, they would keep a core busy.
-    found.at_least(
+    found.require_at_least(
         &GCS_STORAGE_CHECK_INTERVAL,
         gcs.storage_check_interval,
         Duration::from_millis(100),
@@ -295,11 +301,11 @@ fn gcs_section(v: &Values, ray: &RayConfig, found: &mut Found) -> GcsConfig {
     );
     // Shorter than one check of a healthy volume may take, the gate would
     // fail a disk it never finished looking at.
-    found.at_least(
+    found.require_at_least(
         &GCS_STORAGE_STARTUP_TIMEOUT,
         gcs.storage_startup_timeout,
         Duration::from_secs(1),
-        "time for the start gate to check the volume once",
+        "as the start gate needs that long to check the volume once",
     );
     if gcs.deadline_margin >= ray.reconnect_timeout {
         found.problem(

@@ -448,6 +448,11 @@ fn every_check_holds_on_both_sides() {
         ]),
         ["gcs.storage-startup-timeout", "gcs.storage-check-interval"]
     );
+    let err = load(None, &NO_ENV, &["gcs.storage-check-interval=99ms"]).unwrap_err();
+    assert_eq!(
+        err.0[0].message,
+        "99ms: expected at least 100ms, as each check reads the volume and sizes the database"
+    );
     // Ray's client check interval: whole milliseconds from 1ms to the
     // reconnect window, and Ray's own variable (in milliseconds) wins.
     ok(&["ray.client-check-interval=1ms"]);
