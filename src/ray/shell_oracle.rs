@@ -187,7 +187,14 @@ proptest! {
         env in env(),
     ) {
         // `before` may end in a `$`, which would take the construct in.
-        let text = format!("{before} {construct} {after}");
+        // An unterminated construct goes last: a quote or brace in
+        // `after` would close it (`'x '\'` is bash's "x '").
+        let unterminated = matches!(construct, "'x" | "\"x" | "${U1");
+        let text = if unterminated {
+            format!("{before} {after} {construct}")
+        } else {
+            format!("{before} {construct} {after}")
+        };
         let got = super::shell::words(&text, &env);
         prop_assert!(got.is_err(), "{text:?} -> {got:?}");
         let e = got.unwrap_err();
