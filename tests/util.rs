@@ -262,11 +262,13 @@ impl TestCommand {
                 cmd.pre_exec(h);
             }
         }
-        // After the hooks: a change of user clears the death signal.
-        // unshare blocks SIGTERM while it waits for its child; rayhead
-        // stops its tree on it.
+        // A test binary that dies (a ^C of `cargo test`, which the runs'
+        // own process groups do not hear) takes its runs with it; the test's
+        // thread outlives its runs. After the hooks: a change of user clears
+        // it. unshare blocks SIGTERM while it waits; rayhead stops its tree
+        // on it.
         let unshare = cmd.get_program() == "unshare";
-        die_with_the_tests(
+        rayhead::sys::death::die_with_parent(
             &mut cmd,
             if unshare {
                 libc::SIGKILL
@@ -288,26 +290,6 @@ impl TestCommand {
     /// Runs it to completion within `limit`.
     pub fn run(self, limit: Duration) -> Output {
         self.spawn().wait(limit)
-    }
-}
-
-/// A test binary that dies (a ^C of `cargo test`, which its own process
-/// groups do not hear; a CI's timeout) takes its runs with it: `sig` when
-/// the thread that spawned the run ends. A test's thread outlives its runs,
-/// whose guards have stopped them by then.
-fn die_with_the_tests(cmd: &mut Command, sig: libc::c_int) {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: prctl, getppid and raise are async-signal-safe; the closure
-    // runs in the forked child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong);
-            // The tests died between the fork and the prctl.
-            if libc::getppid() != parent {
-                libc::raise(sig);
-            }
-            Ok(())
-        });
     }
 }
 

@@ -254,7 +254,11 @@ impl Cluster {
             Pod::Worker(n) => self.worker(n)?,
         };
         crate::init::spawn::prepare(&mut cmd);
-        die_with_parent(&mut cmd);
+        // A pod gets SIGTERM if the runner dies, even by SIGKILL, and so
+        // never outlives it: the head's rayhead then stops its own tree, a
+        // worker its node, Redis itself. (The runner spawns from its one
+        // runtime thread, whose exit is the process's.)
+        crate::sys::death::die_with_parent(&mut cmd, libc::SIGTERM);
         let log = self.log(pod);
         let open = || {
             OpenOptions::new()
@@ -428,27 +432,6 @@ impl Cluster {
             .env("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
             .env("RAY_DISABLE_USAGE_STATS", "1");
         Ok(cmd)
-    }
-}
-
-/// A pod gets SIGTERM if the runner dies, even by SIGKILL, and so never
-/// outlives it: the head's rayhead then stops its own tree, a worker its
-/// node, Redis itself. (The runner spawns from its one runtime thread,
-/// whose exit is the process's.)
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: prctl, getppid and raise are async-signal-safe; the closure
-    // runs in the forked child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-            // The runner died between the fork and the prctl.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGTERM);
-            }
-            Ok(())
-        });
     }
 }
 

@@ -4,5 +4,6 @@
 //!
 //! It depends on none of them; they all use it.
 
+pub mod death;
 pub mod pin;
 pub mod proctree;
